@@ -1,0 +1,1 @@
+"""lineguard: hardware."""

@@ -1,0 +1,51 @@
+"""Process-wide settings from the environment (``LINEGUARD_*``) and an optional ``.env`` file.
+
+Per-line structure (cameras, PLC tags, topics, rules) lives in the line YAML instead
+(see line_agent.config); these are the deployment knobs that differ between boxes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Typed settings. Every field can be set as ``LINEGUARD_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="LINEGUARD_", env_file=".env", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL URL. Unset: start an embedded server in data_dir."
+    )
+    mqtt_url: str | None = Field(
+        default=None, description="mqtt://[user:pass@]host:port. Unset: start an embedded broker."
+    )
+    data_dir: Path = Field(default=Path(".lineguard"), description="Database, broker, spool, frames.")
+    shared_dir: Path = Field(default=REPO_ROOT.parent / "shared", description="Shared datasets.")
+    line_config: Path | None = Field(default=None, description="Per-line YAML file.")
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    model_registry: Path = Field(default=Path(".lineguard/models"), description="Trained model versions.")
+    admin_token: str | None = Field(
+        default=None, description="Bootstrap admin API token (stored hashed). Unset: one is generated."
+    )
+    log_level: str = "INFO"
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("must start with mqtt:// or mqtts://")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _pg_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql://")
+        return v

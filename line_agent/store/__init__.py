@@ -1,0 +1,1 @@
+"""The time-series store: PostgreSQL (plain or TimescaleDB) through psycopg 3."""

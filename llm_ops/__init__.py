@@ -1,0 +1,1 @@
+"""lineguard: llm_ops."""

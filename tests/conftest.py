@@ -1,0 +1,80 @@
+"""Session-wide real services for tests: a throwaway PostgreSQL and a throwaway Mosquitto.
+
+Both run on free loopback ports in a temporary directory and are stopped by PID at the end.
+Set LINEGUARD_TEST_DATABASE_URL / LINEGUARD_TEST_MQTT_URL to point tests at existing ones instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from line_agent.services import EmbeddedBroker, EmbeddedPostgres, mosquitto_binary
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("LINEGUARD_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The shared data folder; tests that need it skip cleanly when it is absent."""
+    path = shared_dir()
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path} (set LINEGUARD_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres | None]:
+    if os.environ.get("LINEGUARD_TEST_DATABASE_URL"):
+        yield None
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server: EmbeddedPostgres | None) -> str:
+    """URL of a real PostgreSQL server for this test session."""
+    return os.environ.get("LINEGUARD_TEST_DATABASE_URL") or (pg_server.url if pg_server else "")
+
+
+@pytest.fixture
+def fresh_db(pg_url: str) -> Iterator[str]:
+    """A new empty database on the session server, dropped afterwards: tests stay independent."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = pg_url.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker | None]:
+    if os.environ.get("LINEGUARD_TEST_MQTT_URL"):
+        yield None
+        return
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed (make test installs it)")
+    broker = EmbeddedBroker(tmp_path_factory.mktemp("mqtt"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def mqtt_url(mqtt_broker: EmbeddedBroker | None) -> str:
+    """URL (mqtt://127.0.0.1:PORT) of a real Mosquitto broker for this test session."""
+    return os.environ.get("LINEGUARD_TEST_MQTT_URL") or (mqtt_broker.url if mqtt_broker else "")

@@ -1,0 +1,5 @@
+"""Detectors behind one small interface (see base.Detector)."""
+
+from vision.detectors.base import Detector
+
+__all__ = ["Detector"]

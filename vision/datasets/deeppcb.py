@@ -1,9 +1,9 @@
 """DeepPCB layout (Tang et al., 2019): list files in the root, image pairs and per-image annotation files.
 
-    <root>/trainval.txt                  one line per sample: ``groupG/G/NNNNNNNN.jpg groupG/G_not/NNNNNNNN.txt``
-    <root>/groupG/G/NNNNNNNN_test.jpg    the inspected board (the list names NNNNNNNN.jpg, which does not exist)
-    <root>/groupG/G/NNNNNNNN_temp.jpg    its aligned, defect-free golden template
-    <root>/groupG/G_not/NNNNNNNN.txt     one defect per line: ``x1 y1 x2 y2 type``, type 1..6 -> DEFECT_CLASSES
+    <root>/trainval.txt               one line per sample: ``groupG/G/NNNNNNNN.jpg groupG/G_not/NNNNNNNN.txt``
+    <root>/groupG/G/NNNNNNNN_test.jpg the inspected board (the list names NNNNNNNN.jpg, which does not exist)
+    <root>/groupG/G/NNNNNNNN_temp.jpg its aligned, defect-free golden template
+    <root>/groupG/G_not/NNNNNNNN.txt  one defect per line: ``x1 y1 x2 y2 type``, type 1..6 -> DEFECT_CLASSES
 
 An empty annotation file is a good part. The writer below produces exactly this layout so synthetic boards
 and operator feedback go through the same importer as the real data.
@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from vision.datasets._common import IMAGE_EXTS, DatasetError, bad_line, make_box, require_file
 from vision.types import DEFECT_CLASSES, Image, Label, Sample
@@ -95,7 +96,8 @@ def load_deeppcb(root: Path, split: str | None = None, strict: bool = False) -> 
             where = f"{lst}:{n}"
             if len(parts) != 2:
                 raise DatasetError(
-                    f"{where}: expected 'groupG/G/NNNNNNNN.jpg groupG/G_not/NNNNNNNN.txt', got {line.strip()!r}"
+                    f"{where}: expected 'groupG/G/NNNNNNNN.jpg groupG/G_not/NNNNNNNN.txt', "
+                    f"got {line.strip()!r}"
                     " (is this a DeepPCB list file?)"
                 )
             sample_id = str(Path(parts[0]).with_suffix(""))
@@ -104,7 +106,9 @@ def load_deeppcb(root: Path, split: str | None = None, strict: bool = False) -> 
             seen.add(sample_id)
             image, template = _pair_for(root, parts[0], where)
             labels = read_annotations(root / parts[1], strict=strict)
-            samples.append(Sample(image_path=image, labels=labels, template_path=template, sample_id=sample_id))
+            samples.append(
+                Sample(image_path=image, labels=labels, template_path=template, sample_id=sample_id)
+            )
     return samples
 
 
@@ -195,6 +199,13 @@ def append_deeppcb(
     )
 
 
+def _decode(path: Path, what: str) -> Image:
+    raw = cv2.imread(str(require_file(path, what)), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise DatasetError(f"cannot decode {what} {path}")
+    return np.asarray(raw, dtype=np.uint8)
+
+
 def write_deeppcb(
     samples: Iterable[Sample], out_dir: Path, *, list_name: str = "trainval.txt", group: str = "90000"
 ) -> list[Sample]:
@@ -204,14 +215,10 @@ def write_deeppcb(
     """
     written: list[Sample] = []
     for s in samples:
-        img = cv2.imread(str(require_file(s.image_path, "image")), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise DatasetError(f"cannot decode image {s.image_path}")
-        tmpl: Image | None = None
-        if s.template_path is not None:
-            tmpl = cv2.imread(str(require_file(s.template_path, "template")), cv2.IMREAD_UNCHANGED)
-            if tmpl is None:
-                raise DatasetError(f"cannot decode template {s.template_path}")
+        img = _decode(s.image_path, "image")
+        tmpl = _decode(s.template_path, "template") if s.template_path is not None else None
         ext = s.image_path.suffix.lower() if s.image_path.suffix.lower() in IMAGE_EXTS else ".png"
-        written.append(append_deeppcb(out_dir, img, tmpl, s.labels, list_name=list_name, group=group, ext=ext))
+        written.append(
+            append_deeppcb(out_dir, img, tmpl, s.labels, list_name=list_name, group=group, ext=ext)
+        )
     return written

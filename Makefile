@@ -1,0 +1,46 @@
+# lineguard: two set-up commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Offline ultralytics: never reach a hub at run time (see vision/train.py).
+export YOLO_OFFLINE := 1
+export YOLO_AUTOINSTALL := 0
+export YOLO_CONFIG_DIR := $(CURDIR)/var/yolo
+# Tests: fast suite by default; LINEGUARD_SLOW=1 make test adds the long runs.
+PYTEST_MARK ?= $(if $(LINEGUARD_SLOW),,-m "not slow")
+
+.PHONY: all venv system-deps demo test lint typecheck unit clean-venv
+
+all: test
+
+# The environment: created when missing, refreshed when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev,train]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# System packages the tests and the demo use: Mosquitto (MQTT 5 broker), Chromium (console tests).
+# Installed with apt when we are root and they are missing; otherwise a clear message.
+system-deps:
+	@bash scripts/system-deps.sh
+
+demo: venv system-deps
+	$(VENV)/bin/lineguard demo $(DEMO_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv system-deps
+	$(VENV)/bin/pytest -q $(PYTEST_MARK)
+
+test: lint typecheck unit
+
+clean-venv:
+	rm -rf $(VENV)

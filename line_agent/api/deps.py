@@ -1,0 +1,105 @@
+"""What the API needs from the rest of lineguard, in one dataclass, and the controller protocol.
+
+The runtime builds an ``ApiDeps`` and calls ``create_app(deps)``; tests build one over the real
+PostgreSQL and the Modbus simulator. Nothing here imports FastAPI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from line_agent.api.hub import LiveHub
+
+
+@runtime_checkable
+class LineControl(Protocol):
+    """The line controller (``hardware.safety.LineController``) as the API uses it.
+
+    Every method may raise ``CommandRefused`` (an exception with a ``reason``) when the PLC state makes
+    the command unsafe (e-stop, guard door, lost connection); the API answers 409 with that reason.
+    """
+
+    async def reject_part(self, part_id: str) -> Any: ...
+    async def stop(self) -> Any: ...
+    async def start(self) -> Any: ...
+    async def slow(self, speed_pct: float) -> Any: ...
+    async def reset_reject_counter(self) -> Any: ...
+    async def line_state(self) -> Any:
+        """running / stopped / unknown plus inputs (e-stop, guard door): a mapping, dataclass or object."""
+        ...
+
+
+# Called as summarize(line=..., start=datetime, end=datetime, lang="en"|"zh"); sync or async; returns
+# the stored summary id (int), a mapping with ``summary_id``, or anything (the API then lists the newest).
+SummarizeFn = Callable[..., Any]
+
+
+@dataclass
+class Shift:
+    """A named shift by UTC start hour, e.g. Shift("A", 6, 14); end < start wraps past midnight."""
+
+    name: str
+    start_hour: int
+    end_hour: int
+
+
+DEFAULT_SHIFTS: tuple[Shift, ...] = (Shift("A", 6, 14), Shift("B", 14, 22), Shift("C", 22, 6))
+
+
+@dataclass
+class ApiDeps:
+    """Everything ``create_app`` needs.
+
+    database_url: PostgreSQL URL; the app migrates it and opens a psycopg 3 async pool on startup.
+    lines: line ids this API serves; the first is the default for requests that name none.
+    controller: the first line's controller, or None when there is no PLC (line state = unknown).
+    controllers: per-line controllers for multi-line deployments (overrides ``controller`` per line).
+    hub: the in-process LiveHub the runtime publishes into.
+    model_registry: directory of the vision model registry (``<name>/<vN>/...``).
+    camera_models: camera id -> "name:version" it runs (else inferred from recent inspections).
+    summarize: on-demand summary function (line_agent.agent), or None.
+    frames_dir: base for relative ``inspections.frame_path`` values.
+    training_dir: where corrected labels are written (DeepPCB layout).
+    admin_token: bootstrap admin token, stored hashed on startup (never logged).
+    energy_metric / energy_is_counter: telemetry metric holding energy in kWh; a cumulative meter
+        (max - min per bucket) when energy_is_counter, else per-interval increments that are summed.
+    shifts: shift boundaries for the shift comparison chart.
+    pool_min / pool_max: connection pool size.
+    migrate: apply migrations on startup.
+    """
+
+    database_url: str
+    lines: list[str] = field(default_factory=lambda: ["line-1"])
+    controller: LineControl | None = None
+    controllers: Mapping[str, LineControl] = field(default_factory=dict)
+    hub: LiveHub = field(default_factory=LiveHub)
+    model_registry: Path | None = None
+    camera_models: Mapping[str, str] = field(default_factory=dict)
+    summarize: SummarizeFn | None = None
+    frames_dir: Path | None = None
+    training_dir: Path = Path(".lineguard/feedback")
+    admin_token: str | None = None
+    energy_metric: str = "energy_kwh"
+    energy_is_counter: bool = True
+    shifts: tuple[Shift, ...] = DEFAULT_SHIFTS
+    pool_min: int = 1
+    pool_max: int = 10
+    migrate: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.database_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("ApiDeps.database_url must start with postgresql://")
+        if not self.lines:
+            raise ValueError("ApiDeps.lines must name at least one line")
+
+    def controller_for(self, line: str) -> LineControl | None:
+        if line in self.controllers:
+            return self.controllers[line]
+        return self.controller if line == self.lines[0] else None
+
+    def replace(self, **changes: Any) -> ApiDeps:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,131 @@
+"""The one ``lineguard`` command line.
+
+The line's own commands (demo, run, config) live here; each area adds its commands through
+``register(app, bench)`` in its own ``cli`` module, listed in ``_AREAS``. Those modules import
+heavy libraries (torch, onnxruntime, llama.cpp) only inside their commands, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="lineguard",
+    help="Industrial AI quality inspection and production-line runtime for edge boxes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench = typer.Typer(help="Benchmarks: accuracy, latency, throughput. Figures go to docs/BENCHMARKS.md.",
+                    no_args_is_help=True)
+app.add_typer(bench, name="bench")
+
+# Modules that add commands, by area. Each defines ``register(app, bench)``.
+_AREAS = (
+    "vision.cli",
+    "hardware.cli",
+    "line_agent.ingest_cli",
+    "line_agent.agent_cli",
+    "line_agent.api.cli",
+)
+
+
+def _register_areas() -> None:
+    for name in _AREAS:
+        module = importlib.import_module(name)
+        module.register(app, bench)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+@app.command()
+def demo(
+    duration: Annotated[
+        float, typer.Option(help="Run this many seconds, print the report and exit 0. 0 = until Ctrl-C.")
+    ] = 0.0,
+    lines: Annotated[int, typer.Option(min=1, max=16, help="Simulated lines sharing one store and broker.")] = 1,
+    port: Annotated[int, typer.Option(help="API and console port.")] = 8080,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where the embedded database, broker and frames live.")
+    ] = None,
+    fps: Annotated[float, typer.Option(help="Parts per second per line.")] = 5.0,
+    ingest_workers: Annotated[int, typer.Option(min=1, max=8, help="Ingest worker processes.")] = 1,
+) -> None:
+    """Run a whole simulated line on loopback over real protocols.
+
+    Synthetic boards with injected defects -> detector -> QA decision -> reject gate on a
+    simulated PLC over Modbus TCP; vision events and energy/fault telemetry over MQTT -> ingest ->
+    PostgreSQL; API and console on http://127.0.0.1:PORT. Embedded PostgreSQL and MQTT broker
+    unless LINEGUARD_DATABASE_URL / LINEGUARD_MQTT_URL are set.
+    """
+    from line_agent.demo import DemoOptions, run_demo
+    from line_agent.settings import Settings
+
+    settings = Settings()
+    _setup_logging(settings.log_level)
+    if data_dir is not None:
+        settings.data_dir = data_dir
+    report = run_demo(
+        settings,
+        DemoOptions(duration_s=duration, lines=lines, port=port, fps=fps, ingest_workers=ingest_workers),
+    )
+    typer.echo(report.render())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The line's YAML file.", exists=True)],
+    port: Annotated[int | None, typer.Option(help="API port (default: LINEGUARD_API_PORT).")] = None,
+) -> None:
+    """Run one line from its YAML: cameras, detectors, QA rules, PLC, telemetry, API and console."""
+    from line_agent.config import ConfigError, load_line_config
+    from line_agent.demo import run_line
+    from line_agent.settings import Settings
+
+    settings = Settings()
+    _setup_logging(settings.log_level)
+    try:
+        line = load_line_config(config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if port is not None:
+        settings.api_port = port
+    run_line(settings, line)
+
+
+@app.command("check-config")
+def check_config(
+    config: Annotated[Path, typer.Argument(help="The line's YAML file.")],
+) -> None:
+    """Validate a line YAML and print it normalised; exit 2 naming the bad field."""
+    from line_agent.config import ConfigError, load_line_config
+
+    try:
+        line = load_line_config(config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(line.model_dump_json(indent=2))
+
+
+def main() -> None:
+    _register_areas()
+    app(prog_name="lineguard")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

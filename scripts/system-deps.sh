@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install the system packages lineguard's demo and tests use, when missing.
+# Mosquitto: the MQTT 5 broker (shared subscriptions, persistent QoS 1 sessions).
+# Chromium: headless browser for the console's end-to-end tests.
+# Node.js/npm are expected on the machine for the TimescaleDB (PGlite) test server.
+set -euo pipefail
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "lineguard: please install: ${need[*]} (apt-get install ${need[*]}); continuing without them" >&2
+  exit 0
+fi
+echo "lineguard: installing ${need[*]} with apt-get" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

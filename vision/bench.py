@@ -1,0 +1,197 @@
+"""Accuracy and speed of detectors on a dataset: ``lineguard eval`` and ``lineguard bench vision``.
+
+Accuracy comes from vision.metrics (COCO-style mAP50 / mAP50-95; DeepPCB P/R/F at IoU > 0.33).
+Speed is wall time of ``detector.detect(frame)`` per frame, pre- and post-processing included.
+Each detector of a benchmark runs in its own subprocess so that its peak RSS is its own and so that
+the edge (onnx) figures are measured in a process that never imported torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vision.detectors.base import Detector
+from vision.stacking import read_gray
+from vision.types import UNKNOWN_CLASS, Detection, Frame, Sample
+
+DETECTOR_KINDS: tuple[str, ...] = ("onnx", "template", "yolo")
+
+
+def sample_frame(sample: Sample, seq: int = 0) -> Frame:
+    image = read_gray(sample.image_path)
+    template = read_gray(sample.template_path) if sample.template_path is not None else None
+    return Frame(camera="bench", seq=seq, ts=time.time(), image=image, template=template,
+                 truth=list(sample.labels), part_id=sample.sample_id)
+
+
+def _pct(xs: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs, dtype=np.float64), q)) if xs else float("nan")
+
+
+def evaluate(
+    detector: Detector,
+    samples: Sequence[Sample],
+    *,
+    prf_conf: float = 0.25,
+    classes: Sequence[str] | None = None,
+    warmup: int = 3,
+) -> dict[str, Any]:
+    """Run ``detector`` over ``samples`` and score it.
+
+    mAP uses every detection the detector returns (build it with a low confidence threshold for a
+    proper PR curve); P/R/F use only detections with confidence >= ``prf_conf``, which is the
+    operating point a line would run at. ``unknown`` detections are counted apart: they belong to
+    no trained class.
+    """
+    from vision import metrics
+
+    if not samples:
+        raise ValueError("no samples to evaluate")
+    names = list(classes) if classes is not None else list(detector.classes)
+    frames = (sample_frame(s, i) for i, s in enumerate(samples))
+    if warmup:
+        f0 = sample_frame(samples[0])
+        for _ in range(warmup):
+            detector.detect(f0)
+    preds: list[list[Detection]] = []
+    truths = []
+    lat_ms: list[float] = []
+    n_unknown = 0
+    for s, f in zip(samples, frames, strict=True):
+        t0 = time.perf_counter()
+        dets = detector.detect(f)
+        lat_ms.append((time.perf_counter() - t0) * 1000.0)
+        n_unknown += sum(d.cls == UNKNOWN_CLASS for d in dets)
+        preds.append([d for d in dets if d.cls != UNKNOWN_CLASS])
+        truths.append(list(s.labels))
+    rep = metrics.evaluate(preds, truths, names).as_dict()
+    at_conf = [[d for d in p if d.confidence >= prf_conf] for p in preds]
+    op = metrics.evaluate(at_conf, truths, names).as_dict()
+    total_s = sum(lat_ms) / 1000.0
+    return {
+        "detector": detector.name,
+        "images": len(samples),
+        "map50": rep["map50"],
+        "map50_95": rep["map50_95"],
+        "ap50": rep["ap50"],
+        "ap50_95": rep["ap50_95"],
+        "prf_conf": prf_conf,
+        # DeepPCB protocol: same class, IoU > 0.33, at the operating confidence.
+        "precision": op["deeppcb"]["precision"],  # type: ignore[index]
+        "recall": op["deeppcb"]["recall"],  # type: ignore[index]
+        "f1": op["deeppcb"]["f1"],  # type: ignore[index]
+        "deeppcb": op["deeppcb"],
+        "per_class": op["per_class"],
+        "agnostic": op["agnostic"],
+        "unknown_detections": n_unknown,
+        "latency_ms": {"p50": _pct(lat_ms, 50), "p99": _pct(lat_ms, 99), "mean": float(np.mean(lat_ms))},
+        "fps": len(samples) / total_s if total_s > 0 else float("nan"),
+    }
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def build_detector(kind: str, model: str | None, *, conf: float, threads: int,
+                   registry: Path | None = None) -> Detector:
+    """Instantiate one detector kind; ``model`` is a path or registry ref (onnx) or a .pt / model dir (yolo)."""
+    if kind == "onnx":
+        from vision.detectors.onnx import OnnxDetector
+
+        det = OnnxDetector.load(model, registry=registry, conf=conf, threads=threads, unknown_pass=False) \
+            if model else OnnxDetector.default(conf=conf, threads=threads, unknown_pass=False)
+        return det
+    if kind == "template":
+        from vision.detectors.template import TemplateDiffDetector
+
+        return TemplateDiffDetector()  # type: ignore[no-any-return]
+    if kind == "yolo":
+        from vision.detectors.yolo import YoloDetector
+
+        if not model:
+            raise ValueError("the yolo detector needs --model (a registry version dir with weights.pt, or a .pt)")
+        return YoloDetector.load(model, registry=registry, conf=conf, threads=threads)
+    raise ValueError(f"unknown detector kind {kind!r}; expected one of {DETECTOR_KINDS}")
+
+
+def run_one(kind: str, data: Path, fmt: str, split: str | None, holdout_last: int, model: str | None,
+            conf: float, prf_conf: float, threads: int, registry: Path | None, limit: int | None) -> dict[str, Any]:
+    """Load data, build one detector, evaluate it; adds peak RSS and whether torch got imported."""
+    from vision.train import load_samples
+
+    samples = load_samples(data, fmt, split)
+    if holdout_last:
+        samples = samples[-holdout_last:]
+    if limit:
+        samples = samples[:limit]
+    det = build_detector(kind, model, conf=conf, threads=threads, registry=registry)
+    res = evaluate(det, samples, prf_conf=prf_conf)
+    res["kind"] = kind
+    res["threads"] = threads
+    res["conf"] = conf
+    res["peak_rss_mb"] = peak_rss_mb()
+    res["torch_imported"] = "torch" in sys.modules
+    return res
+
+
+def bench_subprocess(kind: str, args: list[str], timeout: float = 3600) -> dict[str, Any]:
+    """Run ``run_one`` for ``kind`` in a fresh interpreter; a failure comes back as {'error': ...}."""
+    cmd = [sys.executable, "-m", "vision.bench", "--kind", kind, *args]
+    env = dict(os.environ)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+        return {"kind": kind, "error": " | ".join(tail) or f"exit {p.returncode}"}
+    return json.loads(p.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def markdown_row(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"| {r['kind']} | error: {r['error']} | | | | | | | |"
+    ag = r["agnostic"]
+    return (
+        f"| {r['detector']} | {r['images']} | {r['map50']:.3f} | {r['f1']:.3f} | {ag['f1']:.3f} | "
+        f"{r['latency_ms']['p50']:.1f} | {r['latency_ms']['p99']:.1f} | {r['fps']:.1f} | {r['peak_rss_mb']:.0f} |"
+    )
+
+
+MD_HEADER = (
+    "| detector | images | mAP50 | F (IoU>0.33, same class) | F (class-agnostic) | p50 ms | p99 ms | frames/s "
+    "| peak RSS MB |\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="evaluate one detector (used by lineguard bench vision)")
+    ap.add_argument("--kind", required=True, choices=DETECTOR_KINDS)
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--format", required=True)
+    ap.add_argument("--split", default=None)
+    ap.add_argument("--holdout-last", type=int, default=0)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--registry", type=Path, default=None)
+    ap.add_argument("--conf", type=float, default=0.25)
+    ap.add_argument("--prf-conf", type=float, default=0.25)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=None)
+    a = ap.parse_args(argv)
+    res = run_one(a.kind, a.data, a.format, a.split, a.holdout_last, a.model, a.conf, a.prf_conf,
+                  a.threads, a.registry, a.limit)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,213 @@
+"""Detection metrics: COCO-style AP (mAP50, mAP50-95) and the DeepPCB P/R/F-score protocol.
+
+Definitions used here, so figures are comparable with the literature:
+
+* AP (COCO, Lin et al. 2014; pycocotools ``COCOeval.evaluate``/``accumulate``): per class, detections of
+  all images are sorted by confidence; each is matched greedily, per image, to the not-yet-matched
+  same-class ground truth with the highest IoU >= threshold. Precision is made monotone (each point takes
+  the max precision at any higher recall) and sampled at the 101 recall points 0, 0.01, ..., 1; AP is
+  their mean (a recall point beyond the reached recall counts as precision 0). Classes without ground truth
+  are left out of the mean. mAP50-95 averages AP over IoU thresholds 0.50, 0.55, ..., 0.95.
+* DeepPCB (Tang et al., 2019, "On-line PCB Defect Detector On A New PCB Defect Dataset"): a detection is
+  a true positive when its IoU with a same-class ground-truth box *exceeds* 0.33; precision = TP / detections,
+  recall = TP / ground truths, F-score = 2PR / (P + R). Matching here is greedy by confidence, one ground
+  truth per detection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vision.types import Detection, Label
+
+COCO_IOUS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+def match_image(
+    dets: Sequence[Detection],
+    truths: Sequence[Label],
+    iou_thr: float,
+    *,
+    same_class: bool = True,
+    strict: bool = False,
+) -> list[int]:
+    """Greedy matching in one image. Returns, for each detection (input order), the index of the ground
+    truth it matched, or -1. Detections are taken by descending confidence (stable for ties); each takes the
+    unmatched ground truth with the highest IoU that is >= ``iou_thr`` (> when ``strict``)."""
+    result = [-1] * len(dets)
+    taken = [False] * len(truths)
+    order = sorted(range(len(dets)), key=lambda i: -dets[i].confidence)
+    for i in order:
+        d = dets[i]
+        best, best_iou = -1, -1.0
+        for j, t in enumerate(truths):
+            if taken[j] or (same_class and t.cls != d.cls):
+                continue
+            iou = d.box.iou(t.box)
+            ok = iou > iou_thr if strict else iou >= iou_thr
+            if ok and iou > best_iou:
+                best, best_iou = j, iou
+        if best >= 0:
+            taken[best] = True
+            result[i] = best
+    return result
+
+
+def average_precision(
+    preds: Sequence[Sequence[Detection]], truths: Sequence[Sequence[Label]], cls: str, iou_thr: float
+) -> float | None:
+    """COCO 101-point interpolated AP of one class at one IoU threshold; None when the class has no truth."""
+    _check_lengths(preds, truths)
+    n_gt = sum(1 for ts in truths for t in ts if t.cls == cls)
+    if n_gt == 0:
+        return None
+    scores: list[float] = []
+    hits: list[bool] = []
+    for dets, ts in zip(preds, truths, strict=True):
+        cd = [d for d in dets if d.cls == cls]
+        ct = [t for t in ts if t.cls == cls]
+        m = match_image(cd, ct, iou_thr)
+        scores.extend(d.confidence for d in cd)
+        hits.extend(j >= 0 for j in m)
+    if not scores:
+        return 0.0
+    order = np.argsort(-np.asarray(scores), kind="mergesort")
+    tp = np.cumsum(np.asarray(hits, dtype=np.float64)[order])
+    fp = np.cumsum(1.0 - np.asarray(hits, dtype=np.float64)[order])
+    recall = tp / n_gt
+    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # monotone envelope
+    idx = np.searchsorted(recall, _RECALL_POINTS, side="left")
+    sampled = np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0)
+    return float(sampled.mean())
+
+
+@dataclass(frozen=True, slots=True)
+class PRF:
+    """Counts and rates at one matching rule."""
+
+    tp: int
+    fp: int
+    fn: int
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def precision_recall(
+    preds: Sequence[Sequence[Detection]],
+    truths: Sequence[Sequence[Label]],
+    *,
+    iou_thr: float = 0.33,
+    same_class: bool = True,
+    strict: bool = True,
+    classes: Iterable[str] | None = None,
+) -> tuple[PRF, dict[str, PRF]]:
+    """DeepPCB-protocol counts: (overall, per class). Defaults: IoU > 0.33 with same-class matching.
+
+    With ``same_class=False`` it is the class-agnostic rule (any detection may cover any truth); per-class
+    figures then count a truth as found by any detection, and a detection as correct by any truth, bucketed by
+    the truth's class for FN/TP and the detection's class for FP.
+    """
+    _check_lengths(preds, truths)
+    names = set(classes or ())
+    for dets, ts in zip(preds, truths, strict=True):
+        names.update(d.cls for d in dets)
+        names.update(t.cls for t in ts)
+    tp = dict.fromkeys(names, 0)
+    fp = dict.fromkeys(names, 0)
+    fn = dict.fromkeys(names, 0)
+    for dets, ts in zip(preds, truths, strict=True):
+        m = match_image(dets, ts, iou_thr, same_class=same_class, strict=strict)
+        matched = set()
+        for d, j in zip(dets, m, strict=True):
+            if j >= 0:
+                tp[ts[j].cls] += 1
+                matched.add(j)
+            else:
+                fp[d.cls] += 1
+        for j, t in enumerate(ts):
+            if j not in matched:
+                fn[t.cls] += 1
+    per = {c: PRF(tp[c], fp[c], fn[c]) for c in sorted(names)}
+    overall = PRF(sum(tp.values()), sum(fp.values()), sum(fn.values()))
+    return overall, per
+
+
+@dataclass(slots=True)
+class DetectionReport:
+    """Everything ``evaluate`` measures; ``as_dict`` is what benchmarks print/store."""
+
+    ap50: dict[str, float] = field(default_factory=dict)
+    ap50_95: dict[str, float] = field(default_factory=dict)
+    map50: float = 0.0
+    map50_95: float = 0.0
+    prf: PRF = field(default_factory=lambda: PRF(0, 0, 0))
+    per_class: dict[str, PRF] = field(default_factory=dict)
+    agnostic: PRF = field(default_factory=lambda: PRF(0, 0, 0))
+
+    def as_dict(self) -> dict[str, object]:
+        def d(p: PRF) -> dict[str, float]:
+            return {
+                "tp": p.tp,
+                "fp": p.fp,
+                "fn": p.fn,
+                "precision": p.precision,
+                "recall": p.recall,
+                "f1": p.f1,
+            }
+
+        return {
+            "map50": self.map50,
+            "map50_95": self.map50_95,
+            "ap50": self.ap50,
+            "ap50_95": self.ap50_95,
+            "deeppcb": d(self.prf),
+            "per_class": {c: d(p) for c, p in self.per_class.items()},
+            "agnostic": d(self.agnostic),
+        }
+
+
+def evaluate(
+    preds: Sequence[Sequence[Detection]],
+    truths: Sequence[Sequence[Label]],
+    classes: Sequence[str] | None = None,
+    *,
+    pr_iou: float = 0.33,
+) -> DetectionReport:
+    """AP50, AP50-95 per class and their means over classes with truth, plus DeepPCB P/R/F (same class,
+    IoU > ``pr_iou``) and the class-agnostic counts at the same IoU."""
+    _check_lengths(preds, truths)
+    names = list(classes) if classes is not None else sorted({t.cls for ts in truths for t in ts})
+    rep = DetectionReport()
+    for c in names:
+        aps = [average_precision(preds, truths, c, t) for t in COCO_IOUS]
+        if aps[0] is None:
+            continue
+        rep.ap50[c] = float(aps[0])
+        rep.ap50_95[c] = float(np.mean([a for a in aps if a is not None]))
+    if rep.ap50:
+        rep.map50 = float(np.mean(list(rep.ap50.values())))
+        rep.map50_95 = float(np.mean(list(rep.ap50_95.values())))
+    rep.prf, rep.per_class = precision_recall(preds, truths, iou_thr=pr_iou, classes=names)
+    rep.agnostic, _ = precision_recall(preds, truths, iou_thr=pr_iou, same_class=False)
+    return rep
+
+
+def _check_lengths(preds: Sequence[object], truths: Sequence[object]) -> None:
+    if len(preds) != len(truths):
+        raise ValueError(f"{len(preds)} prediction lists for {len(truths)} images")

@@ -1,0 +1,124 @@
+"""QA rules: from a part's detections to one decision (pass / rework / reject), configured per line.
+
+A rule triggers on a detection when the class matches (``*`` = any), the confidence is at least
+``min_confidence`` and the box is at least ``min_area_px`` in area and ``min_size_px`` on its longer side.
+The first rule (in order) that triggers decides that detection's action; a detection no rule triggers on
+gets ``default_action`` (``pass``), except class ``unknown`` which gets ``unknown_action`` (default
+``rework``: a difference nobody can name is sent to a person, not shipped). The part's decision is the
+most severe action over its detections: reject > rework > pass.
+
+YAML (a line file's ``qa:`` block, or the same keys at top level)::
+
+    qa:
+      default_action: pass
+      unknown_action: rework
+      rules:
+        - {classes: [short, open], min_confidence: 0.5, action: reject}
+        - {classes: ["*"], min_confidence: 0.6, min_area_px: 400, action: rework}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vision.types import DEFECT_CLASSES, UNKNOWN_CLASS, Detection
+
+
+class Action(StrEnum):
+    PASS = "pass"
+    REWORK = "rework"
+    REJECT = "reject"
+
+
+_SEVERITY = {Action.PASS: 0, Action.REWORK: 1, Action.REJECT: 2}
+
+
+class QARule(BaseModel):
+    """One rule; see the module docstring."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    classes: list[str] = Field(default_factory=lambda: ["*"])
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    min_area_px: float = Field(0.0, ge=0.0)
+    min_size_px: float = Field(0.0, ge=0.0)
+    action: Action
+
+    @field_validator("classes")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        known = {*DEFECT_CLASSES, UNKNOWN_CLASS, "*"}
+        bad = [c for c in v if c not in known]
+        if bad:
+            raise ValueError(f"unknown class(es) {bad}; expected any of {sorted(known)}")
+        if not v:
+            raise ValueError("classes must not be empty (use ['*'] for any class)")
+        return v
+
+    def triggers(self, d: Detection) -> bool:
+        return (
+            ("*" in self.classes or d.cls in self.classes)
+            and d.confidence >= self.min_confidence
+            and d.box.area >= self.min_area_px
+            and max(d.box.width, d.box.height) >= self.min_size_px
+        )
+
+
+@dataclass(slots=True)
+class QADecision:
+    """The part's action and, per triggering detection, the action and the rule index (-1: default)."""
+
+    action: Action
+    reasons: list[tuple[Detection, Action, int]] = field(default_factory=list)
+
+
+class QARules(BaseModel):
+    """The rule set of one line/camera."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[QARule] = Field(default_factory=list)
+    default_action: Action = Action.PASS
+    unknown_action: Action = Action.REWORK
+
+    def decide(self, detections: Sequence[Detection]) -> QADecision:
+        out = QADecision(Action.PASS)
+        for d in detections:
+            idx, act = -1, (self.unknown_action if d.cls == UNKNOWN_CLASS else self.default_action)
+            for i, r in enumerate(self.rules):
+                if r.triggers(d):
+                    idx, act = i, r.action
+                    break
+            if act != Action.PASS:
+                out.reasons.append((d, act, idx))
+            if _SEVERITY[act] > _SEVERITY[out.action]:
+                out.action = act
+        return out
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str = "qa") -> QARules:
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a mapping with 'rules', got {type(data).__name__}")
+        block = data.get("qa", data)
+        return cls.model_validate(block)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> QARules:
+        """Read the ``qa:`` block (or top-level rules) of a YAML file; errors name the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"QA rules file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            return cls.from_mapping(data, str(path))
+        except (yaml.YAMLError, ValueError) as exc:
+            raise ValueError(f"{path}: invalid QA rules: {exc}") from exc

@@ -240,7 +240,9 @@ class BaseDriver:
         return readback
 
 
-def _same_raw(tag: Tag, a: Value, b: Value) -> bool:
+def _same_raw(tag: Tag, a: Value, b: object) -> bool:
+    if not isinstance(b, bool | int | float):
+        return False  # e.g. no reply at all
     if tag.type == "float32":
         # float32 on the wire: compare at single precision.
         return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(a)))

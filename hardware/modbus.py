@@ -64,9 +64,7 @@ class ModbusDriver(BaseDriver):
     def _is_link_error(self, exc: BaseException) -> bool:
         if isinstance(exc, ModbusRequestError):
             return False
-        return isinstance(
-            exc, ConnectionException | ModbusIOException | ConnectionError | OSError | TimeoutError
-        )
+        return isinstance(exc, ConnectionException | ModbusIOException | ConnectionError | OSError | TimeoutError)
 
     @staticmethod
     def _check(resp: object, what: str) -> None:

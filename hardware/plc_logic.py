@@ -12,9 +12,7 @@ import time
 from collections.abc import Callable
 
 # Tags the controller may change; everything else is driven by the PLC or by the physical inputs.
-PLC_WRITABLE = frozenset(
-    {"run_cmd", "heartbeat", "speed_setpoint", "reject_seq", "reject_count", "recipe_id"}
-)
+PLC_WRITABLE = frozenset({"run_cmd", "heartbeat", "speed_setpoint", "reject_seq", "reject_count", "recipe_id"})
 ALL_SIGNALS = (
     "run_cmd",
     "reject_gate",

@@ -205,9 +205,7 @@ class LineController:
             log.exception("on_audit hook failed for %s", record)
         return record
 
-    async def _write(
-        self, action: str, tag: str, value: Value, *, part_id: str | None = None
-    ) -> tuple[Value, float]:
+    async def _write(self, action: str, tag: str, value: Value, *, part_id: str | None = None) -> tuple[Value, float]:
         t0 = time.perf_counter()
         rec = AuditRecord(action=action, outcome="ok", line=self.line, tag=tag, value=value, part_id=part_id)
         try:

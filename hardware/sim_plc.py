@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,12 +29,12 @@ from pymodbus.datastore import ModbusServerContext
 from pymodbus.server import ModbusTcpServer
 
 from hardware.modbus_codec import decode_raw, encode_raw
-from hardware.plc_logic import PlcLogic, PlcWriteError, RawValue
+from hardware.plc_logic import PlcLogic, PlcWriteError
+from hardware.sim_base import ThreadedSim
 from hardware.tags import REGISTER_COUNT, RegisterKind, Tag, TagMap
 
 SIM_ESTOP_REGISTER = 100
 SIM_GUARD_REGISTER = 101
-SCAN_PERIOD_S = 0.005
 
 _FC_KIND = {
     1: RegisterKind.COIL,
@@ -134,8 +132,10 @@ class _PlcContext(ModbusServerContext):
         return None
 
 
-class SimPlc:
+class SimPlc(ThreadedSim):
     """Modbus TCP PLC simulator: `start()` runs it in a background thread, `serve()` in the current loop."""
+
+    name = "sim-plc-modbus"
 
     def __init__(
         self,
@@ -146,82 +146,24 @@ class SimPlc:
         gate_pulse_s: float = 0.05,
         tags: TagMap | None = None,
     ) -> None:
+        super().__init__(watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s)
         self.host = host
         self.requested_port = port
         self.port = port
         self.tags = tags or TagMap.load()
-        self.logic = PlcLogic(watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s)
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
 
-    # ----- simulator API for tests and the demo
-    def set_estop(self, active: bool) -> None:
-        self.logic.set_estop(active)
-
-    def set_guard_door(self, open_: bool) -> None:
-        self.logic.set_guard_door(open_)
-
-    def snapshot(self) -> dict[str, RawValue]:
-        return self.logic.snapshot()
-
-    # ----- lifecycle
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         """Serve until `stop_async()` (or task cancellation)."""
-        self._stop = asyncio.Event()
         server = ModbusTcpServer(_PlcContext(self.logic, self.tags), address=(self.host, self.requested_port))
         await server.serve_forever(background=True)
         self.port = _bound_port(server, self.requested_port)
-        if ready is not None:
-            ready.set()
-        self._ready.set()
         try:
-            while not self._stop.is_set():
-                self.logic.scan()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), SCAN_PERIOD_S)
+            if ready is not None:
+                ready.set()
+            self._ready.set()
+            await self._scan_until_stopped()
         finally:
             await server.shutdown()
-
-    def stop_async(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
-
-    def start(self, timeout: float = 10.0) -> SimPlc:
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                loop.run_until_complete(self.serve())
-            except BaseException as exc:  # surfaced to start() instead of dying silently in a thread
-                self._error = exc
-                self._ready.set()
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"sim-plc-{self.requested_port}", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError("PLC simulator did not start")
-        if self._error is not None:
-            raise RuntimeError(f"PLC simulator failed to start: {self._error}") from self._error
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def __enter__(self) -> SimPlc:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _bound_port(server: Any, requested: int) -> int:

@@ -152,9 +152,7 @@ class TagMapModel(_Strict):
             for i in range(REGISTER_COUNT[tag.type]):
                 key = (tag.modbus.kind.value, tag.modbus.offset + i)
                 if key in used:
-                    raise ValueError(
-                        f"signal {tag.name!r} overlaps {used[key]!r} at modbus {key[0]} {key[1]}"
-                    )
+                    raise ValueError(f"signal {tag.name!r} overlaps {used[key]!r} at modbus {key[0]} {key[1]}")
                 used[key] = tag.name
         return self
 
@@ -218,9 +216,7 @@ class TagMap:
     @classmethod
     def from_dict(cls, data: object, source: str = "<dict>") -> TagMap:
         if not isinstance(data, dict):
-            raise TagMapError(
-                f"invalid tag map {source}: top level must be a mapping, got {type(data).__name__}"
-            )
+            raise TagMapError(f"invalid tag map {source}: top level must be a mapping, got {type(data).__name__}")
         try:
             return cls(TagMapModel.model_validate(data))
         except ValidationError as exc:
@@ -291,13 +287,9 @@ class TagMap:
                 raise WriteRefused(f"tag {name!r}: value {value!r} is not finite", tag=name, value=value)
             v = value
             if tag.min is not None and v < tag.min:
-                raise WriteRefused(
-                    f"tag {name!r}: value {v} is below the minimum {tag.min}", tag=name, value=value
-                )
+                raise WriteRefused(f"tag {name!r}: value {v} is below the minimum {tag.min}", tag=name, value=value)
             if tag.max is not None and v > tag.max:
-                raise WriteRefused(
-                    f"tag {name!r}: value {v} is above the maximum {tag.max}", tag=name, value=value
-                )
+                raise WriteRefused(f"tag {name!r}: value {v} is above the maximum {tag.max}", tag=name, value=value)
         raw = tag.to_raw(v)
         lo, hi = _RAW_LIMITS[tag.type]
         if not lo <= float(raw) <= hi:

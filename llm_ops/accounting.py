@@ -84,7 +84,8 @@ class Ledger:
 
 def totals(url: str, *, day: date | None = None, line: str | None = None) -> list[dict[str, Any]]:
     """Totals per day, line, backend and model from the ``llm_cost_daily`` view, optionally filtered."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[Any] = []
     if day is not None:
         where.append("day = %s")
         args.append(day)
@@ -95,6 +96,6 @@ def totals(url: str, *, day: date | None = None, line: str | None = None) -> lis
           " FROM llm_cost_daily" + (" WHERE " + " AND ".join(where) if where else "") + \
           " ORDER BY day, line, backend, model"
     with psycopg.connect(url) as conn:
-        cur = conn.execute(sql, args)  # type: ignore[arg-type]  # composed from fixed fragments only
+        cur = conn.execute(sql.encode(), args)  # composed from fixed fragments only
         cols = [d.name for d in cur.description or []]
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]

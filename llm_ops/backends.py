@@ -61,10 +61,19 @@ class Completion:
 class Backend(Protocol):
     """What the agent needs from a text generator."""
 
-    name: str
-    model: str
-    supports_tools: bool
-    is_model: bool  # False for the template narrator: no regeneration makes sense for it
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def supports_tools(self) -> bool: ...
+
+    @property
+    def is_model(self) -> bool:
+        """False for the template narrator: regenerating its text makes no sense."""
+        ...
 
     def complete(
         self,

@@ -55,7 +55,8 @@ def narrate(facts: list[Fact], lang: str = "en", line: str = "", hours: float | 
             add(f"{dev} 发生 {_v(f, lang)} 次 {code} 故障{extra}。", *(x for x in (f, d) if x))
         else:
             extra = f", {_v(d, lang)} downtime" if d else ""
-            add(f"{dev}: {_v(f, lang)} {code} faults{extra}.", *(x for x in (f, d) if x))
+            noun = "fault" if round(f.value) == 1 else "faults"
+            add(f"{dev}: {_v(f, lang)} {code} {noun}{extra}.", *(x for x in (f, d) if x))
     if pairs:
         top = pairs[0]
         checks.append(
@@ -73,14 +74,18 @@ def narrate(facts: list[Fact], lang: str = "en", line: str = "", hours: float | 
             s = f"能耗 {_v(energy, lang)}"
             if per_part:
                 s += f"，每件合格品 {_v(per_part, lang)}"
-            if base and delta:
+            if base and delta and abs(delta.value) < 0.05:
+                s += f"（与基线 {_v(base, lang)} 持平）"
+            elif base and delta:
                 s += f"（基线 {_v(base, lang)}，{'高' if delta.value > 0 else '低'} {_v(delta, lang).lstrip('-')}）"
             add(s + "。", *(x for x in (energy, per_part, base, delta) if x))
         else:
             s = f"Energy {_v(energy, lang)}"
             if per_part:
-                s += f", {_v(per_part, lang)} per good part"
-            if base and delta:
+                s += f"; {_v(per_part, lang)} for good parts"
+            if base and delta and abs(delta.value) < 0.05:
+                s += f" (at the {_v(base, lang)} baseline)"
+            elif base and delta:
                 word = "above" if delta.value > 0 else "below"
                 s += f" ({_v(delta, lang).lstrip('-')} {word} the {_v(base, lang)} baseline)"
             add(s + ".", *(x for x in (energy, per_part, base, delta) if x))

@@ -14,6 +14,7 @@ do not.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -164,17 +165,13 @@ def _allowed_clock(facts: Iterable[Fact], window: Window | None) -> set[str]:
         times += [window.start, window.end]
     for f in facts:
         if f.at:
-            try:
+            with contextlib.suppress(ValueError):
                 times.append(datetime.fromisoformat(f.at))
-            except ValueError:
-                pass
         for key in ("start", "end"):
             v = f.extra.get(key)
             if isinstance(v, str):
-                try:
+                with contextlib.suppress(ValueError):
                     times.append(datetime.fromisoformat(v))
-                except ValueError:
-                    pass
     return {f"{t.hour:02d}:{t.minute:02d}" for t in times} | {f"{t.hour}:{t.minute:02d}" for t in times}
 
 

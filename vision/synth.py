@@ -62,46 +62,40 @@ def _rot_dir(rng: np.random.Generator) -> tuple[float, float]:
 
 
 def draw_template(seed: int, size: int = SIZE, copper: int = 0) -> tuple[Image, list[_Segment]]:
-    """A defect-free board: bundles of routed traces, pads, vias. Returns the image and its trace segments."""
+    """A defect-free board: copper areas, pad arrays and bundles of routed traces with pads and vias.
+
+    Each group is drawn on its own layer and kept only if it stays ``clearance`` px away from the copper
+    already placed, as separate nets on a real board do; so a short or an open changes the topology.
+    Returns the image and the trace segments (where the defect injector finds traces).
+    """
     rng = np.random.default_rng(seed)
     bg = 255 - copper
-    img = np.full((size, size), bg, np.uint8)
+    placed = np.zeros((size, size), np.uint8)  # 1 = copper
     segs: list[_Segment] = []
     # Scale varies between boards like DeepPCB's groups (some zoomed in on thick copper, some fine pitch).
     scale = float(rng.uniform(0.6, 1.6))
-    n_bundles = int(rng.integers(4, 10))
-    for _ in range(n_bundles):
-        width = max(3, int(rng.integers(4, 12) * scale))
-        pitch = width + max(6, int(rng.integers(8, 20) * scale))
-        n_lines = int(rng.integers(1, 6))
-        x, y = float(rng.uniform(0.1, 0.9) * size), float(rng.uniform(0.1, 0.9) * size)
-        dx, dy = _rot_dir(rng)
-        # Perpendicular offset for parallel lines of a bus.
-        px, py = -dy, dx
-        n_turns = int(rng.integers(1, 4))
-        path = [(x, y)]
-        for _t in range(n_turns):
-            length = float(rng.uniform(60, 300))
-            x, y = x + dx * length, y + dy * length
-            path.append((x, y))
-            # Turn by +-45 or +-90 degrees.
-            turn = math.radians(float(rng.choice([-90, -45, 45, 90])))
-            dx, dy = dx * math.cos(turn) - dy * math.sin(turn), dx * math.sin(turn) + dy * math.cos(turn)
-        for k in range(n_lines):
-            off = (k - (n_lines - 1) / 2) * pitch
-            pts = [(p[0] + px * off, p[1] + py * off) for p in path]
-            for a, b in itertools.pairwise(pts):
-                cv2.line(img, _pt(a), _pt(b), copper, width, cv2.LINE_8)
-                segs.append(_Segment(a, b, width))
-            # Round pads at the ends with a drilled hole: the vias and pads of the real boards.
-            for end in (pts[0], pts[-1]):
-                if rng.random() < 0.6:
-                    r = int(width * rng.uniform(1.3, 2.2)) + 3
-                    cv2.circle(img, _pt(end), r, copper, -1)
-                    if rng.random() < 0.7:
-                        cv2.circle(img, _pt(end), max(2, int(r * rng.uniform(0.35, 0.55))), bg, -1)
-    # Pad arrays (IC footprints / headers) and a few large copper areas.
-    for _ in range(int(rng.integers(1, 4))):
+    clearance = max(5, int(6 * scale))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * clearance + 1, 2 * clearance + 1))
+
+    def commit(layer: np.ndarray, new_segs: list[_Segment]) -> bool:
+        nonlocal placed
+        if (cv2.dilate(placed, kernel) & layer).any():
+            return False
+        placed |= layer
+        segs.extend(new_segs)
+        return True
+
+    for _ in range(int(rng.integers(0, 2))):  # a large copper area (ground plane, big pad)
+        layer = np.zeros_like(placed)
+        c = (int(rng.integers(0, size)), int(rng.integers(0, size)))
+        if rng.random() < 0.5:
+            cv2.circle(layer, c, int(rng.integers(40, 140)), 1, -1)
+        else:
+            w, h = int(rng.integers(60, 200)), int(rng.integers(40, 160))
+            cv2.rectangle(layer, c, (c[0] + w, c[1] + h), 1, -1)
+        commit(layer, [])
+    for _ in range(int(rng.integers(1, 4))):  # pad arrays: IC footprints, headers
+        layer = np.zeros_like(placed)
         w = int(rng.integers(10, 26) * scale)
         h = int(rng.integers(10, 40) * scale)
         step = w + int(rng.integers(8, 20) * scale)
@@ -110,17 +104,47 @@ def draw_template(seed: int, size: int = SIZE, copper: int = 0) -> tuple[Image, 
         for i in range(int(rng.integers(2, 8))):
             cx = x0 + i * step
             if round_pads:
-                cv2.circle(img, (cx, y0), w // 2 + 2, copper, -1)
-                cv2.circle(img, (cx, y0), max(2, w // 5), bg, -1)
+                cv2.circle(layer, (cx, y0), w // 2 + 2, 1, -1)
+                cv2.circle(layer, (cx, y0), max(2, w // 5), 0, -1)
             else:
-                cv2.rectangle(img, (cx - w // 2, y0 - h // 2), (cx + w // 2, y0 + h // 2), copper, -1)
-    for _ in range(int(rng.integers(0, 2))):
-        c = (int(rng.integers(0, size)), int(rng.integers(0, size)))
-        if rng.random() < 0.5:
-            cv2.circle(img, c, int(rng.integers(40, 140)), copper, -1)
-        else:
-            w, h = int(rng.integers(60, 200)), int(rng.integers(40, 160))
-            cv2.rectangle(img, c, (c[0] + w, c[1] + h), copper, -1)
+                cv2.rectangle(layer, (cx - w // 2, y0 - h // 2), (cx + w // 2, y0 + h // 2), 1, -1)
+        commit(layer, [])
+    want, tries = int(rng.integers(5, 11)), 0
+    while want > 0 and tries < 40:
+        tries += 1
+        layer = np.zeros_like(placed)
+        new: list[_Segment] = []
+        width = max(3, int(rng.integers(4, 12) * scale))
+        pitch = width + max(clearance + 2, int(rng.integers(8, 20) * scale))
+        n_lines = int(rng.integers(1, 6))
+        x, y = float(rng.uniform(0.05, 0.95) * size), float(rng.uniform(0.05, 0.95) * size)
+        dx, dy = _rot_dir(rng)
+        px, py = -dy, dx  # perpendicular offset for the parallel lines of a bus
+        path = [(x, y)]
+        for _t in range(int(rng.integers(1, 4))):
+            length = float(rng.uniform(60, 300))
+            x, y = x + dx * length, y + dy * length
+            path.append((x, y))
+            turn = math.radians(float(rng.choice([-90, -45, 45, 90])))
+            dx, dy = dx * math.cos(turn) - dy * math.sin(turn), dx * math.sin(turn) + dy * math.cos(turn)
+        # Pads may not reach the neighbouring line of the bus.
+        r_max = (pitch - 3) // 2 if n_lines > 1 else 3 * width
+        for k in range(n_lines):
+            off = (k - (n_lines - 1) / 2) * pitch
+            pts = [(p[0] + px * off, p[1] + py * off) for p in path]
+            for a, b in itertools.pairwise(pts):
+                cv2.line(layer, _pt(a), _pt(b), 1, width, cv2.LINE_8)
+                new.append(_Segment(a, b, width))
+            for end in (pts[0], pts[-1]):  # round pads and vias with a drilled hole
+                if rng.random() < 0.6:
+                    r = min(r_max, int(width * rng.uniform(1.3, 2.2)) + 3)
+                    cv2.circle(layer, _pt(end), r, 1, -1)
+                    if rng.random() < 0.7 and r >= 5:
+                        cv2.circle(layer, _pt(end), max(2, int(r * rng.uniform(0.35, 0.55))), 0, -1)
+        if commit(layer, new):
+            want -= 1
+    img = np.full((size, size), bg, np.uint8)
+    img[placed > 0] = copper
     return img, segs
 
 
@@ -182,7 +206,7 @@ class _Injector:
         x, y, ux, uy, seg = hit
         nx, ny = -uy, ux
         half = seg.width / 2 + 4
-        gap = int(self.rng.integers(2, 7))
+        gap = int(self.rng.integers(3, 7))  # >= 3 px: a thinner diagonal cut leaves 8-connected copper
         a = (x - nx * half, y - ny * half)
         b = (x + nx * half, y + ny * half)
         cv2.line(self.img, _pt(a), _pt(b), self.bg, gap)
@@ -195,19 +219,28 @@ class _Injector:
                 return False
             x, y, ux, uy, seg = hit
             nx, ny = -uy, ux
-            sign = 1 if self.rng.random() < 0.5 else -1
+            first = 1 if self.rng.random() < 0.5 else -1
             own = self.comp[round(y), round(x)]
-            start = seg.width / 2 + 1
-            for d in range(int(start), int(start) + 45):
-                qx, qy = x + sign * nx * d, y + sign * ny * d
-                if not _inside(qx, qy, self.size, 4):
-                    break
-                lab = self.comp[round(qy), round(qx)]
-                if lab and lab != own:
-                    thick = int(self.rng.integers(2, 6))
-                    ex, ey = qx + sign * nx * 2, qy + sign * ny * 2
-                    cv2.line(self.img, _pt((x, y)), _pt((ex, ey)), self.copper, thick)
-                    return True
+            start = int(seg.width / 2 + 1)
+            for sign in (first, -first):
+                gap = 0  # background pixels crossed so far
+                for d in range(start, start + 50):
+                    qx, qy = x + sign * nx * d, y + sign * ny * d
+                    if not _inside(qx, qy, self.size, 4):
+                        break
+                    lab = self.comp[round(qy), round(qx)]
+                    if lab == 0:
+                        gap += 1
+                        continue
+                    if lab == own:
+                        if gap:
+                            break  # back on our own copper (a bend): no bridge this way
+                        continue  # still leaving our own trace/pad
+                    if gap:
+                        thick = int(self.rng.integers(2, 6))
+                        ex, ey = qx + sign * nx * 2, qy + sign * ny * 2
+                        cv2.line(self.img, _pt((x, y)), _pt((ex, ey)), self.copper, thick)
+                        return True
         return False
 
     def mousebite(self) -> bool:

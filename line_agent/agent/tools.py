@@ -427,5 +427,5 @@ def vocabulary(conn: psycopg.Connection, line: str) -> set[str]:
         "SELECT DISTINCT cls FROM defects WHERE line = %s",
         "SELECT DISTINCT camera FROM inspections WHERE line = %s",
     ):
-        out.update(str(r[0]) for r in conn.execute(sql, (line,)).fetchall() if r[0])  # type: ignore[arg-type]
+        out.update(str(r[0]) for r in conn.execute(sql, (line,)).fetchall() if r[0])
     return out

@@ -1,0 +1,212 @@
+"""The virtual PLC as a Sparkplug B edge node (device) on an MQTT broker, for the Sparkplug command driver.
+
+Publishes NBIRTH/DBIRTH on connect (and on a "Node Control/Rebirth" NCMD), DDATA on change (and right
+after every DCMD, with the commanded metrics as the PLC now holds them), and registers an NDEATH will so
+the broker announces a crash. Runs hardware/plc_logic.py, like the Modbus and OPC UA simulators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from pysparkplug import (
+    DataType,
+    DBirth,
+    DCmd,
+    DData,
+    DDeath,
+    Metric,
+    NBirth,
+    NCmd,
+    NDeath,
+    Topic,
+    get_current_timestamp,
+)
+
+from hardware.mqtt_cmd import (
+    REBIRTH_METRIC,
+    SparkplugTarget,
+    make_metric,
+    new_paho_client,
+    parse_mqtt_url,
+    to_metric_value,
+)
+from hardware.plc_logic import PlcWriteError, RawValue
+from hardware.sim_base import SCAN_PERIOD_S, ThreadedSim
+from hardware.tags import Tag, TagMap
+
+REPORT_PERIOD_S = 0.05  # report-by-exception, at most this often for values the PLC changes itself
+
+
+class SimSparkplugNode(ThreadedSim):
+    name = "sim-plc-sparkplug"
+
+    def __init__(
+        self,
+        url: str,
+        target: SparkplugTarget | None = None,
+        *,
+        watchdog_s: float = 1.0,
+        gate_pulse_s: float = 0.05,
+        tags: TagMap | None = None,
+    ) -> None:
+        super().__init__(watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s)
+        self.host, self.port = parse_mqtt_url(url)
+        self.tags = tags or TagMap.load()
+        self.target = target or SparkplugTarget("lineguard", f"{self.tags.line}-plc", "plc")
+        self._mtags: dict[str, Tag] = {t.mqtt.metric: t for t in self.tags if t.mqtt is not None}
+        self._client: mqtt.Client | None = None
+        self._seq = 0
+        self._bd_seq = 0
+        self._pub_lock = threading.Lock()
+        self._last_sent: dict[str, RawValue] = {}
+        self.commands_received = 0
+
+    def _next_seq(self) -> int:
+        seq = self._seq
+        self._seq = (self._seq + 1) % 256
+        return seq
+
+    def _bd_metric(self) -> Metric:
+        return Metric(timestamp=get_current_timestamp(), name="bdSeq", datatype=DataType.INT64, value=self._bd_seq)
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        if self._client is not None:
+            self._client.publish(topic, payload, qos=0)
+
+    def _births(self) -> None:
+        with self._pub_lock:
+            ts = get_current_timestamp()
+            self._seq = 0
+            node_metrics = (
+                self._bd_metric(),
+                Metric(timestamp=ts, name=REBIRTH_METRIC, datatype=DataType.BOOLEAN, value=False),
+            )
+            self._publish(
+                self.target.node_topic("BIRTH"),
+                NBirth(timestamp=ts, seq=self._next_seq(), metrics=node_metrics).encode(include_dtypes=True),
+            )
+            snap = self.logic.snapshot()
+            metrics = tuple(make_metric(t, snap[t.name], ts) for t in self._mtags.values() if t.name in snap)
+            payload_cls: Any = DBirth if self.target.device_id is not None else NBirth
+            if self.target.device_id is not None:
+                self._publish(
+                    self.target.topic("BIRTH"),
+                    payload_cls(timestamp=ts, seq=self._next_seq(), metrics=metrics).encode(include_dtypes=True),
+                )
+            self._last_sent = {t.name: snap[t.name] for t in self._mtags.values() if t.name in snap}
+
+    def _report(self, names: list[str] | None) -> None:
+        """DDATA with the given tags (None: every tag that changed since the last report)."""
+        with self._pub_lock:
+            snap = self.logic.snapshot()
+            if names is None:
+                names = [t.name for t in self._mtags.values() if snap.get(t.name) != self._last_sent.get(t.name)]
+            if not names:
+                return
+            ts = get_current_timestamp()
+            metrics = tuple(make_metric(self.tags.get(n), snap[n], ts) for n in names if n in snap)
+            for n in names:
+                self._last_sent[n] = snap[n]
+            payload_cls: Any = DData if self.target.device_id is not None else NBirth.__mro__[0]
+            if self.target.device_id is None:
+                from pysparkplug import NData
+
+                payload_cls = NData
+            self._publish(
+                self.target.topic("DATA"),
+                payload_cls(timestamp=ts, seq=self._next_seq(), metrics=metrics).encode(include_dtypes=True),
+            )
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = Topic.from_str(msg.topic)
+            mtype = str(topic.message_type)
+            payload = (DCmd if mtype == "DCMD" else NCmd).decode(msg.payload)
+        except Exception:
+            return  # garbage on our command topic: ignore, like a PLC gateway would
+        if mtype == "NCMD" and any(m.name == REBIRTH_METRIC and m.value for m in payload.metrics):
+            self._births()
+            return
+        if (mtype == "DCMD") != (self.target.device_id is not None):
+            return
+        self.commands_received += 1
+        written: list[str] = []
+        for m in payload.metrics:
+            tag = self._mtags.get(m.name or "")
+            if tag is None or m.value is None:
+                continue
+            with contextlib.suppress(PlcWriteError, ValueError, TypeError):
+                self.logic.write(tag.name, to_metric_value(tag, m.value))  # type: ignore[arg-type]
+            written.append(tag.name)
+        # Echo what the PLC now holds for every commanded tag: this is the driver's read-back.
+        self._report(written)
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        client = new_paho_client(f"sim-{self.target.edge_node_id}-{time.time_ns() % 10**9}")
+        self._bd_seq = int(time.time()) % 256
+        client.will_set(
+            self.target.node_topic("DEATH"),
+            NDeath(timestamp=get_current_timestamp(), bd_seq_metric=self._bd_metric()).encode(),
+            qos=1,
+        )
+        connected = threading.Event()
+
+        def on_connect(c: mqtt.Client, u: Any, f: Any, rc: int) -> None:
+            if rc == 0:
+                c.subscribe([(self.target.topic("CMD"), 1), (self.target.node_topic("CMD"), 1)])
+                connected.set()
+
+        client.on_connect = on_connect
+        client.on_message = self._on_message
+        self._client = client
+        await asyncio.to_thread(client.connect, self.host, self.port, 10)
+        client.loop_start()
+        try:
+            if not await asyncio.to_thread(connected.wait, 10):
+                raise ConnectionError("sparkplug simulator could not connect to the broker")
+            await asyncio.sleep(0.05)
+            self._births()
+            if ready is not None:
+                ready.set()
+            self._ready.set()
+            self._stop = asyncio.Event()
+            last_report = 0.0
+            while not self._stop.is_set():
+                self.logic.scan()
+                now = time.monotonic()
+                if now - last_report >= REPORT_PERIOD_S:
+                    last_report = now
+                    self._report(None)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), SCAN_PERIOD_S)
+            # Clean shutdown: announce the device and the node as gone.
+            if self.target.device_id is not None:
+                self._publish(
+                    self.target.topic("DEATH"),
+                    DDeath(timestamp=get_current_timestamp(), seq=self._next_seq()).encode(),
+                )
+            self._publish(
+                self.target.node_topic("DEATH"),
+                NDeath(timestamp=get_current_timestamp(), bd_seq_metric=self._bd_metric()).encode(),
+            )
+            await asyncio.sleep(0.05)
+        finally:
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+            self._client = None
+
+    def crash(self) -> None:
+        """Drop the broker connection without DEATH messages: the broker then publishes the NDEATH will."""
+        client = self._client
+        if client is not None:
+            sock = client.socket()
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        self.stop()

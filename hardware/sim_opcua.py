@@ -1,0 +1,118 @@
+"""The same virtual PLC (hardware/plc_logic.py) served over OPC UA (asyncua Server).
+
+Each tag with an `opcua` address becomes a variable whose reads come live from the PLC program and whose
+writes go through it (so interlocks apply before the write is acknowledged). Only the tags the PLC lets a
+controller write are writable in the address space.
+
+`SimOpcUa(port=0).start()` runs it in a background thread; `sim.endpoint` is the opc.tcp URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from asyncua import Server, ua
+from asyncua.server.address_space import NodeData
+
+from hardware.plc_logic import PLC_WRITABLE, PlcWriteError, RawValue
+from hardware.sim_base import ThreadedSim
+from hardware.tags import Tag, TagMap
+
+NAMESPACE_URI = "urn:lineguard:sim-plc"
+
+VARIANT_TYPES: dict[str, ua.VariantType] = {
+    "bool": ua.VariantType.Boolean,
+    "int16": ua.VariantType.Int16,
+    "uint16": ua.VariantType.UInt16,
+    "int32": ua.VariantType.Int32,
+    "float32": ua.VariantType.Float,
+}
+
+
+def _coerce(tag: Tag, value: Any) -> RawValue:
+    if tag.type == "bool":
+        return bool(value)
+    if tag.type == "float32":
+        return float(value)
+    return int(value)
+
+
+class SimOpcUa(ThreadedSim):
+    name = "sim-plc-opcua"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        watchdog_s: float = 1.0,
+        gate_pulse_s: float = 0.05,
+        tags: TagMap | None = None,
+    ) -> None:
+        super().__init__(watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s)
+        self.host = host
+        self.requested_port = port
+        self.port = port
+        self.tags = tags or TagMap.load()
+        self.namespace_index: int | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://{self.host}:{self.port}/lineguard/"
+
+    def _reader(self, tag: Tag) -> Any:
+        vtype = VARIANT_TYPES[tag.type]
+
+        def read(_nodeid: ua.NodeId, _attr: ua.AttributeIds) -> ua.DataValue:
+            return ua.DataValue(ua.Variant(_coerce(tag, self.logic.read(tag.name)), vtype))
+
+        return read
+
+    def _writer(self, tag: Tag) -> Any:
+        def write(_node: NodeData, _attr: ua.AttributeIds, dv: ua.DataValue) -> None:
+            if dv.Value is None or dv.Value.Value is None:
+                return
+            # A refused value is simply not applied, like a PLC program ignoring it: the client sees the
+            # old value on read-back (asyncua setters cannot return a status code).
+            with contextlib.suppress(PlcWriteError, ValueError, TypeError):
+                self.logic.write(tag.name, _coerce(tag, dv.Value.Value))
+
+        return write
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        logging.getLogger("asyncua").setLevel(logging.WARNING)
+        server = Server()
+        await server.init()
+        server.set_endpoint(f"opc.tcp://{self.host}:{self.requested_port}/lineguard/")
+        server.set_server_name("lineguard simulated PLC")
+        idx = await server.register_namespace(NAMESPACE_URI)
+        self.namespace_index = idx
+        line = await server.nodes.objects.add_object(idx, self.tags.line)
+        for tag in self.tags:
+            if tag.opcua is None:
+                continue
+            node_id = ua.NodeId.from_string(tag.opcua.node_id)
+            if node_id.NamespaceIndex != idx:
+                raise ValueError(
+                    f"tag {tag.name}: node id {tag.opcua.node_id} must use namespace {idx} ({NAMESPACE_URI})"
+                )
+            var = await line.add_variable(
+                node_id,
+                tag.name,
+                _coerce(tag, self.logic.read(tag.name)),
+                varianttype=VARIANT_TYPES[tag.type],
+            )
+            server.iserver.set_attribute_value_callback(var.nodeid, self._reader(tag))
+            if tag.name in PLC_WRITABLE:
+                await var.set_writable()
+                server.iserver.set_attribute_value_setter(var.nodeid, self._writer(tag))
+        async with server:
+            if server.bserver is not None:
+                self.port = server.bserver.port
+            if ready is not None:
+                ready.set()
+            self._ready.set()
+            await self._scan_until_stopped()

@@ -1,0 +1,395 @@
+"""Line state, part decisions, commands (with confirmation and idempotency), overrides and the audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from line_agent.api.auth import ErrorOut, Principal, Role, guarded, principal
+from line_agent.api.db import audit, deps_of, fetch_all, fetch_one, jsonable, pool_of
+from line_agent.api.deps import ApiDeps, LineControl
+from line_agent.api.schemas import (
+    AuditOut,
+    AuditPage,
+    CommandIn,
+    CommandOut,
+    CommandPage,
+    DecisionIn,
+    DecisionOut,
+    DecisionPage,
+    Ident,
+    LineStateOut,
+    OverrideIn,
+    SlowIn,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+CONTROLLER_TIMEOUT_S = 5.0
+MAX_ID = 2**63 - 1
+CommandName = Literal["stop", "start", "slow", "reset-rejects"]
+# Who may issue each command: anyone on the line may stop it; changing how it runs needs a supervisor.
+COMMAND_ROLES: dict[str, Role] = {
+    "stop": Role.operator, "start": Role.supervisor, "slow": Role.supervisor, "reset-rejects": Role.supervisor,
+}
+
+Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
+Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Rows to skip.")]
+
+
+def resolve_line(deps: ApiDeps, line: str | None) -> str:
+    if line is None:
+        return deps.lines[0]
+    if line not in deps.lines:
+        raise HTTPException(422, f"unknown line {line!r}; this API serves {deps.lines}")
+    return line
+
+
+def _refusal_types() -> tuple[type[BaseException], ...]:
+    # hardware/ is optional for the API: without it only our own timeout counts as a refusal.
+    types: list[type[BaseException]] = [TimeoutError]
+    try:
+        from hardware.driver import PlcUnavailable
+        from hardware.safety import CommandRefused
+        from hardware.tags import WriteRefused
+
+        types += [CommandRefused, WriteRefused, PlcUnavailable]
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+REFUSALS = _refusal_types()
+
+
+def refusal_reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        reason = f"controller did not answer within {CONTROLLER_TIMEOUT_S:g} s; line state unknown"
+    return str(reason)
+
+
+def normalize_state(line: str, raw: Any) -> LineStateOut:
+    """A controller's line state (LineState dataclass, mapping or object) in the API's shape."""
+    d = jsonable(raw.as_dict() if hasattr(raw, "as_dict") else raw)
+    if not isinstance(d, dict):
+        d = {"value": d}
+
+    def pick(*keys: str) -> Any:
+        return next((d[k] for k in keys if d.get(k) is not None), None)
+
+    state = str(pick("mode", "state") or "unknown")
+    if state not in ("running", "stopped", "unknown"):
+        state = "unknown"
+    speed = pick("speed_setpoint", "speed_pct", "speed")
+    rc = pick("reject_count", "reject_counter")
+    return LineStateOut(
+        line=line,
+        state=state,  # type: ignore[arg-type]
+        estop=_opt_bool(pick("estop_active", "estop", "e_stop")),
+        guard_door=_opt_bool(pick("guard_door_open", "guard_door", "guard_open")),
+        speed_pct=float(speed) if isinstance(speed, int | float) else None,
+        reject_count=int(rc) if isinstance(rc, int | float) else None,
+        reason=str(pick("error", "reason") or ("" if state != "unknown" else f"link {d.get('link', 'down')}")),
+        inputs=d,
+        ts=datetime.now(UTC),
+    )
+
+
+def _opt_bool(v: Any) -> bool | None:
+    return None if v is None else bool(v)
+
+
+async def read_state(deps: ApiDeps, line: str) -> LineStateOut:
+    ctl = deps.controller_for(line)
+    if ctl is None:
+        return LineStateOut(line=line, state="unknown", reason="no PLC controller connected", ts=datetime.now(UTC))
+    try:
+        raw = await asyncio.wait_for(ctl.line_state(), CONTROLLER_TIMEOUT_S)
+    except Exception as exc:  # a broken link is "unknown", never "good"
+        return LineStateOut(line=line, state="unknown", reason=f"state read failed: {refusal_reason(exc)}",
+                            ts=datetime.now(UTC))
+    return normalize_state(line, raw)
+
+
+@router.get("/api/line/state", response_model=LineStateOut, tags=["line"], summary="Line state",
+            description="running / stopped / unknown with e-stop, guard door, speed and reject count. "
+                        "Unknown whenever the PLC link is down: never reported as good.",
+            **guarded(Role.viewer))
+async def line_state(request: Request, line: Ident | None = None) -> LineStateOut:
+    deps = deps_of(request)
+    return await read_state(deps, resolve_line(deps, line))
+
+
+# ---- commands -------------------------------------------------------------------------------------
+def _command_out(row: dict[str, Any]) -> dict[str, Any]:
+    return jsonable(CommandOut.model_validate(row).model_dump())  # type: ignore[no-any-return]
+
+
+async def _invoke(ctl: LineControl, command: str, params: dict[str, Any]) -> Any:
+    if command == "stop":
+        return await ctl.stop()
+    if command == "start":
+        return await ctl.start()
+    if command == "slow":
+        return await ctl.slow(float(params["speed_pct"]))
+    return await ctl.reset_reject_counter()
+
+
+async def run_command(
+    request: Request, command: str, body: CommandIn, key: str, who: Principal
+) -> JSONResponse:
+    """Run a command once per idempotency key; a replay gets the first result back unchanged."""
+    deps = deps_of(request)
+    line = resolve_line(deps, body.line)
+    params = body.model_dump(exclude={"confirm", "line", "reason"})
+    req_hash = hashlib.sha256(
+        json.dumps({"c": command, "line": line, "p": params, "r": body.reason}, sort_keys=True).encode()
+    ).hexdigest()
+    pool = pool_of(request)
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            "INSERT INTO commands (idempotency_key, request_hash, line, command, params, actor)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING RETURNING command_id",
+            (key, req_hash, line, command, Jsonb(params), who.name),
+        )
+        mine = await cur.fetchone()
+    if mine is None:
+        return await _replay(request, key, req_hash)
+    command_id = int(mine["command_id"])
+    ctl = deps.controller_for(line)
+    before = await read_state(deps, line)
+    status, reason, http = "ok", "", 200
+    if ctl is None:
+        status, reason, http = "refused", "no PLC controller connected: line state unknown", 409
+    else:
+        try:
+            await asyncio.wait_for(_invoke(ctl, command, params), CONTROLLER_TIMEOUT_S)
+        except REFUSALS as exc:
+            status, reason, http = "refused", refusal_reason(exc), 409
+        except Exception as exc:  # the PLC did something unexpected: say so, keep serving
+            log.exception("command %s failed", command)
+            status, reason, http = "error", f"controller error: {refusal_reason(exc)}", 502
+    after = await read_state(deps, line)
+    b, a = jsonable(before.model_dump()), jsonable(after.model_dump())
+    async with pool.connection() as conn, conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            "UPDATE commands SET status=%s, reason=%s, state_before=%s, state_after=%s, http_status=%s,"
+            " finished_at=now() WHERE command_id=%s RETURNING *",
+            (status, reason, Jsonb(b), Jsonb(a), http, command_id),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        out = _command_out(row)
+        await cur.execute("UPDATE commands SET response=%s WHERE command_id=%s", (Jsonb(out), command_id))
+        await audit(conn, who, f"command.{command}", line, b, a, status,
+                    {"command_id": command_id, "params": params, "reason": reason or body.reason,
+                     "idempotency_key": key})
+    return JSONResponse(out, status_code=http)
+
+
+async def _replay(request: Request, key: str, req_hash: str) -> JSONResponse:
+    deadline = time.monotonic() + CONTROLLER_TIMEOUT_S * 3
+    while True:
+        row = await fetch_one(request, "SELECT * FROM commands WHERE idempotency_key=%s", (key,))
+        if row is None:  # cannot happen: rows are never deleted
+            raise HTTPException(409, "idempotency key vanished; retry with a new key")
+        if row["request_hash"] != req_hash:
+            raise HTTPException(422, "Idempotency-Key was already used for a different request")
+        if row["status"] != "pending" and row["response"] is not None:
+            return JSONResponse(row["response"], status_code=int(row["http_status"]),
+                                headers={"Idempotent-Replayed": "true"})
+        if time.monotonic() > deadline:
+            raise HTTPException(409, "the first request with this Idempotency-Key is still running")
+        await asyncio.sleep(0.05)
+
+
+IdemKey = Annotated[str, Header(alias="Idempotency-Key", min_length=8, max_length=128,
+                                pattern=r"^[A-Za-z0-9._:-]+$",
+                                description="Unique per intended command; a replay returns the first result.")]
+_CMD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {"model": CommandOut, "description": "Refused: unsafe or unknown line state (reason given)."},
+    502: {"model": CommandOut, "description": "The PLC answered unexpectedly (reason given)."},
+}
+_CMD_DESC = ("Requires `confirm: true` and an `Idempotency-Key` header: a replay with the same key returns the "
+             "first result (header `Idempotent-Replayed: true`); the same key with another body is refused (422). "
+             "Audited with the line state before and after.")
+
+
+@router.post("/api/commands/stop", response_model=CommandOut, tags=["commands"], summary="Stop the line",
+             description=_CMD_DESC, **guarded(COMMAND_ROLES["stop"], _CMD_RESPONSES))
+async def cmd_stop(request: Request, body: CommandIn, key: IdemKey,
+                   who: Principal = Depends(principal)) -> JSONResponse:
+    return await run_command(request, "stop", body, key, who)
+
+
+@router.post("/api/commands/start", response_model=CommandOut, tags=["commands"], summary="Start the line",
+             description=_CMD_DESC + " Refused while the e-stop or guard door is active.",
+             **guarded(COMMAND_ROLES["start"], _CMD_RESPONSES))
+async def cmd_start(request: Request, body: CommandIn, key: IdemKey,
+                    who: Principal = Depends(principal)) -> JSONResponse:
+    return await run_command(request, "start", body, key, who)
+
+
+@router.post("/api/commands/slow", response_model=CommandOut, tags=["commands"], summary="Set conveyor speed",
+             description=_CMD_DESC, **guarded(COMMAND_ROLES["slow"], _CMD_RESPONSES))
+async def cmd_slow(request: Request, body: SlowIn, key: IdemKey,
+                   who: Principal = Depends(principal)) -> JSONResponse:
+    return await run_command(request, "slow", body, key, who)
+
+
+@router.post("/api/commands/reset-rejects", response_model=CommandOut, tags=["commands"],
+             summary="Reset the reject counter", description=_CMD_DESC,
+             **guarded(COMMAND_ROLES["reset-rejects"], _CMD_RESPONSES))
+async def cmd_reset(request: Request, body: CommandIn, key: IdemKey,
+                    who: Principal = Depends(principal)) -> JSONResponse:
+    return await run_command(request, "reset-rejects", body, key, who)
+
+
+@router.get("/api/commands", response_model=CommandPage, tags=["commands"], summary="List commands",
+            **guarded(Role.viewer))
+async def list_commands(request: Request, limit: Limit = 50, offset: Offset = 0,
+                        line: Ident | None = None) -> CommandPage:
+    rows = await fetch_all(
+        request,
+        "SELECT *, count(*) OVER () AS total FROM commands WHERE (%(line)s::text IS NULL OR line = %(line)s)"
+        " ORDER BY command_id DESC LIMIT %(limit)s OFFSET %(offset)s",
+        {"line": line, "limit": limit, "offset": offset},
+    )
+    total = int(rows[0]["total"]) if rows else await _count(request, "commands")
+    return CommandPage(items=[CommandOut.model_validate(r) for r in rows], total=total)
+
+
+async def _count(request: Request, table: str) -> int:
+    row = await fetch_one(request, f"SELECT count(*) AS n FROM {table}")  # table names are ours
+    return int(row["n"]) if row else 0
+
+
+# ---- decisions ------------------------------------------------------------------------------------
+@router.post("/api/decisions", response_model=DecisionOut, status_code=201, tags=["decisions"],
+             summary="Post a part decision",
+             description="Records the decision; a reject fires the reject gate through the controller. "
+                         "If the controller refuses the gate the decision is still stored and the answer is 409.",
+             **guarded(Role.operator, {409: {"model": DecisionOut, "description": "Stored; reject gate refused."},
+                                       502: {"model": DecisionOut, "description": "Stored; PLC error."}}))
+async def post_decision(request: Request, body: DecisionIn, who: Principal = Depends(principal)) -> JSONResponse:
+    deps = deps_of(request)
+    line = resolve_line(deps, body.line)
+    gate, reason, http = "none", "", 201
+    if body.decision == "reject":
+        ctl = deps.controller_for(line)
+        if ctl is None:
+            gate, reason = "no_controller", "no PLC controller connected"
+        else:
+            try:
+                await asyncio.wait_for(ctl.reject_part(body.part_id), CONTROLLER_TIMEOUT_S)
+                gate = "fired"
+            except REFUSALS as exc:
+                gate, reason, http = "refused", refusal_reason(exc), 409
+            except Exception as exc:
+                log.exception("reject gate failed")
+                gate, reason, http = "error", f"controller error: {refusal_reason(exc)}", 502
+    async with pool_of(request).connection() as conn, conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            "INSERT INTO decisions (line, part_id, inspection_id, camera, decision, actor, gate, gate_reason)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+            (line, body.part_id, body.inspection_id, body.camera, body.decision, who.name, gate, reason),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        if gate in ("refused", "error"):
+            await audit(conn, who, "decision.reject_gate", body.part_id, None, {"gate": gate}, gate,
+                        {"decision_id": row["decision_id"], "reason": reason})
+    return JSONResponse(jsonable(DecisionOut.model_validate(row).model_dump()), status_code=http)
+
+
+@router.get("/api/decisions", response_model=DecisionPage, tags=["decisions"], summary="List decisions",
+            **guarded(Role.viewer))
+async def list_decisions(request: Request, limit: Limit = 50, offset: Offset = 0, line: Ident | None = None,
+                         decision: Literal["pass", "reject", "rework"] | None = None) -> DecisionPage:
+    rows = await fetch_all(
+        request,
+        "SELECT *, count(*) OVER () AS total FROM decisions WHERE (%(line)s::text IS NULL OR line = %(line)s)"
+        " AND (%(d)s::text IS NULL OR coalesce(override, decision) = %(d)s)"
+        " ORDER BY decision_id DESC LIMIT %(limit)s OFFSET %(offset)s",
+        {"line": line, "d": decision, "limit": limit, "offset": offset},
+    )
+    total = int(rows[0]["total"]) if rows else 0
+    return DecisionPage(items=[DecisionOut.model_validate(r) for r in rows], total=total)
+
+
+@router.post("/api/decisions/{decision_id}/override", response_model=DecisionOut, tags=["decisions"],
+             summary="Override a decision",
+             description="Operator override (confirm: true). Audited with the decision before and after; "
+                         "the linked inspection's override is set too.",
+             **guarded(Role.operator, {404: {"model": ErrorOut, "description": "No such decision."}}))
+async def override_decision(request: Request, body: OverrideIn,
+                            decision_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+                            who: Principal = Depends(principal)) -> DecisionOut:
+    async with pool_of(request).connection() as conn, conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT * FROM decisions WHERE decision_id=%s FOR UPDATE", (decision_id,))
+        before = await cur.fetchone()
+        if before is None:
+            raise HTTPException(404, f"no decision {decision_id}")
+        await cur.execute("UPDATE decisions SET override=%s WHERE decision_id=%s RETURNING *",
+                          (body.decision, decision_id))
+        after = await cur.fetchone()
+        assert after is not None
+        if before["inspection_id"]:
+            await cur.execute("UPDATE inspections SET override=%s WHERE inspection_id=%s",
+                              (body.decision, before["inspection_id"]))
+        await audit(conn, who, "decision.override", f"decision:{decision_id}",
+                    {"decision": before["decision"], "override": before["override"]},
+                    {"decision": after["decision"], "override": after["override"]}, "ok", {"reason": body.reason})
+    return DecisionOut.model_validate(after)
+
+
+@router.post("/api/inspections/{inspection_id}/override", response_model=dict[str, Any], tags=["decisions"],
+             summary="Override an inspection's decision",
+             description="Operator override from the review gallery (confirm: true). Audited.",
+             **guarded(Role.operator, {404: {"model": ErrorOut, "description": "No such inspection."}}))
+async def override_inspection(request: Request, body: OverrideIn, inspection_id: Annotated[str, Path(
+        min_length=1, max_length=200, pattern=r"^[^\x00]*$")], who: Principal = Depends(principal)) -> dict[str, Any]:
+    async with pool_of(request).connection() as conn, conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT decision, override FROM inspections WHERE inspection_id=%s FOR UPDATE",
+                          (inspection_id,))
+        before = await cur.fetchone()
+        if before is None:
+            raise HTTPException(404, f"no inspection {inspection_id!r}")
+        await cur.execute("UPDATE inspections SET override=%s WHERE inspection_id=%s", (body.decision, inspection_id))
+        after = {"decision": before["decision"], "override": body.decision}
+        await audit(conn, who, "inspection.override", f"inspection:{inspection_id}", dict(before), after, "ok",
+                    {"reason": body.reason})
+    return {"inspection_id": inspection_id, **after}
+
+
+# ---- audit ----------------------------------------------------------------------------------------
+@router.get("/api/audit", response_model=AuditPage, tags=["audit"], summary="Audit trail",
+            description="Append-only record of commands, overrides, label corrections and token changes.",
+            **guarded(Role.operator))
+async def list_audit(request: Request, limit: Limit = 50, offset: Offset = 0,
+                     action: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$")] = None) -> AuditPage:
+    rows = await fetch_all(
+        request,
+        "SELECT *, count(*) OVER () AS total FROM audit_log WHERE (%(a)s::text IS NULL OR action LIKE %(a)s || '%%')"
+        " ORDER BY audit_id DESC LIMIT %(limit)s OFFSET %(offset)s",
+        {"a": action, "limit": limit, "offset": offset},
+    )
+    total = int(rows[0]["total"]) if rows else 0
+    return AuditPage(items=[AuditOut.model_validate(r) for r in rows], total=total)

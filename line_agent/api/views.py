@@ -1,0 +1,448 @@
+"""Read-mostly routes: the defect review gallery and label corrections, telemetry charts, summaries, models."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect as pyinspect
+import logging
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from line_agent.api.auth import ErrorOut, Principal, Role, guarded, principal
+from line_agent.api.control import Limit, Offset, resolve_line
+from line_agent.api.db import audit, deps_of, fetch_all, fetch_one, pool_of
+from line_agent.api.deps import ApiDeps
+from line_agent.api.schemas import (
+    CameraModelOut,
+    DecisionKind,
+    DefectClass,
+    DefectOut,
+    DefectRateRow,
+    EnergyPoint,
+    FaultRow,
+    Ident,
+    InspectionDetail,
+    InspectionOut,
+    InspectionPage,
+    LabelsIn,
+    LabelsOut,
+    ModelsOut,
+    ModelVersionOut,
+    Series,
+    ShiftRow,
+    SummaryIn,
+    SummaryOut,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+InspectionId = Annotated[str, PathParam(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
+Hours = Annotated[float, Query(gt=0, le=2160, description="Window length in hours, ending at `until`.")]
+Until = Annotated[datetime | None, Query(description="Window end (default now; naive = UTC).")]
+_NOT_FOUND = {404: {"model": ErrorOut, "description": "No such inspection."}}
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    if t is None:
+        return None
+    t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    if not 1971 <= t.year <= 9000:
+        raise HTTPException(422, f"time {t.isoformat()} is out of range (1971..9000)")
+    return t
+
+
+def window(hours: float, until: datetime | None) -> tuple[datetime, datetime]:
+    end = _utc(until) or datetime.now(UTC)
+    return end - timedelta(hours=hours), end
+
+
+# ---- gallery --------------------------------------------------------------------------------------
+_INSPECTION_COLS = """
+    i.inspection_id, i.ts, i.line, i.camera, i.part_id, i.decision, i.override, i.n_defects, i.latency_ms,
+    i.model, i.frame_path,
+    coalesce(array(SELECT DISTINCT d.cls FROM defects d WHERE d.inspection_id = i.inspection_id ORDER BY 1),
+             '{}') AS classes,
+    EXISTS (SELECT 1 FROM label_corrections c WHERE c.inspection_id = i.inspection_id) AS corrected
+"""
+
+
+def _inspection(row: dict[str, Any], deps: ApiDeps) -> dict[str, Any]:
+    out = dict(row)
+    out["has_frame"] = _frame_file(deps, row.get("frame_path")) is not None or _hub_frame(
+        deps, str(row["inspection_id"]), str(row["camera"])) is not None
+    return out
+
+
+def _frame_file(deps: ApiDeps, frame_path: str | None) -> Path | None:
+    if not frame_path:
+        return None
+    p = Path(frame_path)
+    if not p.is_absolute() and deps.frames_dir is not None:
+        p = deps.frames_dir / p
+    return p if p.is_file() else None
+
+
+def _hub_frame(deps: ApiDeps, inspection_id: str, camera: str) -> bytes | None:
+    f = deps.hub.latest_frame(camera)
+    if f is not None and str(f.meta.get("inspection_id", "")) == inspection_id:
+        return f.jpeg
+    return None
+
+
+@router.get("/api/inspections", response_model=InspectionPage, tags=["review"], summary="Defect review gallery",
+            description="Newest first; filter by defect class, decision (after override), camera and time.",
+            **guarded(Role.viewer))
+async def list_inspections(
+    request: Request, limit: Limit = 48, offset: Offset = 0, line: Ident | None = None,
+    camera: Ident | None = None, cls: DefectClass | Literal["unknown"] | None = None,
+    decision: DecisionKind | None = None, since: Until = None, until: Until = None,
+) -> InspectionPage:
+    deps = deps_of(request)
+    rows = await fetch_all(
+        request,
+        f"SELECT {_INSPECTION_COLS}, count(*) OVER () AS total FROM inspections i"
+        " WHERE (%(line)s::text IS NULL OR i.line = %(line)s) AND (%(cam)s::text IS NULL OR i.camera = %(cam)s)"
+        " AND (%(d)s::text IS NULL OR coalesce(i.override, i.decision) = %(d)s)"
+        " AND (%(since)s::timestamptz IS NULL OR i.ts >= %(since)s)"
+        " AND (%(until)s::timestamptz IS NULL OR i.ts < %(until)s)"
+        " AND (%(cls)s::text IS NULL OR EXISTS (SELECT 1 FROM defects d WHERE d.inspection_id = i.inspection_id"
+        "      AND d.cls = %(cls)s))"
+        " ORDER BY i.ts DESC, i.inspection_id LIMIT %(limit)s OFFSET %(offset)s",
+        {"line": line, "cam": camera, "d": decision, "since": _utc(since), "until": _utc(until), "cls": cls,
+         "limit": limit, "offset": offset},
+    )
+    total = int(rows[0]["total"]) if rows else 0
+    return InspectionPage(items=[InspectionOut.model_validate(_inspection(r, deps)) for r in rows], total=total)
+
+
+async def _get_inspection(request: Request, inspection_id: str) -> dict[str, Any]:
+    row = await fetch_one(request, f"SELECT {_INSPECTION_COLS} FROM inspections i WHERE i.inspection_id = %s",
+                          (inspection_id,))
+    if row is None:
+        raise HTTPException(404, f"no inspection {inspection_id!r}")
+    return row
+
+
+@router.get("/api/inspections/{inspection_id}", response_model=InspectionDetail, tags=["review"],
+            summary="One inspection with its defects and label corrections", **guarded(Role.viewer, _NOT_FOUND))
+async def get_inspection(request: Request, inspection_id: InspectionId) -> InspectionDetail:
+    row = _inspection(await _get_inspection(request, inspection_id), deps_of(request))
+    defects = await fetch_all(
+        request, "SELECT idx, cls, confidence, x1, y1, x2, y2 FROM defects WHERE inspection_id=%s ORDER BY idx",
+        (inspection_id,))
+    corrections = await fetch_all(
+        request, "SELECT correction_id, ts, actor, labels, sample_path FROM label_corrections"
+        " WHERE inspection_id=%s ORDER BY correction_id", (inspection_id,))
+    row["defects"] = [DefectOut(idx=d["idx"], cls=d["cls"], confidence=d["confidence"],
+                                box=[d["x1"], d["y1"], d["x2"], d["y2"]]) for d in defects]
+    row["corrections"] = [{**c, "ts": c["ts"].isoformat()} for c in corrections]
+    return InspectionDetail.model_validate(row)
+
+
+_IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp"}
+
+
+@router.get("/api/inspections/{inspection_id}/frame", tags=["review"], summary="The inspected frame image",
+            response_class=Response,
+            **guarded(Role.viewer, {200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "Image."},
+                                    404: {"model": ErrorOut, "description": "No such inspection or no frame."}}))
+async def get_frame(request: Request, inspection_id: InspectionId) -> Response:
+    deps = deps_of(request)
+    row = await _get_inspection(request, inspection_id)
+    path = _frame_file(deps, row.get("frame_path"))
+    if path is not None:
+        return FileResponse(path, media_type=_IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream"))
+    jpeg = _hub_frame(deps, inspection_id, str(row["camera"]))
+    if jpeg is not None:
+        return Response(jpeg, media_type="image/jpeg")
+    raise HTTPException(404, f"no frame stored for inspection {inspection_id!r}")
+
+
+def _save_training_sample(deps: ApiDeps, frame: Path | None, jpeg: bytes | None,
+                          labels: list[tuple[str, float, float, float, float]]) -> str:
+    """Write the frame and its corrected labels into the training set (DeepPCB layout); return its path."""
+    import cv2
+    import numpy as np
+
+    from vision.datasets.deeppcb import append_deeppcb
+    from vision.types import Box, Label
+
+    if frame is not None:
+        image = cv2.imread(str(frame), cv2.IMREAD_UNCHANGED)
+    else:
+        image = cv2.imdecode(np.frombuffer(jpeg or b"", np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise HTTPException(409, "the stored frame cannot be decoded")
+    h, w = image.shape[:2]
+    for cls, x1, y1, x2, y2 in labels:
+        if x2 > w or y2 > h:
+            raise HTTPException(422, f"{cls} box ({x1:g},{y1:g},{x2:g},{y2:g}) lies outside the {w}x{h} frame")
+    template = None
+    if frame is not None:  # DeepPCB pairs NNN_test.jpg with its golden NNN_temp.jpg
+        t = frame.with_name(frame.name.replace("_test", "_temp"))
+        if t != frame and t.is_file():
+            template = cv2.imread(str(t), cv2.IMREAD_UNCHANGED)
+    sample = append_deeppcb(deps.training_dir, image, template,
+                            [Label(Box(x1, y1, x2, y2), cls) for cls, x1, y1, x2, y2 in labels])
+    return str(sample.image_path)
+
+
+_SAVE_LOCK = asyncio.Lock()  # DeepPCB indices are picked from the folder: one writer at a time
+
+
+@router.post("/api/inspections/{inspection_id}/labels", response_model=LabelsOut, status_code=201, tags=["review"],
+             summary="Send corrected labels to the training set",
+             description="The complete corrected label set for the frame; written in DeepPCB layout under the "
+                         "training directory and audited.",
+             **guarded(Role.operator, {**_NOT_FOUND, 409: {"model": ErrorOut, "description": "No frame to label."}}))
+async def save_labels(request: Request, inspection_id: InspectionId, body: LabelsIn,
+                      who: Principal = Depends(principal)) -> LabelsOut:
+    deps = deps_of(request)
+    row = await _get_inspection(request, inspection_id)
+    frame = _frame_file(deps, row.get("frame_path"))
+    jpeg = None if frame is not None else _hub_frame(deps, inspection_id, str(row["camera"]))
+    if frame is None and jpeg is None:
+        raise HTTPException(409, f"no frame stored for inspection {inspection_id!r}")
+    labels = [(b.cls, b.x1, b.y1, b.x2, b.y2) for b in body.labels]
+    async with _SAVE_LOCK:
+        path = await run_in_threadpool(_save_training_sample, deps, frame, jpeg, labels)
+    as_json = [{"cls": c, "box": [x1, y1, x2, y2]} for c, x1, y1, x2, y2 in labels]
+    async with pool_of(request).connection() as conn, conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            "INSERT INTO label_corrections (inspection_id, actor, labels, sample_path) VALUES (%s, %s, %s, %s)"
+            " RETURNING correction_id", (inspection_id, who.name, Jsonb(as_json), path))
+        rec = await cur.fetchone()
+        assert rec is not None
+        await cur.execute("SELECT cls, x1, y1, x2, y2 FROM defects WHERE inspection_id=%s ORDER BY idx",
+                          (inspection_id,))
+        before = [{"cls": d["cls"], "box": [d["x1"], d["y1"], d["x2"], d["y2"]]} for d in await cur.fetchall()]
+        await audit(conn, who, "labels.save", f"inspection:{inspection_id}", before, as_json, "ok",
+                    {"sample_path": path})
+    return LabelsOut(correction_id=rec["correction_id"], inspection_id=inspection_id, sample_path=path,
+                     labels=len(labels))
+
+
+# ---- telemetry ------------------------------------------------------------------------------------
+_BUCKETS = {"15m": timedelta(minutes=15), "hour": timedelta(hours=1), "day": timedelta(days=1)}
+_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+async def _energy_buckets(request: Request, line: str, since: datetime, until: datetime,
+                          bucket: timedelta) -> list[dict[str, Any]]:
+    deps = deps_of(request)
+    delta = ("value - lag(value) OVER (PARTITION BY device ORDER BY ts)" if deps.energy_is_counter else "value")
+    return await fetch_all(
+        request,
+        f"""WITH d AS (SELECT ts, {delta} AS dv FROM telemetry WHERE line = %(line)s AND metric = %(m)s
+                       AND ts >= %(since)s - interval '1 hour' AND ts < %(until)s),
+             e AS (SELECT date_bin(%(b)s, ts, %(o)s) AS t, sum(greatest(dv, 0)) AS kwh FROM d
+                   WHERE ts >= %(since)s AND dv IS NOT NULL GROUP BY 1),
+             g AS (SELECT date_bin(%(b)s, ts, %(o)s) AS t, count(*) AS parts,
+                          count(*) FILTER (WHERE coalesce(override, decision) = 'pass') AS good,
+                          count(*) FILTER (WHERE coalesce(override, decision) <> 'pass') AS rejects
+                   FROM inspections WHERE line = %(line)s AND ts >= %(since)s AND ts < %(until)s GROUP BY 1),
+             f AS (SELECT date_bin(%(b)s, ts, %(o)s) AS t, count(*) AS faults,
+                          coalesce(sum(duration_s), 0) AS downtime_s
+                   FROM events WHERE line = %(line)s AND kind = 'fault' AND ts >= %(since)s AND ts < %(until)s
+                   GROUP BY 1)
+            SELECT coalesce(e.t, g.t, f.t) AS t, coalesce(e.kwh, 0) AS kwh, coalesce(g.parts, 0) AS parts,
+                   coalesce(g.good, 0) AS good, coalesce(g.rejects, 0) AS rejects,
+                   coalesce(f.faults, 0) AS faults, coalesce(f.downtime_s, 0) AS downtime_s
+            FROM e FULL JOIN g ON g.t = e.t FULL JOIN f ON f.t = coalesce(e.t, g.t) ORDER BY 1""",
+        {"line": line, "m": deps.energy_metric, "since": since, "until": until, "b": bucket, "o": _ORIGIN},
+    )
+
+
+@router.get("/api/telemetry/energy", response_model=Series[EnergyPoint], tags=["telemetry"],
+            summary="Energy per interval and per good part", **guarded(Role.viewer))
+async def energy(request: Request, line: Ident | None = None, hours: Hours = 24, until: Until = None,
+                 bucket: Literal["15m", "hour", "day"] = "hour") -> Series[EnergyPoint]:
+    line_ = resolve_line(deps_of(request), line)
+    since, end = window(hours, until)
+    rows = await _energy_buckets(request, line_, since, end, _BUCKETS[bucket])
+    items = [EnergyPoint(ts=r["t"], kwh=float(r["kwh"]), good_parts=int(r["good"]),
+                         kwh_per_good_part=float(r["kwh"]) / int(r["good"]) if r["good"] else None) for r in rows]
+    return Series[EnergyPoint](line=line_, since=since, until=end, items=items)
+
+
+@router.get("/api/telemetry/faults", response_model=Series[FaultRow], tags=["telemetry"],
+            summary="Faults and downtime per machine", **guarded(Role.viewer))
+async def faults(request: Request, line: Ident | None = None, hours: Hours = 24,
+                 until: Until = None) -> Series[FaultRow]:
+    line_ = resolve_line(deps_of(request), line)
+    since, end = window(hours, until)
+    rows = await fetch_all(
+        request,
+        "SELECT device, code, count(*) AS n, coalesce(sum(duration_s), 0) AS down FROM events"
+        " WHERE line = %s AND kind = 'fault' AND ts >= %s AND ts < %s GROUP BY device, code ORDER BY device, code",
+        (line_, since, end))
+    per: dict[str, FaultRow] = {}
+    for r in rows:
+        f = per.setdefault(r["device"], FaultRow(device=r["device"], faults=0, downtime_s=0.0, codes={}))
+        f.faults += int(r["n"])
+        f.downtime_s += float(r["down"])
+        f.codes[r["code"] or "-"] = int(r["n"])
+    items = sorted(per.values(), key=lambda f: -f.downtime_s)
+    return Series[FaultRow](line=line_, since=since, until=end, items=items)
+
+
+@router.get("/api/telemetry/defect-rate", response_model=Series[DefectRateRow], tags=["telemetry"],
+            summary="Defect rate by class", **guarded(Role.viewer))
+async def defect_rate(request: Request, line: Ident | None = None, hours: Hours = 24,
+                      until: Until = None) -> Series[DefectRateRow]:
+    line_ = resolve_line(deps_of(request), line)
+    since, end = window(hours, until)
+    rows = await fetch_all(
+        request,
+        "WITH p AS (SELECT count(*) AS n FROM inspections WHERE line = %(l)s AND ts >= %(s)s AND ts < %(u)s)"
+        " SELECT d.cls, count(*) AS defects, count(DISTINCT d.inspection_id) AS parts_with, (SELECT n FROM p) AS parts"
+        " FROM defects d WHERE d.line = %(l)s AND d.ts >= %(s)s AND d.ts < %(u)s GROUP BY d.cls ORDER BY 2 DESC",
+        {"l": line_, "s": since, "u": end})
+    items = [DefectRateRow(cls=r["cls"], defects=int(r["defects"]), parts_with=int(r["parts_with"]),
+                           parts=int(r["parts"]), rate=int(r["parts_with"]) / int(r["parts"]) if r["parts"] else 0.0)
+             for r in rows]
+    return Series[DefectRateRow](line=line_, since=since, until=end, items=items)
+
+
+def _shift_of(deps: ApiDeps, t: datetime) -> tuple[str, str, datetime]:
+    """(day, shift name, shift start) of an hour; a shift crossing midnight belongs to the day it started."""
+    h = t.hour
+    for s in deps.shifts:
+        inside = s.start_hour <= h < s.end_hour if s.start_hour < s.end_hour else (h >= s.start_hour or h < s.end_hour)
+        if inside:
+            start_day = t.date() if h >= s.start_hour else (t - timedelta(days=1)).date()
+            start = datetime(start_day.year, start_day.month, start_day.day, s.start_hour, tzinfo=UTC)
+            return start_day.isoformat(), s.name, start
+    return t.date().isoformat(), "-", t.replace(minute=0, second=0, microsecond=0)
+
+
+@router.get("/api/telemetry/shifts", response_model=Series[ShiftRow], tags=["telemetry"],
+            summary="Shift comparison: parts, reject rate, energy per good part, faults, downtime",
+            **guarded(Role.viewer))
+async def shifts(request: Request, line: Ident | None = None, hours: Annotated[float, Query(
+        gt=0, le=2160, description="Window length in hours.")] = 72, until: Until = None) -> Series[ShiftRow]:
+    deps = deps_of(request)
+    line_ = resolve_line(deps, line)
+    since, end = window(hours, until)
+    rows = await _energy_buckets(request, line_, since, end, _BUCKETS["hour"])
+    acc: dict[tuple[str, str], dict[str, Any]] = defaultdict(
+        lambda: {"parts": 0, "rejects": 0, "good": 0, "kwh": 0.0, "faults": 0, "downtime_s": 0.0})
+    starts: dict[tuple[str, str], datetime] = {}
+    for r in rows:
+        day, name, start = _shift_of(deps, r["t"].astimezone(UTC))
+        a = acc[(day, name)]
+        starts[(day, name)] = start
+        for k in ("parts", "rejects", "good", "faults"):
+            a[k] += int(r[k])
+        a["kwh"] += float(r["kwh"])
+        a["downtime_s"] += float(r["downtime_s"])
+    items = [ShiftRow(day=k[0], shift=k[1], start=starts[k], parts=a["parts"], rejects=a["rejects"],
+                      reject_rate=a["rejects"] / a["parts"] if a["parts"] else None, kwh=a["kwh"],
+                      kwh_per_good_part=a["kwh"] / a["good"] if a["good"] else None,
+                      faults=a["faults"], downtime_s=a["downtime_s"])
+             for k, a in sorted(acc.items(), key=lambda kv: starts[kv[0]])]
+    return Series[ShiftRow](line=line_, since=since, until=end, items=items)
+
+
+# ---- summaries ------------------------------------------------------------------------------------
+_SUMMARY_COLS = ("summary_id, created_at, line, window_start, window_end, trigger, lang, backend, model, verdict,"
+                 " verdict_detail, headline, prose, summary, tokens_in, tokens_out, latency_ms, cost_usd")
+
+
+async def _has_summaries(request: Request) -> bool:
+    row = await fetch_one(request, "SELECT to_regclass('summaries') IS NOT NULL AS ok")
+    return bool(row and row["ok"])
+
+
+@router.get("/api/summaries", response_model=list[SummaryOut], tags=["agent"], summary="Latest agent summaries",
+            description="With the verification verdict, tokens and cost.", **guarded(Role.viewer))
+async def list_summaries(request: Request, line: Ident | None = None, lang: Literal["en", "zh"] | None = None,
+                         limit: Annotated[int, Query(ge=1, le=100)] = 10) -> list[SummaryOut]:
+    if not await _has_summaries(request):
+        return []
+    rows = await fetch_all(
+        request,
+        f"SELECT {_SUMMARY_COLS} FROM summaries WHERE (%(l)s::text IS NULL OR line = %(l)s)"
+        " AND (%(g)s::text IS NULL OR lang = %(g)s) ORDER BY created_at DESC, summary_id DESC LIMIT %(n)s",
+        {"l": line, "g": lang, "n": limit})
+    return [SummaryOut.model_validate(r) for r in rows]
+
+
+@router.post("/api/summaries", response_model=SummaryOut, status_code=201, tags=["agent"],
+             summary="Ask the agent for a new summary",
+             description="Runs the on-demand summarizer over the last `hours`; 409 when none is configured.",
+             **guarded(Role.supervisor, {409: {"model": ErrorOut, "description": "No summarizer, or it failed."}}))
+async def request_summary(request: Request, body: SummaryIn, who: Principal = Depends(principal)) -> SummaryOut:
+    deps = deps_of(request)
+    line = resolve_line(deps, body.line)
+    if deps.summarize is None:
+        raise HTTPException(409, "no summarizer configured on this server")
+    end = datetime.now(UTC)
+    start = end - timedelta(hours=body.hours)
+    try:
+        if pyinspect.iscoroutinefunction(deps.summarize):
+            result = await asyncio.wait_for(deps.summarize(line=line, start=start, end=end, lang=body.lang), 300)
+        else:
+            result = await run_in_threadpool(deps.summarize, line=line, start=start, end=end, lang=body.lang)
+    except Exception as exc:  # the agent's failure is the caller's answer, not a crash
+        log.exception("summarize failed")
+        raise HTTPException(409, f"summarizer failed: {type(exc).__name__}: {exc}") from exc
+    sid = result if isinstance(result, int) else (
+        result.get("summary_id") if isinstance(result, dict) else getattr(result, "summary_id", None))
+    sql = f"SELECT {_SUMMARY_COLS} FROM summaries WHERE " + (
+        "summary_id = %(id)s" if sid is not None else "line = %(l)s ORDER BY summary_id DESC LIMIT 1")
+    row = await fetch_one(request, sql, {"id": sid, "l": line})
+    if row is None:
+        raise HTTPException(409, "the summarizer stored no summary")
+    async with pool_of(request).connection() as conn:
+        await audit(conn, who, "summary.request", line, None, {"summary_id": row["summary_id"]}, "ok",
+                    {"hours": body.hours, "lang": body.lang, "cost_usd": row["cost_usd"]})
+    return SummaryOut.model_validate(row)
+
+
+# ---- models ---------------------------------------------------------------------------------------
+def _registry_versions(registry: Path | None) -> list[ModelVersionOut]:
+    if registry is None or not registry.is_dir():
+        return []
+    from vision import registry as reg
+
+    out: list[ModelVersionOut] = []
+    for name in reg.list_models(registry):
+        for version in reg.list_versions(registry, name):
+            try:
+                info = reg.resolve(registry, name, version).info()
+                out.append(ModelVersionOut(**{k: info[k] for k in ModelVersionOut.model_fields if k in info}))
+            except Exception as exc:  # an incomplete version is listed with its problem, not hidden
+                out.append(ModelVersionOut(name=name, version=version, error=str(exc)))
+    return out
+
+
+@router.get("/api/models", response_model=ModelsOut, tags=["models"], summary="Model registry and cameras",
+            description="Every registered version with its held-out metrics, and the model each camera runs.",
+            **guarded(Role.viewer))
+async def models(request: Request) -> ModelsOut:
+    deps = deps_of(request)
+    versions = await run_in_threadpool(_registry_versions, deps.model_registry)
+    cams = {c: CameraModelOut(camera=c, model=m, source="config") for c, m in deps.camera_models.items()}
+    rows = await fetch_all(
+        request, "SELECT DISTINCT ON (camera) camera, model, ts FROM inspections"
+        " WHERE ts > now() - interval '7 days' ORDER BY camera, ts DESC")
+    for r in rows:
+        if r["camera"] not in cams:
+            cams[r["camera"]] = CameraModelOut(camera=r["camera"], model=r["model"], source="inspections",
+                                               last_seen=r["ts"])
+        else:
+            cams[r["camera"]].last_seen = r["ts"]
+    return ModelsOut(registry=str(deps.model_registry) if deps.model_registry else None, versions=versions,
+                     cameras=sorted(cams.values(), key=lambda c: c.camera))

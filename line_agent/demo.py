@@ -1,0 +1,391 @@
+"""Start a whole line (or several) with its services, and the report ``lineguard demo`` prints.
+
+Process tree, every child started and stopped by PID, in reverse order on exit or Ctrl-C:
+
+    lineguard demo                      line runtimes + API/console (asyncio, this process)
+    ├── postgres                        embedded, unless LINEGUARD_DATABASE_URL is set
+    ├── mosquitto (or amqtt)            embedded, unless LINEGUARD_MQTT_URL is set
+    ├── python -m hardware.sim_plc      one virtual PLC per simulated line (Modbus TCP)
+    └── lineguard ingest                MQTT -> PostgreSQL worker(s)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from line_agent.config import LineConfig, demo_line_config
+from line_agent.services import EmbeddedBroker, EmbeddedPostgres, ServiceError
+from line_agent.settings import Settings
+from line_agent.store.migrate import migrate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoOptions:
+    duration_s: float = 0.0  # 0 = until Ctrl-C
+    lines: int = 1
+    port: int = 8080
+    fps: float = 5.0
+    ingest_workers: int = 1
+    host: str = "127.0.0.1"
+
+
+@dataclass
+class LineReport:
+    line: str
+    parts: int = 0
+    rejects: int = 0
+    rework: int = 0
+    # Part level against the injected truth: a part is bad when any defect was injected.
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+    telemetry_rows: int = 0
+    fault_events: int = 0
+    published: int = 0
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+
+
+@dataclass
+class DemoReport:
+    started: float
+    ended: float
+    database: str
+    broker: str
+    console: str
+    lines: list[LineReport] = field(default_factory=list)
+    dead_letters: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(lr.parts > 0 and lr.telemetry_rows > 0 for lr in self.lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "duration_s": round(self.ended - self.started, 1),
+            "database": self.database,
+            "broker": self.broker,
+            "console": self.console,
+            "dead_letters": self.dead_letters,
+            "errors": self.errors,
+            "lines": [
+                {**lr.__dict__, "precision": round(lr.precision, 4), "recall": round(lr.recall, 4)}
+                for lr in self.lines
+            ],
+        }
+
+    def render(self) -> str:
+        out = [f"lineguard demo report ({self.ended - self.started:.0f} s, database {self.database}, "
+               f"broker {self.broker})"]
+        for lr in self.lines:
+            out.append(
+                f"  {lr.line}: parts inspected {lr.parts}, rejects {lr.rejects}, rework {lr.rework}; "
+                f"vs injected truth precision {lr.precision:.3f} recall {lr.recall:.3f} "
+                f"(tp {lr.tp} fp {lr.fp} fn {lr.fn} tn {lr.tn}); "
+                f"telemetry rows stored {lr.telemetry_rows}, fault events {lr.fault_events}"
+            )
+        out.append(f"  dead letters: {self.dead_letters}; console was at {self.console}")
+        out.extend(f"  ERROR: {e}" for e in self.errors)
+        out.append("  (all counts read back from PostgreSQL)")
+        out.append("REPORT " + json.dumps(self.as_dict()))
+        return "\n".join(out)
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL before printing it."""
+    if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
+        scheme, rest = url.split("//", 1)
+        user = rest.split(":", 1)[0]
+        return f"{scheme}//{user}:***@{rest.split('@', 1)[1]}"
+    return url
+
+
+class ChildProcess:
+    """A child we started; stopped by PID with SIGTERM, then SIGKILL."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as logf:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %s) did not stop in %.0fs; killing", self.name, self.proc.pid, timeout_s)
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def infrastructure(settings: Settings) -> Iterator[tuple[str, str]]:
+    """The database and broker URLs: the configured ones, else embedded servers in data_dir."""
+    data = settings.data_dir.resolve()
+    pg = broker = None
+    try:
+        db_url = settings.database_url
+        if db_url is None:
+            pg = EmbeddedPostgres(data / "postgres")
+            db_url = pg.start()
+        mqtt_url = settings.mqtt_url
+        if mqtt_url is None:
+            broker = EmbeddedBroker(data / "broker")
+            mqtt_url = broker.start()
+        migrate(db_url)
+        yield db_url, mqtt_url
+    finally:
+        if broker is not None:
+            broker.stop()
+        if pg is not None:
+            pg.stop()
+
+
+def _child_env(db_url: str, mqtt_url: str) -> dict[str, str]:
+    return {**os.environ, "LINEGUARD_DATABASE_URL": db_url, "LINEGUARD_MQTT_URL": mqtt_url}
+
+
+def start_ingest(workers: int, db_url: str, mqtt_url: str, data_dir: Path) -> ChildProcess:
+    cmd = [sys.executable, "-m", "line_agent.cli", "ingest", "--workers", str(workers)]
+    return ChildProcess("ingest", cmd, _child_env(db_url, mqtt_url), data_dir / "logs" / "ingest.log")
+
+
+def run_demo(settings: Settings, opts: DemoOptions) -> DemoReport:
+    """Run ``opts.lines`` simulated lines for ``opts.duration_s`` seconds (0: until Ctrl-C)."""
+    from hardware.sim_plc import SimPlcProcess
+
+    data = settings.data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    lines = [demo_line_config(i + 1, fps=opts.fps) for i in range(opts.lines)]
+    console = f"http://{opts.host}:{opts.port}"
+    plcs: list[SimPlcProcess] = []
+    ingest: ChildProcess | None = None
+    report = DemoReport(started=started, ended=started, database="", broker="", console=console)
+    try:
+        with infrastructure(settings) as (db_url, mqtt_url):
+            report.database, report.broker = _redact(db_url), _redact(mqtt_url)
+            for line in lines:
+                plc = SimPlcProcess(0, watchdog_s=line.plc.watchdog_s).start()
+                plcs.append(plc)
+                line.plc.url = f"modbus://127.0.0.1:{plc.port}"
+            ingest = start_ingest(opts.ingest_workers, db_url, mqtt_url, data)
+            published = asyncio.run(_serve(settings, lines, db_url, mqtt_url, opts))
+            # Everything published must be stored before we count: wait for ingest to catch up.
+            _wait_stored(db_url, lines, published, started, timeout_s=30.0)
+            report.ended = time.time()
+            _fill_report(report, db_url, lines, published, started)
+    except ServiceError as exc:
+        report.errors.append(str(exc))
+    finally:
+        if ingest is not None:
+            ingest.stop()
+        for plc in plcs:
+            plc.terminate()
+    report.ended = max(report.ended, time.time()) if not report.lines else report.ended
+    return report
+
+
+def run_line(settings: Settings, line: LineConfig) -> None:
+    """``lineguard run``: one configured line until SIGINT/SIGTERM."""
+    data = settings.data_dir.resolve()
+    with infrastructure(settings) as (db_url, mqtt_url):
+        ingest = start_ingest(1, db_url, mqtt_url, data)
+        try:
+            opts = DemoOptions(port=settings.api_port, host=settings.api_host)
+            asyncio.run(_serve(settings, [line], db_url, mqtt_url, opts))
+        finally:
+            ingest.stop()
+
+
+async def _serve(
+    settings: Settings, lines: list[LineConfig], db_url: str, mqtt_url: str, opts: DemoOptions
+) -> dict[str, int]:
+    """Run the line runtimes, meters and the API in this loop; return messages published per line."""
+    import uvicorn
+
+    from hardware.modbus import ModbusDriver
+    from hardware.safety import LineController
+    from hardware.tags import TagMap
+    from line_agent.api.app import create_app
+    from line_agent.api.deps import ApiDeps
+    from line_agent.api.hub import LiveHub
+    from line_agent.audit import AuditWriter
+    from line_agent.mqtt import Publisher
+    from line_agent.runtime import LineRuntime
+
+    data = settings.data_dir.resolve()
+    hub = LiveHub()
+    audit = AuditWriter(db_url)
+    publisher = Publisher(mqtt_url, client_id=f"lineguard-runtime-{os.getpid()}")
+    runtimes: list[LineRuntime] = []
+    controllers: dict[str, LineController] = {}
+    for line in lines:
+        tags = TagMap.load(line.plc.tags)
+        assert line.plc.url is not None
+        host, port = line.plc.url.removeprefix("modbus://").rsplit(":", 1)
+        driver = ModbusDriver(tags, host, int(port))
+        ctl = LineController(driver, heartbeat_period_s=line.plc.heartbeat_period_s,
+                             on_audit=audit.hook(line.line), actor=f"runtime:{line.line}")
+        await ctl.start_background()
+        controllers[line.line] = ctl
+        runtimes.append(LineRuntime(line, controller=ctl, publisher=publisher, hub=hub,
+                                    frames_dir=data / "frames", registry=settings.model_registry))
+    for ctl in controllers.values():
+        with contextlib.suppress(Exception):  # refused (e.g. e-stop) is audited; the console shows why
+            await ctl.start()
+
+    deps = ApiDeps(
+        database_url=db_url, lines=[ln.line for ln in lines], controllers=controllers, hub=hub,
+        model_registry=settings.model_registry, frames_dir=data / "frames",
+        training_dir=data / "feedback", admin_token=settings.admin_token,
+    )
+    app = create_app(deps)
+    _EmbeddedServer = _embedded_server_class()
+    server = _EmbeddedServer(uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning",
+                                            lifespan="on"))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    until = time.monotonic() + opts.duration_s if opts.duration_s > 0 else None
+    meters = [asyncio.create_task(_meter(line, rt, publisher, stop)) for line, rt in zip(lines, runtimes, strict=True)]
+    api_task = asyncio.create_task(server.serve())
+    line_tasks = [asyncio.create_task(rt.run(until)) for rt in runtimes]
+    log.info("console on http://%s:%s", opts.host, opts.port)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopper, *line_tasks], return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        log.info("stopping on signal")
+    for rt in runtimes:
+        rt.stop()
+    await asyncio.gather(*line_tasks, return_exceptions=True)
+    stop.set()
+    await asyncio.gather(*meters, return_exceptions=True)
+    server.should_exit = True
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(api_task, 10)
+    for ctl in controllers.values():
+        await ctl.close()
+    await asyncio.to_thread(publisher.close)
+    await asyncio.to_thread(audit.close)
+    return {rt.cfg.line: rt.inspected for rt in runtimes}
+
+
+def _embedded_server_class() -> type:
+    import uvicorn
+
+    class EmbeddedServer(uvicorn.Server):
+        """uvicorn without its own signal handlers: the demo owns SIGINT/SIGTERM and stops in order."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return EmbeddedServer
+
+
+async def _meter(line: LineConfig, rt: Any, publisher: Any, stop: asyncio.Event, period_s: float = 1.0) -> None:
+    """Publish the simulated energy meter and machine faults of one line over MQTT (JSON convention)."""
+    from hardware.sim_meter import LineMeterSim
+
+    sim = LineMeterSim(line.line, seed=hash(line.line) & 0xFFFF)
+    base = f"{line.mqtt.prefix}/{line.site}/{line.line}"
+    while not stop.is_set():
+        ts = time.time()
+        reading = sim.read(ts, running=rt.line_mode == "running")
+        publisher.publish_json(f"{base}/energy/telemetry", {
+            "ts": ts, "device": "meter1",
+            "metrics": {"power_w": reading.power_w, "energy_kwh": reading.energy_kwh},
+        })
+        for f in sim.faults(ts, period_s):
+            publisher.publish_json(f"{base}/{f.machine}/event", {
+                "event_id": f.event_id, "ts": f.ts, "device": f.machine, "kind": "fault",
+                "code": f.code, "duration_s": f.duration_s,
+            })
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), period_s)
+
+
+def _wait_stored(db_url: str, lines: list[LineConfig], published: dict[str, int], since: float,
+                 timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    want = sum(published.values())
+    while time.monotonic() < deadline:
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM inspections WHERE ts >= to_timestamp(%s) AND line = ANY(%s)",
+                (since, [ln.line for ln in lines]),
+            ).fetchone()
+        if row and row[0] >= want:
+            return
+        time.sleep(0.5)
+    log.warning("ingest did not store all %d inspections within %.0fs", want, timeout_s)
+
+
+def _fill_report(report: DemoReport, db_url: str, lines: list[LineConfig], published: dict[str, int],
+                 since: float) -> None:
+    with psycopg.connect(db_url) as conn:
+        for line in lines:
+            lr = LineReport(line=line.line, published=published.get(line.line, 0))
+            for decision, bad, n in conn.execute(
+                """SELECT decision, COALESCE(jsonb_array_length(truth), 0) > 0 AS bad, count(*)
+                   FROM inspections WHERE line = %s AND ts >= to_timestamp(%s)
+                   GROUP BY 1, 2""",
+                (line.line, since),
+            ):
+                lr.parts += n
+                flagged = decision != "pass"
+                lr.rejects += n if decision == "reject" else 0
+                lr.rework += n if decision == "rework" else 0
+                if bad and flagged:
+                    lr.tp += n
+                elif flagged:
+                    lr.fp += n
+                elif bad:
+                    lr.fn += n
+                else:
+                    lr.tn += n
+            row = conn.execute(
+                "SELECT count(*) FROM telemetry WHERE line = %s AND ts >= to_timestamp(%s)", (line.line, since)
+            ).fetchone()
+            lr.telemetry_rows = row[0] if row else 0
+            row = conn.execute(
+                "SELECT count(*) FROM events WHERE line = %s AND kind = 'fault' AND ts >= to_timestamp(%s)",
+                (line.line, since),
+            ).fetchone()
+            lr.fault_events = row[0] if row else 0
+            report.lines.append(lr)
+        row = conn.execute("SELECT count(*) FROM dead_letter WHERE received_at >= to_timestamp(%s)",
+                           (since,)).fetchone()
+        report.dead_letters = row[0] if row else 0

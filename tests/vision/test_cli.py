@@ -1,0 +1,124 @@
+"""lineguard train / eval / bench vision: wiring, JSON output and clear errors on bad input.
+
+Nothing here needs torch: bad input is rejected before training starts, eval and bench run the
+shipped ONNX model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from vision.cli import register
+from vision.synth import write_dataset
+
+runner = CliRunner()
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    bench = typer.Typer()
+    register(app, bench)
+    app.add_typer(bench, name="bench")
+    return app
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("synth") / "ds"
+    write_dataset(d, 6, seed=500, progress=False)
+    return d
+
+
+def test_commands_are_registered() -> None:
+    app = _app()
+    for args in (["train", "--help"], ["eval", "--help"], ["bench", "vision", "--help"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, (args, r.output)
+
+
+def test_train_missing_data_dir(tmp_path: Path) -> None:
+    r = runner.invoke(_app(), ["train", "--data", str(tmp_path / "nope"), "--format", "deeppcb"])
+    assert r.exit_code == 2
+    assert "data directory not found" in r.output and "nope" in r.output
+
+
+def test_train_wrong_format(synth: Path) -> None:
+    r = runner.invoke(_app(), ["train", "--data", str(synth), "--format", "pascal"])
+    assert r.exit_code == 2
+    assert "unknown dataset format 'pascal'" in r.output and "deeppcb, yolo, voc, coco" in r.output
+
+
+def test_train_wrong_layout(tmp_path: Path) -> None:
+    (tmp_path / "junk.txt").write_text("this is not a list file\n")
+    r = runner.invoke(_app(), ["train", "--data", str(tmp_path), "--format", "deeppcb"])
+    assert r.exit_code == 2
+    assert "cannot load deeppcb dataset" in r.output
+
+
+def test_train_empty_labels(tmp_path: Path) -> None:
+    d = tmp_path / "good-only"
+    write_dataset(d, 3, seed=1, n_defects=0, progress=False)  # good parts only: no labels at all
+    r = runner.invoke(_app(), ["train", "--data", str(d), "--format", "deeppcb", "--imgsz", "160",
+                               "--out", str(tmp_path / "reg"), "--cache-dir", str(tmp_path / "cache")])
+    assert r.exit_code == 2
+    assert "carry no labels" in r.output
+    assert not (tmp_path / "reg").exists()  # nothing published
+
+
+def test_train_bad_imgsz_and_weights(synth: Path, tmp_path: Path) -> None:
+    r = runner.invoke(_app(), ["train", "--data", str(synth), "--format", "deeppcb", "--imgsz", "300"])
+    assert r.exit_code == 2 and "multiple of 32" in r.output
+    r = runner.invoke(_app(), ["train", "--data", str(synth), "--format", "deeppcb",
+                               "--weights", str(tmp_path / "x.pt")])
+    assert r.exit_code == 2 and "weights file not found" in r.output
+    r = runner.invoke(_app(), ["train", "--data", str(synth), "--format", "deeppcb", "--holdout-last", "99"])
+    assert r.exit_code == 2 and "cannot hold out 99 of 6" in r.output
+
+
+def test_eval_prints_metrics_json(synth: Path) -> None:
+    r = runner.invoke(_app(), ["eval", "--data", str(synth), "--format", "deeppcb", "--model", "pcb-synth",
+                               "--holdout-last", "4"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    for k in ("map50", "map50_95", "ap50", "ap50_95", "precision", "recall", "f1", "per_class", "latency_ms"):
+        assert k in res, k
+    assert res["images"] == 4
+    assert set(res["latency_ms"]) >= {"p50", "p99"}
+    assert res["latency_ms"]["p99"] >= res["latency_ms"]["p50"] > 0
+    assert 0.0 <= res["map50"] <= 1.0 and res["torch_imported"] is False
+    for c in res["per_class"].values():
+        assert set(c) >= {"precision", "recall", "f1"}
+
+
+def test_eval_unknown_model(synth: Path, tmp_path: Path) -> None:
+    r = runner.invoke(_app(), ["eval", "--data", str(synth), "--format", "deeppcb", "--model", "no-such",
+                               "--registry", str(tmp_path)])
+    assert r.exit_code == 2 and "no-such" in r.output
+
+
+def test_bench_vision_json_and_markdown(synth: Path, tmp_path: Path) -> None:
+    md = tmp_path / "bench.md"
+    r = runner.invoke(_app(), ["bench", "vision", "--data", str(synth), "--format", "deeppcb",
+                               "--detectors", "onnx,template,yolo", "--markdown", str(md), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    res = {x["kind"]: x for x in json.loads(r.stdout)}
+    assert res["yolo"].get("skipped")  # no --yolo-model: skipped, not crashed
+    for k in ("onnx", "template"):
+        assert "error" not in res[k], res[k]
+        assert res[k]["images"] == 6
+        assert res[k]["fps"] > 0 and res[k]["peak_rss_mb"] > 0
+        assert res[k]["latency_ms"]["p99"] >= res[k]["latency_ms"]["p50"]
+    assert res["onnx"]["torch_imported"] is False
+    text = md.read_text()
+    assert "lineguard bench vision" in text and "| onnx:pcb-synth" in text and "| template-diff" in text
+
+
+def test_bench_vision_bad_detector(synth: Path) -> None:
+    r = runner.invoke(_app(), ["bench", "vision", "--data", str(synth), "--format", "deeppcb",
+                               "--detectors", "onnx,magic"])
+    assert r.exit_code == 2 and "unknown detector 'magic'" in r.output

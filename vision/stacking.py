@@ -66,7 +66,7 @@ class InputSpec:
         try:
             return cls(
                 size=int(d["size"]),
-                channels=tuple(d.get("channels", ("test", "template", "absdiff"))),  # type: ignore[arg-type]
+                channels=tuple(d.get("channels", ("test", "template", "absdiff"))),
                 stacking=str(d.get("stacking", "diff")),
                 class_names=tuple(d.get("class_names", ())),
                 no_template_fallback=str(d.get("no_template_fallback", "")),
@@ -99,7 +99,7 @@ def to_gray(image: Image) -> Image:
         return image[:, :, 0]
     if image.ndim == 3 and image.shape[2] in (3, 4):
         code = cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
-        return cv2.cvtColor(image, code)
+        return np.asarray(cv2.cvtColor(image, code), dtype=np.uint8)
     raise ValueError(f"unsupported image shape {image.shape}")
 
 
@@ -108,7 +108,7 @@ def read_gray(path: Path) -> Image:
     img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if img is None:
         raise FileNotFoundError(f"cannot read image {path}")
-    return img
+    return np.asarray(img, dtype=np.uint8)
 
 
 def stack(test: Image, template: Image | None, mode: str = "diff") -> tuple[Image, bool]:
@@ -127,7 +127,7 @@ def stack(test: Image, template: Image | None, mode: str = "diff") -> tuple[Imag
         return np.dstack([t, t, np.zeros_like(t)]), False
     g = to_gray(template)
     if g.shape != t.shape:
-        g = cv2.resize(g, (t.shape[1], t.shape[0]), interpolation=cv2.INTER_AREA)
+        g = np.asarray(cv2.resize(g, (t.shape[1], t.shape[0]), interpolation=cv2.INTER_AREA), dtype=np.uint8)
     return np.dstack([t, g, cv2.absdiff(t, g)]), True
 
 
@@ -169,7 +169,7 @@ def letterbox(image: Image, size: int, pad_value: int = PAD_VALUE) -> tuple[Imag
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
     out = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad_value,) * 3)
-    return out, Letterbox(scale=scale, pad_x=float(left), pad_y=float(top))
+    return np.asarray(out, dtype=np.uint8), Letterbox(scale=scale, pad_x=float(left), pad_y=float(top))
 
 
 def to_tensor(image: Image) -> npt.NDArray[np.float32]:

@@ -77,11 +77,13 @@ def draw_template(seed: int, size: int = SIZE, copper: int = 0) -> tuple[Image, 
     clearance = max(5, int(6 * scale))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * clearance + 1, 2 * clearance + 1))
 
+    forbidden = np.zeros_like(placed)  # placed copper grown by the clearance
+
     def commit(layer: np.ndarray, new_segs: list[_Segment]) -> bool:
-        nonlocal placed
-        if (cv2.dilate(placed, kernel) & layer).any():
+        if (forbidden & layer).any():
             return False
-        placed |= layer
+        placed[:] |= layer
+        forbidden[:] |= cv2.dilate(layer, kernel)
         segs.extend(new_segs)
         return True
 
@@ -251,9 +253,10 @@ class _Injector:
         nx, ny = -uy, ux
         sign = 1 if self.rng.random() < 0.5 else -1
         ex, ey = x + sign * nx * seg.width / 2, y + sign * ny * seg.width / 2
-        r_max = max(2.0, seg.width * 0.35)
+        # Bites up to ~45% of the trace width, as in DeepPCB (large enough to see, never a cut through).
+        r_max = max(3.0, seg.width * 0.45)
         for k in range(int(self.rng.integers(1, 4))):
-            r = float(self.rng.uniform(1.5, r_max))
+            r = float(self.rng.uniform(2.5, r_max))
             off = (k - 1) * r * 1.6
             cv2.circle(self.img, _pt((ex + ux * off, ey + uy * off)), round(r), self.bg, -1)
         return True
@@ -269,13 +272,13 @@ class _Injector:
             ang = float(self.rng.uniform(-0.6, 0.6))
             dx = (sign * nx) * math.cos(ang) + ux * math.sin(ang)
             dy = (sign * ny) * math.cos(ang) + uy * math.sin(ang)
-            length = float(self.rng.uniform(5, 14))
+            length = float(self.rng.uniform(6, 18))
             sx, sy = x + sign * nx * (seg.width / 2 - 1), y + sign * ny * (seg.width / 2 - 1)
             tx, ty = sx + dx * length, sy + dy * length
             # A spur must not reach other copper, else it is a short.
             if not _inside(tx, ty, self.size) or self.dist_bg[round(ty), round(tx)] < 6:
                 continue
-            cv2.line(self.img, _pt((sx, sy)), _pt((tx, ty)), self.copper, int(self.rng.integers(2, 4)))
+            cv2.line(self.img, _pt((sx, sy)), _pt((tx, ty)), self.copper, int(self.rng.integers(3, 6)))
             return True
         return False
 

@@ -46,6 +46,9 @@ done
 [ -d "$wheelhouse" ] || die "wheelhouse '$wheelhouse' is not a directory"
 wheelhouse="$(cd "$wheelhouse" && pwd)"
 compgen -G "$wheelhouse/*.whl" >/dev/null || die "wheelhouse '$wheelhouse' has no .whl files"
+# Wheel file names spell the project name with underscores (PEP 427).
+compgen -G "$wheelhouse/${package//-/_}-*.whl" >/dev/null \
+  || die "wheelhouse '$wheelhouse' has no ${package//-/_}-*.whl (build it with: pip wheel . -w DIR)"
 [ -d "$root" ] || die "root '$root' is not a directory"
 root="$(cd "$root" && pwd)"
 command -v "$python" >/dev/null || die "python '$python' not found"

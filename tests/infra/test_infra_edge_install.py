@@ -49,8 +49,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture
-def spies(tmp_path: Path) -> tuple[dict[str, str], Path]:
+def make_spies(tmp_path: Path) -> tuple[dict[str, str], Path]:
     """PATH with recording stand-ins for commands a staged install must never run."""
     bindir, calls = tmp_path / "spybin", tmp_path / "calls.log"
     bindir.mkdir()
@@ -62,6 +61,23 @@ def spies(tmp_path: Path) -> tuple[dict[str, str], Path]:
     return env, calls
 
 
+@pytest.fixture
+def spies(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    return make_spies(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> tuple[Path, dict[str, str], Path]:
+    """One staged install shared by the tests below (creating a venv is the slow part)."""
+    tmp = tmp_path_factory.mktemp("staged")
+    env, calls = make_spies(tmp)
+    root = tmp / "root"
+    root.mkdir()
+    res = run_install(["--root", str(root), "--wheelhouse", str(wheelhouse), "--python", sys.executable], env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return root, env, calls
+
+
 def run_install(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(EDGE / "install.sh"), *args], capture_output=True, text=True,
                           env=env, timeout=240)
@@ -71,14 +87,8 @@ def mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
 
 
-def test_staged_install_layout_and_upgrade(tmp_path: Path, wheelhouse: Path,
-                                           spies: tuple[dict[str, str], Path]) -> None:
-    env, calls = spies
-    root = tmp_path / "root"
-    root.mkdir()
-    res = run_install(["--root", str(root), "--wheelhouse", str(wheelhouse), "--python", sys.executable], env)
-    assert res.returncode == 0, res.stdout + res.stderr
-
+def test_staged_install_layout_and_upgrade(wheelhouse: Path, staged: tuple[Path, dict[str, str], Path]) -> None:
+    root, env, calls = staged
     venv = root / "opt/lineguard/venv"
     out = subprocess.run([str(venv / "bin/lineguard"), "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "dummy lineguard dep-ok --version", "console script or dependency missing"
@@ -119,7 +129,8 @@ def test_unit_matches_install_layout() -> None:
         (["--wheelhouse", "/nonexistent"], "is not a directory"),
         (["--wheelhouse", "{empty}"], "has no .whl files"),
         (["--wheelhouse", "{wh}", "--bogus"], "unknown argument: --bogus"),
-        (["--wheelhouse", "{wh}", "--package", "not-in-wheelhouse"], "pip could not install not-in-wheelhouse"),
+        (["--wheelhouse", "{wh}", "--package", "not-in-wheelhouse"], "has no not_in_wheelhouse-*.whl"),
+        (["--wheelhouse", "{wh}", "--python", "/nonexistent/python3"], "python '/nonexistent/python3' not found"),
     ],
 )
 def test_bad_arguments_fail_clearly(tmp_path: Path, wheelhouse: Path, spies: tuple[dict[str, str], Path],
@@ -128,20 +139,17 @@ def test_bad_arguments_fail_clearly(tmp_path: Path, wheelhouse: Path, spies: tup
     (tmp_path / "empty").mkdir()
     (tmp_path / "root").mkdir()
     args = [a.format(empty=tmp_path / "empty", wh=wheelhouse) for a in args]
-    res = run_install(["--root", str(tmp_path / "root"), "--python", sys.executable, *args], env)
+    if "--python" not in args:
+        args = ["--python", sys.executable, *args]
+    res = run_install(["--root", str(tmp_path / "root"), *args], env)
     assert res.returncode != 0
     assert message in res.stderr
     assert not calls.exists()
 
 
-def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path, wheelhouse: Path,
-                                               spies: tuple[dict[str, str], Path]) -> None:
+def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path, staged: tuple[Path, dict[str, str], Path]) -> None:
     analyze = require_tool("systemd-analyze", "apt-get install systemd")
-    env, _ = spies
-    root = tmp_path / "root"
-    root.mkdir()
-    assert run_install(["--root", str(root), "--wheelhouse", str(wheelhouse), "--python", sys.executable],
-                       env).returncode == 0
+    root = staged[0]
     # Point ExecStart at the staged venv so `verify` also checks the command exists and is executable.
     unit = tmp_path / "lineguard.service"
     unit.write_text((EDGE / "lineguard.service").read_text().replace(

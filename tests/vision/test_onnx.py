@@ -19,12 +19,12 @@ from vision.detectors.onnx import DEFAULT_MODEL, MODELS_DIR, OnnxDetector
 from vision.registry import resolve
 from vision.stacking import InputSpec, letterbox, prepare, stack
 from vision.synth import make_board
-from vision.types import DEFECT_CLASSES, UNKNOWN_CLASS, Box, Frame
+from vision.types import DEFECT_CLASSES, UNKNOWN_CLASS, Box, Frame, Label
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _frame(seed: int, with_template: bool = True) -> tuple[Frame, list]:  # type: ignore[type-arg]
+def _frame(seed: int, with_template: bool = True) -> tuple[Frame, list[Label]]:
     b = make_board(seed, (3, 6))
     f = Frame(camera="t", seq=seed, ts=0.0, image=b.image, template=b.template if with_template else None)
     return f, b.labels

@@ -39,7 +39,7 @@ def _make_template_pass() -> Detector | None:
     except ImportError:
         return None
     try:
-        return TemplateDiffDetector()  # type: ignore[no-any-return]
+        return TemplateDiffDetector()
     except TypeError:
         return None
 
@@ -188,10 +188,10 @@ class OnnxDetector:
         cx, cy, bw, bh = pred[0, keep], pred[1, keep], pred[2, keep], pred[3, keep]
         scores, cls_ids = scores[keep], cls_ids[keep]
         xywh = np.stack([cx - bw / 2, cy - bh / 2, bw, bh], axis=1)
-        idx = cv2.dnn.NMSBoxesBatched(
+        kept = cv2.dnn.NMSBoxesBatched(
             xywh.tolist(), scores.tolist(), cls_ids.tolist(), self.conf, self.iou, top_k=self.max_det
         )
-        idx = np.asarray(idx, dtype=np.int64).reshape(-1)[: self.max_det]
+        idx = np.asarray(kept, dtype=np.int64).reshape(-1)[: self.max_det]
         xyxy = np.stack([xywh[:, 0], xywh[:, 1], xywh[:, 0] + xywh[:, 2], xywh[:, 1] + xywh[:, 3]], axis=1)
         return xyxy[idx].astype(np.float32), scores[idx].astype(np.float32), cls_ids[idx].astype(np.int64)
 

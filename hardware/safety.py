@@ -75,7 +75,13 @@ class Heartbeat:
         self.beats = 0
         self.failures = 0
         self.last_ok: float | None = None
+        # Beyond this age, commands that depend on the PLC being out of safe state are refused.
+        self.stale_after_s = max(3 * period_s, 0.3)
         self._task: asyncio.Task[None] | None = None
+
+    def age_s(self) -> float | None:
+        """Seconds since the last heartbeat the PLC confirmed (None: none yet)."""
+        return None if self.last_ok is None else time.monotonic() - self.last_ok
 
     @property
     def running(self) -> bool:
@@ -142,9 +148,19 @@ class Interlocks:
         if s["safe_state"]:
             raise CommandRefused("start refused: PLC is in safe state (controller heartbeat was lost)")
 
-    async def check_reject(self) -> None:
-        # A reject moves a part off the line: always the safe direction, so only the link is required.
+    def check_reject(self, heartbeat: Heartbeat | None = None) -> None:
+        """A reject moves a part off the line (the safe direction), so no input blocks it; but the PLC
+        ignores rejects in its safe state, which it enters when our heartbeat stops reaching it. A stale
+        heartbeat therefore means the gate may not fire: refuse, so the caller can divert the part itself.
+        """
         self.require_link()
+        if heartbeat is not None:
+            age = heartbeat.age_s()
+            if age is None or age > heartbeat.stale_after_s:
+                shown = "never" if age is None else f"{age:.2f} s ago"
+                raise CommandRefused(
+                    f"controller heartbeat is stale (last beat {shown}): PLC may be in safe state"
+                )
 
 
 class LineController:
@@ -181,6 +197,10 @@ class LineController:
         if self.driver.state != LinkState.CONNECTED:
             with contextlib.suppress(PlcUnavailable):
                 await self.driver.connect()
+        if self.driver.state == LinkState.CONNECTED:
+            # First beat now, so commands are accepted as soon as this returns.
+            with contextlib.suppress(PlcUnavailable, WriteNotConfirmed):
+                await self.heartbeat.beat()
         self.heartbeat.start()
 
     async def close(self) -> None:
@@ -239,7 +259,7 @@ class LineController:
         """Pulse the reject gate for one part: write a new reject sequence number and read it back."""
         t0 = time.perf_counter()
         try:
-            self.interlocks.require_link()
+            self.interlocks.check_reject(self.heartbeat)
         except CommandRefused as exc:
             raise self._refused("reject_part", exc, part_id=part_id, tag="reject_seq") from None
         async with self._reject_lock:  # sequence numbers must reach the PLC in order

@@ -8,6 +8,7 @@ protocol carries it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -243,7 +244,7 @@ class TagMap:
     def __contains__(self, name: object) -> bool:
         return name in self._tags
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Tag]:
         return iter(self._tags.values())
 
     def __len__(self) -> int:

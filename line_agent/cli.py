@@ -31,7 +31,6 @@ _AREAS = (
     "hardware.cli",
     "line_agent.ingest_cli",
     "line_agent.agent_cli",
-    "line_agent.api.cli",
 )
 
 
@@ -106,6 +105,33 @@ def run(
     run_line(settings, line)
 
 
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: LINEGUARD_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: LINEGUARD_API_PORT).")] = None,
+    lines: Annotated[str, typer.Option(help="Comma-separated line ids this API serves.")] = "line1",
+) -> None:
+    """Serve the API and console alone (plant tier), against LINEGUARD_DATABASE_URL; no PLC attached."""
+    import uvicorn
+
+    from line_agent.api.app import create_app
+    from line_agent.api.deps import ApiDeps
+    from line_agent.settings import Settings
+
+    settings = Settings()
+    _setup_logging(settings.log_level)
+    if not settings.database_url:
+        typer.echo("error: LINEGUARD_DATABASE_URL is required for `lineguard api`", err=True)
+        raise typer.Exit(2)
+    deps = ApiDeps(
+        database_url=settings.database_url, lines=[x.strip() for x in lines.split(",") if x.strip()],
+        model_registry=settings.model_registry, frames_dir=settings.data_dir.resolve() / "frames",
+        training_dir=settings.data_dir.resolve() / "feedback", admin_token=settings.admin_token,
+    )
+    uvicorn.run(create_app(deps), host=host or settings.api_host, port=port or settings.api_port,
+                log_level=settings.log_level.lower())
+
+
 @app.command("check-config")
 def check_config(
     config: Annotated[Path, typer.Argument(help="The line's YAML file.")],
@@ -119,6 +145,25 @@ def check_config(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(line.model_dump_json(indent=2))
+
+
+@bench.command("lines")
+def bench_lines(
+    lines: Annotated[int, typer.Option(min=1, max=16)] = 4,
+    duration: Annotated[float, typer.Option(help="Seconds the lines run.")] = 300.0,
+    ingest_workers: Annotated[int, typer.Option(min=1, max=8)] = 2,
+    fps: Annotated[float, typer.Option(help="Parts per second per line.")] = 5.0,
+    data_dir: Annotated[Path | None, typer.Option(help="Default: a new temporary directory.")] = None,
+) -> None:
+    """N simulated lines into one store and broker: frames/s per line, ingest lag, CPU/RAM per process."""
+    import json
+    import tempfile
+
+    from line_agent.bench_lines import run_bench
+
+    _setup_logging("WARNING")
+    target = data_dir or Path(tempfile.mkdtemp(prefix="lineguard-bench-"))
+    typer.echo(json.dumps(run_bench(lines, duration, ingest_workers, target, fps), indent=2))
 
 
 def main() -> None:

@@ -200,7 +200,8 @@ def run_demo(settings: Settings, opts: DemoOptions) -> DemoReport:
             ingest = start_ingest(opts.ingest_workers, db_url, mqtt_url, data)
             published = asyncio.run(_serve(settings, lines, db_url, mqtt_url, opts))
             # Everything published must be stored before we count: wait for ingest to catch up.
-            _wait_stored(db_url, lines, published, started, timeout_s=30.0)
+            if not _wait_stored(db_url, lines, published, started, ingest, timeout_s=60.0):
+                report.errors.append(f"ingest did not store every inspection (see {data}/logs/ingest.log)")
             report.ended = time.time()
             _fill_report(report, db_url, lines, published, started)
     except ServiceError as exc:
@@ -338,19 +339,24 @@ async def _meter(line: LineConfig, rt: Any, publisher: Any, stop: asyncio.Event,
 
 
 def _wait_stored(db_url: str, lines: list[LineConfig], published: dict[str, int], since: float,
-                 timeout_s: float) -> None:
+                 ingest: ChildProcess, timeout_s: float) -> bool:
+    """True once every published inspection is in the database; False on timeout or dead ingest."""
     deadline = time.monotonic() + timeout_s
     want = sum(published.values())
     while time.monotonic() < deadline:
+        if ingest.proc.poll() is not None:
+            log.error("ingest exited with code %s", ingest.proc.returncode)
+            return False
         with psycopg.connect(db_url) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM inspections WHERE ts >= to_timestamp(%s) AND line = ANY(%s)",
                 (since, [ln.line for ln in lines]),
             ).fetchone()
         if row and row[0] >= want:
-            return
+            return True
         time.sleep(0.5)
     log.warning("ingest did not store all %d inspections within %.0fs", want, timeout_s)
+    return False
 
 
 def _fill_report(report: DemoReport, db_url: str, lines: list[LineConfig], published: dict[str, int],

@@ -220,7 +220,8 @@ def verify_text(
     for clause in _CLAUSE.split(text):
         if not clause.strip():
             continue
-        named = {n.lower() for n in find_names(clause, vocab)}
+        # The line id names the context of every fact, not a subject of its own.
+        named = {n.lower() for n in find_names(clause, vocab)} - ({window.line.lower()} if window else set())
         pool = facts if not named else [f for f in facts if f.names and {n.lower() for n in f.names} <= named]
         by_unit = _candidates(pool, window)
         claims = extract_numbers(clause, vocab)

@@ -152,13 +152,23 @@ def test_heartbeat_stop_drives_simulator_to_safe_state(sim: SimPlc) -> None:
         assert st.safe_state is True and st.mode == "stopped"
         with pytest.raises(CommandRefused, match="safe state"):
             await ctl.start()
+        pulses = sim.logic.gate_pulses
+        with pytest.raises(CommandRefused, match="heartbeat is stale"):
+            await ctl.reject_part("P-stale")  # the PLC would ignore it: the caller must know
+        assert sim.logic.gate_pulses == pulses
         # Heartbeat back: the flag clears but the line does not restart by itself.
         ctl.heartbeat.start()
         await asyncio.sleep(0.3)
         st = await ctl.line_state()
         assert st.safe_state is False and st.mode == "stopped"
+        await ctl.reject_part("P-after")
+        assert sim.logic.gate_pulses == pulses + 1
 
-    run_with_controller(sim, scenario)
+    audits = run_with_controller(sim, scenario)
+    assert [(a.part_id, a.outcome) for a in audits if a.action == "reject_part"] == [
+        ("P-stale", "refused"),
+        ("P-after", "ok"),
+    ]
 
 
 def test_no_heartbeat_means_safe_state(tags: TagMap) -> None:
@@ -197,3 +207,27 @@ def test_commands_fail_fast_when_plc_unreachable(tags: TagMap) -> None:
         await ctl.close()
 
     asyncio.run(main())
+
+
+def test_audit_hook_async_and_failing_hook_do_not_block_commands(sim: SimPlc) -> None:
+    got: list[AuditRecord] = []
+
+    async def async_hook(rec: AuditRecord) -> None:
+        await asyncio.sleep(0)
+        got.append(rec)
+
+    def broken_hook(rec: AuditRecord) -> None:
+        raise RuntimeError("audit store down")
+
+    async def main() -> None:
+        for hook in (async_hook, broken_hook):
+            driver = ModbusDriver(TagMap.load(), "127.0.0.1", sim.port)
+            ctl = LineController(driver, on_audit=hook, heartbeat_period_s=0.1)
+            await ctl.start_background()
+            await ctl.reject_part(f"hook-{hook.__name__}")
+            await ctl.close()
+
+    pulses = sim.logic.gate_pulses
+    asyncio.run(main())
+    assert sim.logic.gate_pulses == pulses + 2
+    assert [r.part_id for r in got] == ["hook-async_hook"]

@@ -11,7 +11,7 @@ from hardware.driver import LinkState, WriteNotConfirmed
 from hardware.opcua import OpcUaDriver
 from hardware.safety import CommandRefused, LineController
 from hardware.sim_opcua import SimOpcUa
-from hardware.tags import AuditRecord, TagMap, WriteRefused
+from hardware.tags import AuditRecord, TagMap, WritePlan, WriteRefused
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,7 @@ def test_opcua_read_write_roundtrip(opcua_sim: SimOpcUa, tags: TagMap) -> None:
                 await d.write("speed_setpoint", 101)
             # The PLC program's own range check (a raw value the tag map never sends) is visible on read-back.
             with pytest.raises(WriteNotConfirmed):
-                await d.write_plan(tags.plan_write("reject_count", 0).__class__(
-                    tag=tags.get("reject_count"), value=5, raw=5))
+                await d.write_plan(WritePlan(tag=tags.get("reject_count"), value=5, raw=5))
 
     asyncio.run(main())
 

@@ -16,7 +16,6 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-
 from infra_common import INFRA
 
 COMPOSE_DIR = INFRA / "compose"
@@ -24,7 +23,11 @@ COMPOSE_FILES = sorted(COMPOSE_DIR.glob("*.yaml"))
 COMPOSE_FILES = [p for p in COMPOSE_FILES if p.name != "line.example.yaml"]
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, $VAR; $$ is a literal $.
-_VAR = re.compile(r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?])?(?P<arg>[^}]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(
+    r"\$(?:\$"
+    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?])?(?P<arg>[^}]*)\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 class MissingVariable(ValueError):
@@ -85,6 +88,14 @@ def load(path: Path, env: dict[str, str]) -> dict[str, Any]:
     raw = yaml.safe_load(path.read_text())
     assert isinstance(raw, dict), f"{path.name}: top level must be a mapping"
     return dict(interpolate(raw, env))
+
+
+def test_interpolation_follows_compose_rules() -> None:
+    env = {"A": "1", "E": ""}
+    assert interpolate("$$SYS ${A} $A ${B:-d} ${E:-d} ${E-d} ${B-d}", env) == "$SYS 1 1 d d  d"
+    with pytest.raises(MissingVariable, match="E: need E"):
+        interpolate("${E:?need E}", env)
+    assert interpolate(["${A:?x}", {"k": "${A}"}, 3], env) == ["1", {"k": "1"}, 3]
 
 
 def test_compose_files_exist() -> None:

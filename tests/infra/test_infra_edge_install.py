@@ -25,12 +25,26 @@ def build_wheel(src: Path, name: str, module: str, body: str, deps: list[str], o
     scripts = f'[project.scripts]\nlineguard = "{module}:main"\n' if name == "lineguard" else ""
     (pkg / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
-        f'[project]\nname = "{name}"\nversion = "0.0.1"\ndependencies = {deps!r}\n'.replace("'", '"') + scripts
+        f'[project]\nname = "{name}"\nversion = "0.0.1"\ndependencies = {deps!r}\n'.replace("'", '"')
+        + scripts
     )
     # --no-build-isolation: the test venv's setuptools builds it, so no index is needed.
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out), str(pkg)],
-        check=True, capture_output=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(pkg),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
 
 
@@ -40,10 +54,13 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheelhouse")
     build_wheel(src, "lineguard-infra-testdep", "lineguard_infra_testdep", "VALUE = 'dep-ok'\n", [], out)
     build_wheel(
-        src, "lineguard", "lineguard_dummy",
+        src,
+        "lineguard",
+        "lineguard_dummy",
         "import sys\nfrom lineguard_infra_testdep import VALUE\n\n\ndef main() -> None:\n"
         "    print('dummy lineguard', VALUE, *sys.argv[1:])\n",
-        ["lineguard-infra-testdep"], out,
+        ["lineguard-infra-testdep"],
+        out,
     )
     assert len(list(out.glob("*.whl"))) == 2
     return out
@@ -79,8 +96,9 @@ def staged(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> tuple[
 
 
 def run_install(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(EDGE / "install.sh"), *args], capture_output=True, text=True,
-                          env=env, timeout=240)
+    return subprocess.run(
+        ["bash", str(EDGE / "install.sh"), *args], capture_output=True, text=True, env=env, timeout=240
+    )
 
 
 def mode(p: Path) -> int:
@@ -117,8 +135,14 @@ def test_staged_install_layout_and_upgrade(wheelhouse: Path, staged: tuple[Path,
 def test_unit_matches_install_layout() -> None:
     unit = (EDGE / "lineguard.service").read_text()
     assert "ExecStart=/opt/lineguard/venv/bin/lineguard run --config /etc/lineguard/line.yaml" in unit
-    for directive in ("User=lineguard", "NoNewPrivileges=yes", "ProtectSystem=strict", "Restart=on-failure",
-                      "StateDirectory=lineguard", "EnvironmentFile=/etc/lineguard/lineguard.env"):
+    for directive in (
+        "User=lineguard",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "Restart=on-failure",
+        "StateDirectory=lineguard",
+        "EnvironmentFile=/etc/lineguard/lineguard.env",
+    ):
         assert re.search(rf"^{re.escape(directive)}$", unit, re.M), directive
 
 
@@ -133,8 +157,9 @@ def test_unit_matches_install_layout() -> None:
         (["--wheelhouse", "{wh}", "--python", "/nonexistent/python3"], "python '/nonexistent/python3' not found"),
     ],
 )
-def test_bad_arguments_fail_clearly(tmp_path: Path, wheelhouse: Path, spies: tuple[dict[str, str], Path],
-                                    args: list[str], message: str) -> None:
+def test_bad_arguments_fail_clearly(
+    tmp_path: Path, wheelhouse: Path, spies: tuple[dict[str, str], Path], args: list[str], message: str
+) -> None:
     env, calls = spies
     (tmp_path / "empty").mkdir()
     (tmp_path / "root").mkdir()
@@ -152,12 +177,14 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path, staged: tuple[Pat
     root = staged[0]
     # Point ExecStart at the staged venv so `verify` also checks the command exists and is executable.
     unit = tmp_path / "lineguard.service"
-    unit.write_text((EDGE / "lineguard.service").read_text().replace(
-        "/opt/lineguard/venv/bin/lineguard", str(root / "opt/lineguard/venv/bin/lineguard")))
+    unit.write_text(
+        (EDGE / "lineguard.service")
+        .read_text()
+        .replace("/opt/lineguard/venv/bin/lineguard", str(root / "opt/lineguard/venv/bin/lineguard"))
+    )
     res = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr
-    sec = subprocess.run([analyze, "security", "--offline=yes", str(unit)], capture_output=True, text=True,
-                         timeout=60)
+    sec = subprocess.run([analyze, "security", "--offline=yes", str(unit)], capture_output=True, text=True, timeout=60)
     m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", sec.stdout + sec.stderr)
     assert m, sec.stdout + sec.stderr
     # systemd's scale: 0 (locked down) .. 10 (unprotected); "OK" is below 3.
@@ -174,8 +201,12 @@ def test_logrotate_config_rotates(tmp_path: Path) -> None:
     assert "su lineguard lineguard" in conf
     conf = conf.replace("    su lineguard lineguard\n", "")
     (tmp_path / "lr.conf").write_text(conf)
-    res = subprocess.run([logrotate, "--force", "--state", str(tmp_path / "state"), str(tmp_path / "lr.conf")],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [logrotate, "--force", "--state", str(tmp_path / "state"), str(tmp_path / "lr.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     assert (logs / "decisions.log.1").read_text() == "x" * 1000  # delaycompress: newest stays plain
     assert (logs / "decisions.log").stat().st_size == 0  # copytruncate: same inode, emptied

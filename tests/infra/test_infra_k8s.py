@@ -60,7 +60,9 @@ def test_validation_works_without_network(tmp_path: Path) -> None:
     files = [str(p) for p in sorted(K8S.glob("*.yaml")) if p.name != "kustomization.yaml"]
     res = subprocess.run(
         ["unshare", "--net", str(cli), "--strict", "-k", K8S_VERSIONS[-1], *files],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "INFO" in res.stdout and "ERROR" not in res.stdout

@@ -41,6 +41,7 @@ def selectors(expr: str) -> list[str]:
 
     def visit(node: Any) -> None:
         if isinstance(node, promql_parser.VectorSelector):
+            assert node.name, "selector without a metric name"
             names.append(node.name)
 
     promql_parser.walk(promql_parser.parse(concrete(expr)), visit)
@@ -97,8 +98,16 @@ def test_parser_rejects_bad_promql() -> None:
 
 def test_exprs_pass_promtool(tmp_path: Path) -> None:
     promtool = require_tool("promtool", "apt-get install prometheus")
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"lineguard:dashboard_{i}", "expr": concrete(e)} for i, (_, e) in enumerate(exprs())]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"lineguard:dashboard_{i}", "expr": concrete(e)} for i, (_, e) in enumerate(exprs())
+                ],
+            }
+        ]
+    }
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump(rules))
     res = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
@@ -128,7 +137,9 @@ def test_prometheus_jobs_target_lineguard_metrics_endpoint() -> None:
         assert all(t.endswith(":8080") for t in static["targets"])
     k8s = jobs["lineguard-kubernetes-pods"]["relabel_configs"]
     keep = k8s[0]
-    assert keep["action"] == "keep" and keep["source_labels"] == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
+    assert keep["action"] == "keep" and keep["source_labels"] == [
+        "__meta_kubernetes_pod_annotation_prometheus_io_scrape"
+    ]
     # The address rewrite must turn "10.0.0.7:9999" + port annotation "8080" into 10.0.0.7:8080.
     rewrite = next(r for r in k8s if r.get("target_label") == "__address__")
     m = re.fullmatch(rewrite["regex"], "10.0.0.7:9999;8080")

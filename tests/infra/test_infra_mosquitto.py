@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 import pytest
 from infra_common import INFRA, require_tool
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from line_agent.services import free_port, wait_for_port
 
@@ -35,7 +35,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("certs")
     res = subprocess.run(
         ["bash", str(MOSQ / "gen-dev-certs.sh"), "--out", str(out), "--client", "edge1", "edge.example"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert res.returncode == 0, res.stderr
     return out
@@ -53,7 +55,9 @@ class Broker:
         logf = self.log.open("ab")
         self.proc = subprocess.Popen(
             [require_tool("mosquitto", "apt-get install mosquitto"), "-c", str(self.conf)],
-            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         logf.close()
         for port in (self.plain_port, self.tls_port):
@@ -77,8 +81,11 @@ def config_copy(conf_name: str, tmp: Path, certs: Path) -> Broker:
     passwd = tmp / "passwd"
     passwd.touch(mode=0o600)
     for user, pw in PASSWORDS.items():
-        subprocess.run([require_tool("mosquitto_passwd", "apt-get install mosquitto"), "-b", str(passwd), user, pw],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [require_tool("mosquitto_passwd", "apt-get install mosquitto"), "-b", str(passwd), user, pw],
+            check=True,
+            capture_output=True,
+        )
     plain, tls = free_port(), free_port()
     text = (MOSQ / conf_name).read_text()
     replacements = {
@@ -111,8 +118,17 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path, certs: Path) -> Itera
 class Client:
     """Small synchronous wrapper over paho (1.x and 2.x) speaking MQTT 5."""
 
-    def __init__(self, broker: Broker, user: str | None, password: str | None, *, tls: bool, certs: Path,
-                 client_id: str | None = None, clean_start: bool = True) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        user: str | None,
+        password: str | None,
+        *,
+        tls: bool,
+        certs: Path,
+        client_id: str | None = None,
+        clean_start: bool = True,
+    ) -> None:
         kwargs: dict[str, Any] = {}
         if hasattr(mqtt, "CallbackAPIVersion"):
             kwargs["callback_api_version"] = mqtt.CallbackAPIVersion.VERSION2
@@ -130,8 +146,13 @@ class Client:
             self.c.tls_set(ca_certs=str(certs / "ca.crt"), tls_version=ssl.PROTOCOL_TLS_CLIENT)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 0 if clean_start else 3600
-        self.c.connect("127.0.0.1", broker.tls_port if tls else broker.plain_port, keepalive=30,
-                       clean_start=clean_start, properties=props)
+        self.c.connect(
+            "127.0.0.1",
+            broker.tls_port if tls else broker.plain_port,
+            keepalive=30,
+            clean_start=clean_start,
+            properties=props,
+        )
         self.c.loop_start()
         with self.cond:
             self.cond.wait_for(lambda: self.connack is not None, 10)
@@ -153,6 +174,7 @@ class Client:
 
     def subscribe(self, topic: str) -> list[int]:
         _, mid = self.c.subscribe(topic, qos=1)
+        assert mid is not None
         with self.cond:
             assert self.cond.wait_for(lambda: mid in self.subacks, 10), f"no SUBACK for {topic}"
             return self.subacks[mid]
@@ -187,8 +209,10 @@ def test_tls_listener_presents_cert_for_localhost(broker: Broker, certs: Path) -
     ctx = ssl.create_default_context(cafile=str(certs / "ca.crt"))
     import socket
 
-    with socket.create_connection(("127.0.0.1", broker.tls_port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+    with (
+        socket.create_connection(("127.0.0.1", broker.tls_port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as s,
+    ):
         assert s.version() in ("TLSv1.2", "TLSv1.3")
 
 
@@ -231,8 +255,7 @@ def test_persistent_session_survives_broker_restart(tmp_path: Path, certs: Path)
     b = config_copy("plant.conf", tmp_path, certs)
     b.start()
     try:
-        sub = Client(b, "ingest", PASSWORDS["ingest"], tls=False, certs=certs, client_id="ingest-1",
-                     clean_start=False)
+        sub = Client(b, "ingest", PASSWORDS["ingest"], tls=False, certs=certs, client_id="ingest-1", clean_start=False)
         assert sub.subscribe("lineguard/#") == [1]
         sub.close()
         pub = Client(b, "lineguard", PASSWORDS["lineguard"], tls=False, certs=certs)
@@ -241,8 +264,9 @@ def test_persistent_session_survives_broker_restart(tmp_path: Path, certs: Path)
         pub.close()
         b.stop()
         b.start()
-        again = Client(b, "ingest", PASSWORDS["ingest"], tls=False, certs=certs, client_id="ingest-1",
-                       clean_start=False)
+        again = Client(
+            b, "ingest", PASSWORDS["ingest"], tls=False, certs=certs, client_id="ingest-1", clean_start=False
+        )
         msgs = again.wait_messages(25, timeout=10)
         again.close()
         assert [p for _, p in msgs] == [f"d{i}".encode() for i in range(25)]
@@ -254,6 +278,7 @@ def test_broker_rejects_an_unknown_option(tmp_path: Path, certs: Path) -> None:
     """The start check is meaningful: a broken config makes mosquitto exit."""
     b = config_copy("edge.conf", tmp_path, certs)
     b.conf.write_text(b.conf.read_text() + "\nmax_inflight_mesages 10\n")
-    proc = subprocess.run([require_tool("mosquitto", "apt"), "-c", str(b.conf)], capture_output=True,
-                          text=True, timeout=10)
+    proc = subprocess.run(
+        [require_tool("mosquitto", "apt"), "-c", str(b.conf)], capture_output=True, text=True, timeout=10
+    )
     assert proc.returncode != 0

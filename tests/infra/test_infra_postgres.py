@@ -34,8 +34,13 @@ def cluster() -> Iterator[tuple[Path, Path, dict[str, int]]]:
             nobody = pwd.getpwnam("nobody")
             run_as = {"user": nobody.pw_uid, "group": nobody.pw_gid}
             os.chown(base, nobody.pw_uid, nobody.pw_gid)
-        subprocess.run([str(bins / "initdb"), "-D", str(base / "data"), "-A", "trust", "-U", "lineguard"],
-                       check=True, capture_output=True, timeout=120, **run_as)  # type: ignore[call-overload]
+        subprocess.run(
+            [str(bins / "initdb"), "-D", str(base / "data"), "-A", "trust", "-U", "lineguard"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            **run_as,
+        )  # type: ignore[call-overload]
         yield bins, base / "data", run_as
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -46,8 +51,9 @@ def show(cluster: tuple[Path, Path, dict[str, int]], include: Path, param: str) 
     conf = data / "postgresql.conf"
     base = conf.read_text().split("\n# lineguard test include\n")[0]
     conf.write_text(base + f"\n# lineguard test include\ninclude_dir = '{include}'\n")
-    return subprocess.run([str(bins / "postgres"), "-D", str(data), "-C", param], capture_output=True, text=True,
-                          timeout=60, **run_as)  # type: ignore[call-overload, no-any-return]
+    return subprocess.run(
+        [str(bins / "postgres"), "-D", str(data), "-C", param], capture_output=True, text=True, timeout=60, **run_as
+    )  # type: ignore[call-overload]
 
 
 def include_dir(tmp: Path, files: dict[str, str]) -> Path:
@@ -66,7 +72,10 @@ def tmp_public() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-EDGE_SET = {"10-timescaledb.conf": (PG / "timescaledb.conf").read_text(), "20-edge.conf": (PG / "edge.conf").read_text()}
+EDGE_SET = {
+    "10-timescaledb.conf": (PG / "timescaledb.conf").read_text(),
+    "20-edge.conf": (PG / "edge.conf").read_text(),
+}
 
 
 @pytest.mark.parametrize(
@@ -80,16 +89,20 @@ EDGE_SET = {"10-timescaledb.conf": (PG / "timescaledb.conf").read_text(), "20-ed
         ("timescaledb.telemetry_level", "off"),
     ],
 )
-def test_edge_settings_load(cluster: tuple[Path, Path, dict[str, int]], tmp_public: Path, param: str,
-                            expected: str) -> None:
+def test_edge_settings_load(
+    cluster: tuple[Path, Path, dict[str, int]], tmp_public: Path, param: str, expected: str
+) -> None:
     res = show(cluster, include_dir(tmp_public, EDGE_SET), param)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == expected
 
 
 def test_timescaledb_file_alone_loads(cluster: tuple[Path, Path, dict[str, int]], tmp_public: Path) -> None:
-    res = show(cluster, include_dir(tmp_public, {"10-timescaledb.conf": EDGE_SET["10-timescaledb.conf"]}),
-               "max_worker_processes")
+    res = show(
+        cluster,
+        include_dir(tmp_public, {"10-timescaledb.conf": EDGE_SET["10-timescaledb.conf"]}),
+        "max_worker_processes",
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "16"
 

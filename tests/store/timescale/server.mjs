@@ -8,14 +8,10 @@ import { PGLiteSocketServer } from '@electric-sql/pglite-socket'
 const port = Number(process.argv[2] ?? 0)
 const db = await PGlite.create({ extensions: { timescaledb } })
 const server = new PGLiteSocketServer({ db, port, host: '127.0.0.1' })
-server.addEventListener('listening', (ev) => {
-  const actual = ev?.detail?.port ?? port
-  console.log(`LISTENING ${actual}`)
-})
 await server.start()
-// Some versions do not dispatch 'listening' with the port: read it from the net server instead.
+// The actual port (when 0 was asked for) is on the underlying net.Server.
 const addr = server.server?.address?.()
-if (addr && typeof addr === 'object') console.log(`LISTENING ${addr.port}`)
+console.log(`LISTENING ${addr && typeof addr === 'object' ? addr.port : port}`)
 
 const stop = async () => {
   await server.stop()

@@ -67,7 +67,14 @@ class Heartbeat:
     If this task stops (controller crash, hung loop, lost link), the PLC drives the line to its safe state.
     """
 
-    def __init__(self, driver: PlcDriver, *, tag: str = "heartbeat", period_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        driver: PlcDriver,
+        *,
+        tag: str = "heartbeat",
+        period_s: float = 0.2,
+        stale_after_s: float | None = None,
+    ) -> None:
         self.driver = driver
         self.tag = tag
         self.period_s = period_s
@@ -75,8 +82,8 @@ class Heartbeat:
         self.beats = 0
         self.failures = 0
         self.last_ok: float | None = None
-        # Beyond this age, commands that depend on the PLC being out of safe state are refused.
-        self.stale_after_s = max(3 * period_s, 0.3)
+        # Beyond this age (set it to the PLC's watchdog time) the PLC may be in safe state.
+        self.stale_after_s = stale_after_s if stale_after_s is not None else 5 * period_s
         self._task: asyncio.Task[None] | None = None
 
     def age_s(self) -> float | None:
@@ -158,9 +165,7 @@ class Interlocks:
             age = heartbeat.age_s()
             if age is None or age > heartbeat.stale_after_s:
                 shown = "never" if age is None else f"{age:.2f} s ago"
-                raise CommandRefused(
-                    f"controller heartbeat is stale (last beat {shown}): PLC may be in safe state"
-                )
+                raise CommandRefused(f"controller heartbeat is stale (last beat {shown}): PLC may be in safe state")
 
 
 class LineController:
@@ -176,15 +181,19 @@ class LineController:
         driver: PlcDriver,
         *,
         heartbeat_period_s: float = 0.2,
+        plc_watchdog_s: float = 1.0,
         on_audit: AuditHook | None = None,
         actor: str = "controller",
     ) -> None:
+        if heartbeat_period_s * 3 > plc_watchdog_s:
+            # Fewer than 3 beats per watchdog window: one late beat would trip the PLC.
+            raise ValueError(f"heartbeat_period_s={heartbeat_period_s} is too slow for plc_watchdog_s={plc_watchdog_s}")
         self.driver = driver
         self.tags = driver.tags
         self.line = driver.tags.line
         self.on_audit = on_audit
         self.actor = actor
-        self.heartbeat = Heartbeat(driver, period_s=heartbeat_period_s)
+        self.heartbeat = Heartbeat(driver, period_s=heartbeat_period_s, stale_after_s=plc_watchdog_s)
         self.interlocks = Interlocks(driver)
         self._reject_seq = 0
         self._reject_seq_synced = False

@@ -8,8 +8,8 @@ protocol carries it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path

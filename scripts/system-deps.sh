@@ -7,6 +7,10 @@ set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# infra/ checks: shellcheck, logrotate, promtool (Debian's prometheus package).
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "lineguard: please install: ${need[*]} (apt-get install ${need[*]}); continuing without them" >&2

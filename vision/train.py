@@ -330,8 +330,9 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
         from vision.bench import evaluate
         from vision.detectors.onnx import OnnxDetector
 
-        det = OnnxDetector.from_dir(entry.path, unknown_pass=False)
-        metrics["heldout"] = evaluate(det, held)
+        # Low detector threshold for a full PR curve (mAP); P/R/F at the 0.25 operating point.
+        det = OnnxDetector.from_dir(entry.path, unknown_pass=False, conf=0.001, threads=cfg.threads)
+        metrics["heldout"] = evaluate(det, held, prf_conf=0.25)
     else:
         metrics["heldout"] = None
         metrics["note"] = "no --holdout-last: no held-out evaluation"

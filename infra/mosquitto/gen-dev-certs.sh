@@ -74,6 +74,10 @@ done
 # Certificates are public; keys stay 0600. The broker image runs as uid 1883: make the server
 # key readable by it when we are root (otherwise the operator chowns it).
 chmod 644 ./*.crt
-if [ "$(id -u)" = 0 ]; then chown 1883:1883 server.key 2>/dev/null || true; fi
+if [ "$(id -u)" = 0 ]; then
+  chown 1883:1883 server.key 2>/dev/null || true
+else
+  echo "note: for the eclipse-mosquitto container run: sudo chown 1883:1883 $(pwd)/server.key" >&2
+fi
 openssl verify -CAfile ca.crt server.crt >/dev/null
 echo "certificates written to $(pwd): ca.crt server.crt server.key${clients[*]:+ (clients: ${clients[*]})}"

@@ -94,7 +94,7 @@ def test_wrong_twice_falls_back_to_template(scenario_db: tuple[str, dict[str, Sc
     be = ScriptedBackend(["wrong_name", "wrong_number"])
     r = summarize(url, s.line, start=s.start, end=s.end, backend=be)
     assert r.verdict == "fallback_template" and be.calls == 2 and r.backend == "template"
-    assert r.detail["attempts"][0]["verification"]["unsupported_names"] == ["M9"]
+    assert r.detail["attempts"][0]["verification"]["unsupported_names"][0] == "M9"
     assert "M9" not in r.prose and "987.6" not in r.prose
     row = stored(url, r.summary_id)
     assert row["verdict"] == "fallback_template" and len(row["verdict_detail"]["attempts"]) == 2

@@ -231,3 +231,18 @@ def test_audit_hook_async_and_failing_hook_do_not_block_commands(sim: SimPlc) ->
     asyncio.run(main())
     assert sim.logic.gate_pulses == pulses + 2
     assert [r.part_id for r in got] == ["hook-async_hook"]
+
+
+def test_read_many_block_reads_match_single_reads(sim: SimPlc, tags: TagMap) -> None:
+    async def main() -> None:
+        async with ModbusDriver(tags, "127.0.0.1", sim.port) as d:
+            await d.write("heartbeat", 5)
+            await d.write("speed_setpoint", 12.3)
+            names = [t.name for t in tags]
+            many = await d.read_many(names)
+            for name in ("heartbeat", "speed_setpoint", "estop_active", "reject_gate", "recipe_id"):
+                assert many[name] == await d.read(name), name
+            assert many["speed_setpoint"] == pytest.approx(12.3)
+            assert isinstance(many["motor_current"], float) and isinstance(many["parts_count"], int)
+
+    asyncio.run(main())

@@ -60,15 +60,25 @@ def test_read_only_tag_in_allow_list_refused() -> None:
 @pytest.mark.parametrize(
     ("mutate", "field"),
     [
-        (lambda s: s.replace("type: uint16, direction: read_write, scale", "type: uint17, direction: read_write, scale"),
-         "signals.0.type"),
+        (
+            lambda s: s.replace(
+                "type: uint16, direction: read_write, scale", "type: uint17, direction: read_write, scale"
+            ),
+            "signals.0.type",
+        ),
         (lambda s: s.replace("write_allow: [speed]", "write_allow: [sped]"), "sped"),
         (lambda s: s.replace("offset: 2}}", "offset: 1}}"), "overlaps"),
         (lambda s: s.replace("min: 0, max: 100", "min: 10, max: 5"), "min (10.0) is greater than max"),
-        (lambda s: s.replace("type: bool, direction: read, modbus: {kind: coil",
-                             "type: int16, direction: read, modbus: {kind: coil"), "coil can only hold type bool"),
-        (lambda s: s.replace("direction: read, modbus: {kind: input", "direction: read_write, modbus: {kind: input"),
-         "read-only on the wire"),
+        (
+            lambda s: s.replace(
+                "type: bool, direction: read, modbus: {kind: coil", "type: int16, direction: read, modbus: {kind: coil"
+            ),
+            "coil can only hold type bool",
+        ),
+        (
+            lambda s: s.replace("direction: read, modbus: {kind: input", "direction: read_write, modbus: {kind: input"),
+            "read-only on the wire",
+        ),
         (lambda s: s.replace("scale: 0.1", "scael: 0.1"), "signals.0.scael"),
         (lambda s: s.replace("line: l1\n", ""), "line"),
         (lambda s: "- just\n- a list\n", "top level must be a mapping"),

@@ -6,7 +6,13 @@ import yaml
 from line_agent.config import ConfigError, demo_line_config, load_line_config
 from line_agent.settings import Settings
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "line.yaml"
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "line.yaml"
+
+
+@pytest.mark.parametrize("path", [EXAMPLE, *sorted(REPO.glob("infra/**/line*.example.yaml"))], ids=str)
+def test_every_shipped_line_yaml_is_valid(path: Path) -> None:
+    assert load_line_config(path).cameras
 
 
 def test_example_config_is_valid() -> None:

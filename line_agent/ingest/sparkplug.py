@@ -1,0 +1,204 @@
+"""Sparkplug B (``spBv1.0/<group>/<TYPE>/<node>[/<device>]``) through the ``pysparkplug`` payload classes.
+
+State kept per edge node, as a Sparkplug host application must: the birth certificate (metric names
+for aliases, data types), bdSeq of the current session, and the next expected ``seq`` (0-255, wraps).
+A seq gap or an alias that no birth defined triggers a rebirth request (NCMD ``Node Control/Rebirth``).
+NDEATH/DDEATH mark the node's/device's metrics stale (a ``state`` event; see ``is_stale``).
+
+Mapping to rows (docs/MQTT.md): group -> line, edge node -> cell, device -> device (the node itself
+is device ``""``). Numeric and boolean metrics -> telemetry. String metrics named ``Faults/<CODE>`` ->
+a fault event whose id is the string value (stable ids for de-duplication); other string metrics ->
+``state`` events. ``bdSeq`` and ``Node Control/*`` are protocol bookkeeping and are not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pysparkplug as spb
+
+from line_agent.ingest.decode_json import MAX_NAME, MAX_PAYLOAD, stable_id
+from line_agent.ingest.rows import Batch, DeadLetter, EventRow, TelemetryRow
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "spBv1.0"
+REBIRTH_METRIC = "Node Control/Rebirth"
+_NUMERIC = {
+    spb.DataType.INT8, spb.DataType.INT16, spb.DataType.INT32, spb.DataType.INT64,
+    spb.DataType.UINT8, spb.DataType.UINT16, spb.DataType.UINT32, spb.DataType.UINT64,
+    spb.DataType.FLOAT, spb.DataType.DOUBLE, spb.DataType.BOOLEAN, spb.DataType.DATETIME,
+}
+_STRING = {spb.DataType.STRING, spb.DataType.TEXT, spb.DataType.UUID}
+
+
+class SparkplugError(ValueError):
+    """Reason for a dead letter."""
+
+
+@dataclass
+class _Node:
+    bd_seq: int | None = None
+    next_seq: int | None = None
+    birth: spb.NBirth | None = None
+    device_births: dict[str, spb.DBirth] = field(default_factory=dict)
+    stale: bool = True
+    stale_devices: set[str] = field(default_factory=set)
+
+
+def rebirth_command(now_ms: int | None = None) -> bytes:
+    """The NCMD payload that asks an edge node to publish its births again."""
+    ts = now_ms if now_ms is not None else int(time.time() * 1000)
+    metric = spb.Metric(timestamp=ts, name=REBIRTH_METRIC, datatype=spb.DataType.BOOLEAN, value=True)
+    return spb.NCmd(timestamp=ts, metrics=(metric,)).encode(include_dtypes=True)
+
+
+class SparkplugDecoder:
+    """Host-application state for every edge node seen; decodes one message at a time, in order."""
+
+    def __init__(self, site: str = "", request_rebirth: Callable[[str, str], None] | None = None,
+                 rebirth_holdoff_s: float = 5.0) -> None:
+        self.site = site
+        self.nodes: dict[tuple[str, str], _Node] = {}
+        self._request = request_rebirth
+        self._holdoff = rebirth_holdoff_s
+        self._last_rebirth: dict[tuple[str, str], float] = {}
+        self.rebirths_requested = 0
+        self.seq_gaps = 0
+
+    def is_stale(self, group: str, node: str, device: str = "") -> bool:
+        n = self.nodes.get((group, node))
+        if n is None or n.stale:
+            return True
+        return bool(device) and (device in n.stale_devices or device not in n.device_births)
+
+    def _rebirth(self, key: tuple[str, str], why: str) -> None:
+        now = time.monotonic()
+        if now - self._last_rebirth.get(key, -1e9) < self._holdoff:
+            return  # one request per hold-off: the node needs a moment to answer
+        self._last_rebirth[key] = now
+        self.rebirths_requested += 1
+        log.info("requesting rebirth of %s/%s: %s", key[0], key[1], why)
+        if self._request is not None:
+            self._request(*key)
+
+    def _check_seq(self, key: tuple[str, str], node: _Node, seq: int | None) -> None:
+        if seq is None:
+            return
+        if node.next_seq is not None and seq != node.next_seq:
+            self.seq_gaps += 1
+            self._rebirth(key, f"seq {seq}, expected {node.next_seq}")
+        node.next_seq = (seq + 1) % 256
+
+    def decode(self, topic: str, raw: bytes, out: Batch) -> None:
+        """Decode one message into ``out``; malformed ones become a dead letter, never an exception."""
+        try:
+            self._decode(topic, raw, out)
+        except SparkplugError as exc:
+            out.dead.append(DeadLetter("sparkplug", topic, str(exc), raw))
+        except Exception as exc:  # truncated protobuf, bad enum values, ...: the payload is at fault
+            out.dead.append(DeadLetter("sparkplug", topic, f"undecodable: {type(exc).__name__}: {exc}"[:500], raw))
+
+    def _decode(self, topic: str, raw: bytes, out: Batch) -> None:
+        if len(raw) > MAX_PAYLOAD:
+            raise SparkplugError(f"payload of {len(raw)} bytes exceeds {MAX_PAYLOAD}")
+        parts = topic.split("/")
+        if len(parts) >= 2 and parts[1] == "STATE":
+            return  # host application state: not line data
+        if len(parts) not in (4, 5) or parts[0] != NAMESPACE:
+            raise SparkplugError(f"topic {topic[:200]!r}: expected spBv1.0/<group>/<type>/<node>[/<device>]")
+        group, mtype, node_id = parts[1], parts[2], parts[3]
+        device = parts[4] if len(parts) == 5 else ""
+        for v in (group, node_id, device):
+            if len(v) > MAX_NAME:
+                raise SparkplugError("topic level longer than 200 characters")
+        key = (group, node_id)
+        node = self.nodes.setdefault(key, _Node())
+        if mtype == "NBIRTH":
+            birth = spb.NBirth.decode(raw)
+            bd = [m for m in birth.metrics if m.name == "bdSeq"]
+            node.bd_seq = int(bd[0].value) if bd and bd[0].value is not None else None  # type: ignore[arg-type]
+            node.birth, node.stale, node.next_seq = birth, False, None
+            node.device_births.clear()
+            node.stale_devices.clear()
+            self._check_seq(key, node, birth.seq)
+            self._rows(group, node_id, "", birth.timestamp, birth.metrics, out)
+        elif mtype == "DBIRTH":
+            dbirth = spb.DBirth.decode(raw)
+            node.device_births[device] = dbirth
+            node.stale_devices.discard(device)
+            self._check_seq(key, node, dbirth.seq)
+            self._rows(group, node_id, device, dbirth.timestamp, dbirth.metrics, out)
+        elif mtype in ("NDATA", "DDATA"):
+            birth: spb.NBirth | spb.DBirth | None = node.birth if mtype == "NDATA" else node.device_births.get(device)
+            try:
+                data = (spb.NData if mtype == "NDATA" else spb.DData).decode(raw, birth=birth)
+            except (KeyError, IndexError) as exc:
+                self._rebirth(key, f"unknown alias in {mtype}")
+                raise SparkplugError(f"{mtype} uses an alias no birth defined ({exc}); rebirth requested") from None
+            if birth is None and any(not m.name for m in data.metrics):
+                self._rebirth(key, f"{mtype} before any birth")
+                raise SparkplugError(f"{mtype} with aliases before any birth; rebirth requested")
+            self._check_seq(key, node, data.seq)
+            self._rows(group, node_id, device, data.timestamp, data.metrics, out)
+        elif mtype == "NDEATH":
+            death = spb.NDeath.decode(raw)
+            bd = death.bd_seq_metric.value
+            if node.bd_seq is not None and bd is not None and int(bd) != node.bd_seq:  # type: ignore[call-overload]
+                return  # the death of an older session, after a newer birth: ignore (Sparkplug rule)
+            node.stale = True
+            node.next_seq = None
+            self._death(group, node_id, "", "NDEATH", death.timestamp, raw, out)
+        elif mtype == "DDEATH":
+            ddeath = spb.DDeath.decode(raw)
+            node.stale_devices.add(device)
+            self._check_seq(key, node, ddeath.seq)
+            self._death(group, node_id, device, "DDEATH", ddeath.timestamp, raw, out)
+        elif mtype in ("NCMD", "DCMD"):
+            return  # commands to nodes (ours included): not data
+        else:
+            raise SparkplugError(f"unknown Sparkplug message type {mtype[:30]!r}")
+
+    def _death(self, group: str, node_id: str, device: str, code: str, ts_ms: int | None, raw: bytes,
+               out: Batch) -> None:
+        ts = (ts_ms or int(time.time() * 1000)) / 1000.0
+        out.events.append(EventRow(
+            stable_id(group, node_id, device, code, raw), ts, self.site, group, node_id, device, "state", code,
+            0, None, {"stale": True},
+        ))
+
+    def _rows(self, group: str, node_id: str, device: str, ts_ms: int, metrics: tuple[spb.Metric, ...],
+              out: Batch) -> None:
+        rows: list[TelemetryRow] = []
+        events: list[EventRow] = []
+        for m in metrics:
+            name = m.name or ""
+            if not name or name == "bdSeq" or name.startswith("Node Control/"):
+                continue
+            if len(name) > MAX_NAME or "\x00" in name:
+                raise SparkplugError(f"metric name too long or with NUL: {name[:50]!r}")
+            ts = (m.timestamp if m.timestamp is not None else ts_ms) / 1000.0
+            if m.is_null or m.value is None:
+                continue  # a null value says "unknown": nothing to store
+            if m.datatype in _NUMERIC:
+                v = float(m.value)  # type: ignore[arg-type]
+                if not math.isfinite(v):
+                    raise SparkplugError(f"metric {name[:50]!r}: non-finite value")
+                rows.append(TelemetryRow(ts, self.site, group, node_id, device, name, v))
+            elif m.datatype in _STRING:
+                text = str(m.value)
+                if len(text) > MAX_NAME or "\x00" in text:
+                    raise SparkplugError(f"metric {name[:50]!r}: string value too long or with NUL")
+                if name.startswith("Faults/"):
+                    events.append(EventRow(text, ts, self.site, group, node_id, device, "fault", name[7:], 0, None,
+                                           {"source": "sparkplug"}))
+                else:
+                    events.append(EventRow(stable_id(group, node_id, device, name, str(ts), text), ts, self.site,
+                                           group, node_id, device, "state", name, 0, None, {"value": text}))
+            # bytes, datasets, templates: not time-series values; skipped (documented in docs/MQTT.md)
+        out.telemetry.extend(rows)
+        out.events.extend(events)

@@ -1,0 +1,389 @@
+"""The ingest worker: an MQTT 5 subscriber feeding the batched writer, acknowledging only what is safe.
+
+Flow control, end to end:
+
+* QoS 1, ``clean_start=False`` and a session expiry: while a worker is down the broker queues its
+  messages; the restarted worker (same client id) receives them.
+* Manual acknowledgement (paho >= 2): a PUBACK goes out only after the message's batch committed in
+  PostgreSQL or was fsynced to the disk spool. A crash before that = redelivery, which the writer's
+  ON CONFLICT DO NOTHING stores once.
+* MQTT 5 Receive Maximum = ``inflight``: the broker never has more than that many unacknowledged
+  messages out to us, so the internal queue is bounded by it; when the writer is behind, acks stop,
+  the window fills and the broker holds the rest (back-pressure, not memory growth).
+* ``$share/<group>/<filter>`` (MQTT 5 shared subscription): N workers split the JSON topics.
+  Sparkplug B is stateful (births, aliases, seq), so only worker 0 subscribes to it, unshared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from line_agent.ingest.decode_json import decode_json
+from line_agent.ingest.rows import Batch, DeadLetter
+from line_agent.ingest.sparkplug import NAMESPACE, SparkplugDecoder, rebirth_command
+from line_agent.ingest.spool import Spool
+from line_agent.ingest.writer import BatchWriter
+from line_agent.mqtt import parse_mqtt_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestConfig:
+    """Everything a worker needs; ``from_settings`` fills it from LINEGUARD_* settings."""
+
+    mqtt_url: str
+    database_url: str
+    data_dir: Path
+    worker_index: int = 0
+    client_prefix: str = "lineguard-ingest"
+    json_filter: str = "lineguard/#"
+    sparkplug_filter: str | None = f"{NAMESPACE}/#"  # worker 0 only; None = no Sparkplug
+    share_group: str = "lineguard"  # "" = plain subscriptions (a single worker)
+    sparkplug_site: str = ""
+    batch_rows: int = 20_000  # flush when a batch holds this many rows ...
+    batch_delay_s: float = 0.1  # ... or when its oldest message waited this long
+    inflight: int = 2000  # MQTT 5 Receive Maximum: unacknowledged messages the broker may send us
+    session_expiry_s: int = 7 * 24 * 3600  # the broker keeps a stopped worker's queue this long
+    spool_max_bytes: int = 2 << 30
+    db_retry_s: float = 1.0  # while the database is away, try it again this often
+    rollup_every_s: float = 10.0  # plain PostgreSQL: refresh the 1m/1h rollups this often
+    use_copy: bool | None = None
+
+    @property
+    def client_id(self) -> str:
+        return f"{self.client_prefix}-{self.worker_index}"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool" / f"ingest-{self.worker_index}"
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> IngestConfig:
+        if not settings.database_url or not settings.mqtt_url:
+            raise ValueError("ingest needs LINEGUARD_DATABASE_URL and LINEGUARD_MQTT_URL "
+                             "(lineguard demo/run set them for the processes they start)")
+        return cls(mqtt_url=settings.mqtt_url, database_url=settings.database_url,
+                   data_dir=Path(settings.data_dir), **overrides)
+
+
+@dataclass
+class IngestStats:
+    messages: int = 0
+    rows: int = 0
+    dead: int = 0
+    batches: int = 0
+    spooled_batches: int = 0
+    replayed_batches: int = 0
+    db_errors: int = 0
+    started: float = field(default_factory=time.time)
+
+
+class _Msg:
+    __slots__ = ("mid", "payload", "qos", "topic")
+
+    def __init__(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        self.topic, self.payload, self.mid, self.qos = topic, payload, mid, qos
+
+
+class IngestWorker:
+    """One subscriber + writer. ``run(stop_event)`` blocks until the event is set, then drains and returns."""
+
+    def __init__(self, cfg: IngestConfig) -> None:
+        self.cfg = cfg
+        self.stats = IngestStats()
+        self.connected = threading.Event()
+        self._q: queue.Queue[_Msg] = queue.Queue(maxsize=cfg.inflight * 2)
+        self.writer = BatchWriter(cfg.database_url, use_copy=cfg.use_copy)
+        self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes)
+        self.sparkplug = SparkplugDecoder(cfg.sparkplug_site, request_rebirth=self._request_rebirth)
+        self._migrated = False
+        self._db_down_until = 0.0
+        self._dirty: tuple[float, float] | None = None
+        self._last_rollup = time.monotonic()
+        self.client = self._make_client()
+
+    # -- MQTT --------------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        host, port, user, password, tls = parse_mqtt_url(self.cfg.mqtt_url)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id, protocol=mqtt.MQTTv5,
+                             manual_ack=True)
+        if user:
+            client.username_pw_set(user, password)
+        if tls:
+            client.tls_set()
+        client.reconnect_delay_set(0.1, 2)
+        client.max_inflight_messages_set(100)  # our own publishes: rebirth requests only
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        props.ReceiveMaximum = self.cfg.inflight
+        self._host, self._port, self._props = host, port, props
+        return client
+
+    def _subscriptions(self) -> list[str]:
+        filters = []
+        share = self.cfg.share_group
+        filters.append(f"$share/{share}/{self.cfg.json_filter}" if share else self.cfg.json_filter)
+        if self.cfg.sparkplug_filter and self.cfg.worker_index == 0:
+            filters.append(self.cfg.sparkplug_filter)
+        return filters
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        if rc.is_failure:
+            log.warning("ingest %s: broker refused connection: %s", self.cfg.client_id, rc)
+            return
+        # Subscribing again on a resumed session is harmless and covers a broker that lost it.
+        client.subscribe([(f, 1) for f in self._subscriptions()])
+        self.connected.set()
+        log.info("ingest %s connected (session present: %s)", self.cfg.client_id, flags.session_present)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        self.connected.clear()
+        log.info("ingest %s disconnected: %s", self.cfg.client_id, rc)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # Blocks only if the broker ignored Receive Maximum: the queue holds twice the window.
+        self._q.put(_Msg(msg.topic, msg.payload, msg.mid, msg.qos))
+
+    def _request_rebirth(self, group: str, node: str) -> None:
+        self.client.publish(f"{NAMESPACE}/{group}/NCMD/{node}", rebirth_command(), qos=0)
+
+    # -- main loop ---------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> IngestStats:
+        """Consume until ``stop`` is set; then write what was received, acknowledge it, disconnect."""
+        self.client.connect_async(self._host, self._port, keepalive=30, clean_start=False, properties=self._props)
+        self.client.loop_start()
+        try:
+            while not stop.is_set():
+                self._step(self.cfg.batch_delay_s)
+            self._step(0.0)  # what is already queued
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.writer.close()
+        return self.stats
+
+    def _collect(self, wait_s: float) -> list[_Msg]:
+        msgs: list[_Msg] = []
+        rows_hint = 0
+        try:
+            first = self._q.get(timeout=max(wait_s, 0.05)) if wait_s else self._q.get_nowait()
+        except queue.Empty:
+            return msgs
+        msgs.append(first)
+        deadline = time.monotonic() + wait_s
+        while rows_hint < self.cfg.batch_rows:
+            timeout = deadline - time.monotonic()
+            try:
+                m = self._q.get(timeout=timeout) if timeout > 0 else self._q.get_nowait()
+            except queue.Empty:
+                break
+            msgs.append(m)
+            rows_hint += max(1, len(m.payload) // 40)  # rough points-per-byte; exact count comes later
+        return msgs
+
+    def _decode(self, m: _Msg) -> Batch:
+        b = Batch()
+        if m.topic.startswith(NAMESPACE + "/"):
+            self.sparkplug.decode(m.topic, m.payload, b)
+        else:
+            decode_json(m.topic, m.payload, b)
+        return b
+
+    def _step(self, wait_s: float) -> None:
+        msgs = self._collect(wait_s)
+        if msgs:
+            parts = [self._decode(m) for m in msgs]
+            batch = Batch()
+            for p in parts:
+                batch.extend(p)
+            self._store(batch, msgs, parts)
+            for m in msgs:
+                if m.qos > 0:
+                    self.client.ack(m.mid, m.qos)
+            self.stats.messages += len(msgs)
+            self.stats.rows += len(batch) - len(batch.dead)
+            self.stats.dead += len(batch.dead)
+            self.stats.batches += 1
+            if batch.telemetry:
+                lo = min(r.ts for r in batch.telemetry)
+                hi = max(r.ts for r in batch.telemetry)
+                self._dirty = (min(lo, self._dirty[0]), max(hi, self._dirty[1])) if self._dirty else (lo, hi)
+        elif self.spool.bytes:
+            self._drain_spool()
+        self._maybe_refresh_rollups()
+
+    def _db_available(self) -> bool:
+        return time.monotonic() >= self._db_down_until
+
+    def _db_down(self, exc: Exception) -> None:
+        self.stats.db_errors += 1
+        self._db_down_until = time.monotonic() + self.cfg.db_retry_s
+        log.warning("ingest %s: database unavailable (%s); spooling to %s", self.cfg.client_id,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, self.spool.dir)
+
+    def _write(self, batch: Batch) -> None:
+        if not self._migrated:
+            from line_agent.store.migrate import migrate
+
+            migrate(self.cfg.database_url)
+            self._migrated = True
+        self.writer.write(batch)
+
+    def _drain_spool(self) -> bool:
+        """Replay spooled batches oldest first; True when the spool is empty."""
+        if not self._db_available():
+            return False
+        for path in self.spool.files():
+            try:
+                self._write(self.spool.read(path))
+            except psycopg.OperationalError as exc:
+                self._db_down(exc)
+                return False
+            self.spool.remove(path)
+            self.stats.replayed_batches += 1
+        if self.spool.bytes == 0:
+            log.info("ingest %s: spool drained", self.cfg.client_id)
+        return True
+
+    def _store(self, batch: Batch, msgs: list[_Msg], parts: list[Batch]) -> None:
+        """Durably store ``batch`` (DB or spool) before returning: the caller acks after this."""
+        while True:
+            if self.spool.bytes and not self._drain_spool():
+                pass  # database still away: keep order, this batch goes behind the spooled ones
+            elif self._db_available():
+                try:
+                    self._write(batch)
+                    return
+                except psycopg.OperationalError as exc:
+                    self._db_down(exc)
+                except psycopg.Error as exc:
+                    # Not the connection: some row the database refuses. Find it, dead-letter it, keep the rest.
+                    log.warning("ingest %s: batch refused (%s); writing message by message", self.cfg.client_id, exc)
+                    if self._store_one_by_one(msgs, parts):
+                        return
+                    continue
+            if not self.spool.full:
+                self.spool.append(batch)
+                self.stats.spooled_batches += 1
+                return
+            # Spool full: hold these messages unacknowledged; the broker keeps the rest.
+            time.sleep(self.cfg.db_retry_s)
+
+    def _store_one_by_one(self, msgs: list[_Msg], parts: list[Batch]) -> bool:
+        for m, part in zip(msgs, parts, strict=True):
+            try:
+                self._write(part)
+            except psycopg.OperationalError as exc:
+                self._db_down(exc)
+                return False
+            except psycopg.Error as exc:
+                reason = f"refused by the database: {type(exc).__name__}: {str(exc).strip()[:300]}"
+                part.telemetry.clear()
+                part.events.clear()
+                part.inspections.clear()
+                part.dead[:] = [DeadLetter("mqtt", m.topic, reason, m.payload)]
+                self._write(part)
+        return True
+
+    def _maybe_refresh_rollups(self) -> None:
+        if self._dirty is None or time.monotonic() - self._last_rollup < self.cfg.rollup_every_s:
+            return
+        if not self._db_available() or self.spool.bytes:
+            return
+        from line_agent.store.timeseries import refresh_rollups
+
+        lo, hi = self._dirty
+        try:
+            refresh_rollups(self.cfg.database_url, lo, hi + 1.0)
+            self._dirty = None
+        except psycopg.Error as exc:
+            log.warning("ingest %s: rollup refresh failed: %s", self.cfg.client_id, exc)
+        self._last_rollup = time.monotonic()
+
+
+# -- several workers as processes -----------------------------------------------------------------
+def worker_command(index: int) -> list[str]:
+    return [sys.executable, "-m", "line_agent.ingest.worker", "--index", str(index)]
+
+
+def run_workers(n: int, stop: threading.Event, env: dict[str, str] | None = None,
+                log_dir: Path | None = None) -> None:
+    """Run ``n`` worker processes (env: LINEGUARD_*) until ``stop``; restart any that dies."""
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def spawn(i: int) -> None:
+        out: Any = subprocess.DEVNULL
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(log_dir / f"ingest-{i}.log", "ab")  # noqa: SIM115 - handed to the child
+        procs[i] = subprocess.Popen(worker_command(i), env=env, stdout=out, stderr=subprocess.STDOUT)
+        if out is not subprocess.DEVNULL:
+            out.close()
+
+    for i in range(n):
+        spawn(i)
+    try:
+        while not stop.wait(0.5):
+            for i, p in list(procs.items()):
+                if p.poll() is not None:
+                    log.warning("ingest worker %d exited with %s; restarting", i, p.returncode)
+                    spawn(i)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m line_agent.ingest.worker --index I``: one worker, settings from LINEGUARD_*."""
+    from line_agent.settings import Settings
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--index", type=int, default=0)
+    ap.add_argument("--share-group", default="lineguard")
+    ap.add_argument("--json-filter", default="lineguard/#")
+    args = ap.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
+                        format=f"%(asctime)s %(levelname)-7s ingest-{args.index} %(name)s: %(message)s")
+    cfg = IngestConfig.from_settings(settings, worker_index=args.index, share_group=args.share_group,
+                                     json_filter=args.json_filter)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stats = IngestWorker(cfg).run(stop)
+    log.info("stopped: %s", stats)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev,train]'
+	# Sparkplug B payload library; --no-deps because it pins paho-mqtt<2 (see pyproject.toml).
+	$(PIP) install -q --no-deps 'pysparkplug==0.6.1'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -34,6 +34,9 @@ from line_agent.store.migrate import migrate
 
 log = logging.getLogger(__name__)
 
+# Decision -> reject register written and read back, per line, from the last _serve() (ms).
+_LAST_REJECT_LATENCIES: dict[str, list[float]] = {}
+
 
 @dataclass
 class DemoOptions:
@@ -59,6 +62,8 @@ class LineReport:
     telemetry_rows: int = 0
     fault_events: int = 0
     published: int = 0
+    reject_write_p50_ms: float | None = None
+    reject_write_p99_ms: float | None = None
 
     @property
     def precision(self) -> float:
@@ -106,7 +111,8 @@ class DemoReport:
                 f"  {lr.line}: parts inspected {lr.parts}, rejects {lr.rejects}, rework {lr.rework}; "
                 f"vs injected truth precision {lr.precision:.3f} recall {lr.recall:.3f} "
                 f"(tp {lr.tp} fp {lr.fp} fn {lr.fn} tn {lr.tn}); "
-                f"telemetry rows stored {lr.telemetry_rows}, fault events {lr.fault_events}"
+                f"telemetry rows stored {lr.telemetry_rows}, fault events {lr.fault_events}; "
+                f"reject gate write p50/p99 {lr.reject_write_p50_ms}/{lr.reject_write_p99_ms} ms"
             )
         out.append(f"  dead letters: {self.dead_letters}; console was at {self.console}")
         out.extend(f"  ERROR: {e}" for e in self.errors)
@@ -255,7 +261,8 @@ async def _serve(
         host, port = line.plc.url.removeprefix("modbus://").rsplit(":", 1)
         driver = ModbusDriver(tags, host, int(port))
         ctl = LineController(driver, heartbeat_period_s=line.plc.heartbeat_period_s,
-                             on_audit=audit.hook(line.line), actor=f"runtime:{line.line}")
+                             plc_watchdog_s=line.plc.watchdog_s, on_audit=audit.hook(line.line),
+                             actor=f"runtime:{line.line}")
         await ctl.start_background()
         controllers[line.line] = ctl
         runtimes.append(LineRuntime(line, controller=ctl, publisher=publisher, hub=hub,
@@ -300,6 +307,8 @@ async def _serve(
         await ctl.close()
     await asyncio.to_thread(publisher.close)
     await asyncio.to_thread(audit.close)
+    _LAST_REJECT_LATENCIES.clear()
+    _LAST_REJECT_LATENCIES.update({rt.cfg.line: list(rt.reject_latency_ms) for rt in runtimes})
     return {rt.cfg.line: rt.inspected for rt in runtimes}
 
 
@@ -364,6 +373,10 @@ def _fill_report(report: DemoReport, db_url: str, lines: list[LineConfig], publi
     with psycopg.connect(db_url) as conn:
         for line in lines:
             lr = LineReport(line=line.line, published=published.get(line.line, 0))
+            lat = sorted(_LAST_REJECT_LATENCIES.get(line.line, []))
+            if lat:
+                lr.reject_write_p50_ms = round(lat[len(lat) // 2], 2)
+                lr.reject_write_p99_ms = round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2)
             for decision, bad, n in conn.execute(
                 """SELECT decision, COALESCE(jsonb_array_length(truth), 0) > 0 AS bad, count(*)
                    FROM inspections WHERE line = %s AND ts >= to_timestamp(%s)

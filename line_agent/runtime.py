@@ -98,6 +98,8 @@ class LineRuntime:
         self._sources: list[ImageSource] = []
         self.inspected = 0
         self.action_errors = 0
+        #: Decision -> reject register written and read back on the PLC, per rejected part (ms).
+        self.reject_latency_ms: list[float] = []
         self.topic = f"{cfg.mqtt.prefix}/{cfg.site}/{cfg.line}/{cfg.mqtt.cell}/inspection"
 
     # ------------------------------------------------------------------ lifecycle
@@ -215,7 +217,9 @@ class LineRuntime:
         try:
             if action is Action.REJECT:
                 await self.controller.reject_part(part_id)
-                PLC_WRITE_LATENCY.labels(line=self.cfg.line).observe(time.perf_counter() - t0)
+                elapsed = time.perf_counter() - t0
+                PLC_WRITE_LATENCY.labels(line=self.cfg.line).observe(elapsed)
+                self.reject_latency_ms.append(elapsed * 1000.0)
             elif action is Action.STOP:
                 log.warning("%s: stopping the line: %s", self.cfg.line, reason)
                 await self.controller.stop()

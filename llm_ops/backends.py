@@ -266,29 +266,34 @@ class LlamaCppBackend:
         if json_schema is not None:
             # Grammar-constrained decoding: the model can only emit JSON of this shape.
             kwargs["response_format"] = {"type": "json_object", "schema": json_schema}
+        # Streamed so the deadline is checked between tokens: llama.cpp has no call timeout of its own.
+        parts: list[str] = []
+        n_out = 0
+        timed_out = False
         try:
-            import llama_cpp
-
-            kwargs["stopping_criteria"] = llama_cpp.StoppingCriteriaList(
-                [lambda _ids, _logits: time.perf_counter() > deadline]
-            )
-            out = llm.create_chat_completion(messages=list(messages), **kwargs)
+            for chunk in llm.create_chat_completion(messages=list(messages), stream=True, **kwargs):
+                delta = chunk["choices"][0].get("delta") or {}
+                if delta.get("content"):
+                    parts.append(delta["content"])
+                    n_out += 1
+                if time.perf_counter() > deadline:
+                    timed_out = True
+                    break
         except Exception as exc:  # llama.cpp raises plain ValueError/RuntimeError on bad prompts
             raise BackendError("invalid", f"{type(exc).__name__}: {exc}", backend=self.name) from exc
         latency = (time.perf_counter() - t0) * 1000
-        if time.perf_counter() > deadline:
+        if timed_out:
             raise BackendError("timeout", f"generation passed {self.timeout_s:g} s", backend=self.name,
                                latency_ms=latency)
-        usage = out.get("usage") or {}
-        message = out["choices"][0]["message"]
+        # The context now holds prompt + generated tokens: the prompt count is the difference.
+        n_in = max(0, int(getattr(llm, "n_tokens", 0)) - n_out)
         return Completion(
-            text=message.get("content") or "",
+            text="".join(parts),
             backend=self.name,
             model=self.model,
-            tokens_in=int(usage.get("prompt_tokens", 0)),
-            tokens_out=int(usage.get("completion_tokens", 0)),
+            tokens_in=n_in,
+            tokens_out=n_out,
             latency_ms=latency,
-            tool_calls=parse_tool_calls(message),
         )
 
 

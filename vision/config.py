@@ -45,10 +45,10 @@ class CameraConfig(BaseModel):
     source: str
     detector: str = "template"
     qa: QARules = Field(default_factory=QARules)
-    fps_limit: float | None = Field(None, gt=0)
+    fps_limit: float | None = Field(default=None, gt=0)
     #: Golden template image for video/usb/folder sources that do not carry their own.
     template: Path | None = None
-    stall_timeout_s: float = Field(5.0, gt=0)
+    stall_timeout_s: float = Field(default=5.0, gt=0)
 
     @field_validator("source")
     @classmethod

@@ -46,9 +46,9 @@ class QARule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     classes: list[str] = Field(default_factory=lambda: ["*"])
-    min_confidence: float = Field(0.5, ge=0.0, le=1.0)
-    min_area_px: float = Field(0.0, ge=0.0)
-    min_size_px: float = Field(0.0, ge=0.0)
+    min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+    min_area_px: float = Field(default=0.0, ge=0.0)
+    min_size_px: float = Field(default=0.0, ge=0.0)
     action: Action
 
     @field_validator("classes")

@@ -256,9 +256,7 @@ class FolderSource(_Base):
                     self._corrupt += 1
                     log.warning("source %s: unreadable image %s skipped", self.camera, p)
                     continue
-                yield Frame(
-                    self.camera, seq, time.time(), img, self._template_for(p), None, p.stem, {"path": str(p)}
-                )
+                yield Frame(self.camera, seq, time.time(), img, self._template_for(p), None, p.stem, {"path": str(p)})
                 seq += 1
             if not self.loop or not files:
                 return
@@ -328,7 +326,8 @@ class VideoSource(_Base):
 
     * ``live`` (default: True for URLs and device indices, False for files): on end of stream or a failed
       read, reconnect with exponential backoff (``backoff_s`` doubling up to ``backoff_max_s``) instead of
-      finishing. ``max_reconnects`` bounds that (None = forever, as a line camera should).
+      finishing. ``max_reconnects`` bounds the reconnects in a row that bring no frame
+      (None = forever, as a line camera should); any frame resets the count and the backoff.
     * A stall (no frame for ``stall_timeout_s``) abandons the connection and reconnects; the state goes
       ``stalled`` then ``reconnecting`` then ``connected`` again.
     * A corrupt frame (read ok but no/empty image) is counted in ``corrupt_frames`` and skipped.
@@ -406,9 +405,7 @@ class VideoSource(_Base):
             first = False
             q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=4)
             stop = threading.Event()
-            t = threading.Thread(
-                target=self._worker, args=(q, stop), daemon=True, name=f"video-{self.camera}"
-            )
+            t = threading.Thread(target=self._worker, args=(q, stop), daemon=True, name=f"video-{self.camera}")
             t.start()
             ended = False
             try:
@@ -416,9 +413,7 @@ class VideoSource(_Base):
                     try:
                         kind, payload = q.get(timeout=self.stall_timeout_s)
                     except queue.Empty:
-                        log.warning(
-                            "source %s: no frame for %.1fs, reconnecting", self.camera, self.stall_timeout_s
-                        )
+                        log.warning("source %s: no frame for %.1fs, reconnecting", self.camera, self.stall_timeout_s)
                         self._set_state(SourceState.STALLED)
                         break
                     if kind == "open":

@@ -83,7 +83,7 @@ def draw_template(seed: int, size: int = SIZE, copper: int = 0) -> tuple[Image, 
         if (forbidden & layer).any():
             return False
         placed[:] |= layer
-        forbidden[:] |= cv2.dilate(layer, kernel)
+        forbidden[:] |= np.asarray(cv2.dilate(layer, kernel), dtype=np.uint8)
         segs.extend(new_segs)
         return True
 
@@ -169,9 +169,7 @@ def _inside(x: float, y: float, size: int, margin: int = 24) -> bool:
 class _Injector:
     """Applies defects to a copy of the template; each method returns True when it changed the image."""
 
-    def __init__(
-        self, template: Image, segs: Sequence[_Segment], copper: int, rng: np.random.Generator
-    ) -> None:
+    def __init__(self, template: Image, segs: Sequence[_Segment], copper: int, rng: np.random.Generator) -> None:
         self.t = template
         self.img = template.copy()
         self.segs = [s for s in segs if math.hypot(s.p1[0] - s.p0[0], s.p1[1] - s.p0[1]) > 30]
@@ -193,11 +191,7 @@ class _Injector:
             x, y, ux, uy = _seg_point(seg, self.rng)
             xi, yi = round(x), round(y)
             # The point must still be on a plain stretch of trace (not under a pad or another defect).
-            if (
-                _inside(x, y, self.size)
-                and self.t[yi, xi] == self.copper
-                and self.dist_cu[yi, xi] <= seg.width
-            ):
+            if _inside(x, y, self.size) and self.t[yi, xi] == self.copper and self.dist_cu[yi, xi] <= seg.width:
                 return x, y, ux, uy, seg
         return None
 

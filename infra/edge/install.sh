@@ -98,6 +98,12 @@ PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 "$venv/bin/python" -m pip install
   --no-index --find-links "$wheelhouse" --upgrade "$package" \
   || die "pip could not install $package from $wheelhouse (are all dependency wheels there?)"
 [ -x "$venv/bin/lineguard" ] || die "$package installed but $venv/bin/lineguard is missing"
+# Sparkplug B payloads: pysparkplug pins paho-mqtt<2 but works with paho 2, so it is installed
+# without its dependencies when the wheelhouse has it (see pyproject.toml).
+if compgen -G "$wheelhouse/pysparkplug-*.whl" >/dev/null; then
+  PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install --quiet --no-index --no-deps \
+    --find-links "$wheelhouse" pysparkplug || die "pip could not install pysparkplug from $wheelhouse"
+fi
 
 # Config files are the operator's: install only when absent so upgrades keep local edits.
 install_config() {  # install_config SRC DEST

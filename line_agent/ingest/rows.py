@@ -98,6 +98,7 @@ class Batch:
         return cls(
             telemetry=[TelemetryRow(*r) for r in data["telemetry"]],
             events=[EventRow(*r) for r in data["events"]],
-            inspections=[InspectionRow(*r[:-1], tuple(DefectRow(*d) for d in r[-1])) for r in data["inspections"]],
+            inspections=[InspectionRow._make([*r[:-1], tuple(DefectRow(*d) for d in r[-1])])
+                         for r in data["inspections"]],
             dead=[DeadLetter(d[0], d[1], d[2], d[3].encode("latin-1")) for d in data["dead"]],
         )

@@ -119,14 +119,15 @@ class SparkplugDecoder:
         key = (group, node_id)
         node = self.nodes.setdefault(key, _Node())
         if mtype == "NBIRTH":
-            birth = spb.NBirth.decode(raw)
-            bd = [m for m in birth.metrics if m.name == "bdSeq"]
-            node.bd_seq = int(bd[0].value) if bd and bd[0].value is not None else None  # type: ignore[arg-type]
-            node.birth, node.stale, node.next_seq = birth, False, None
+            nbirth = spb.NBirth.decode(raw)
+            bd_metrics = [m for m in nbirth.metrics if m.name == "bdSeq"]
+            bd_value = bd_metrics[0].value if bd_metrics else None
+            node.bd_seq = int(bd_value) if isinstance(bd_value, int | float) else None
+            node.birth, node.stale, node.next_seq = nbirth, False, None
             node.device_births.clear()
             node.stale_devices.clear()
-            self._check_seq(key, node, birth.seq)
-            self._rows(group, node_id, "", birth.timestamp, birth.metrics, out)
+            self._check_seq(key, node, nbirth.seq)
+            self._rows(group, node_id, "", nbirth.timestamp, nbirth.metrics, out)
         elif mtype == "DBIRTH":
             dbirth = spb.DBirth.decode(raw)
             node.device_births[device] = dbirth
@@ -137,9 +138,10 @@ class SparkplugDecoder:
             birth: spb.NBirth | spb.DBirth | None = node.birth if mtype == "NDATA" else node.device_births.get(device)
             try:
                 data = (spb.NData if mtype == "NDATA" else spb.DData).decode(raw, birth=birth)
-            except (KeyError, IndexError) as exc:
-                self._rebirth(key, f"unknown alias in {mtype}")
-                raise SparkplugError(f"{mtype} uses an alias no birth defined ({exc}); rebirth requested") from None
+            except (KeyError, IndexError, NotImplementedError) as exc:
+                self._rebirth(key, f"unknown alias or data type in {mtype}")
+                raise SparkplugError(f"{mtype} uses an alias or omits a data type that no birth defined ({exc});"
+                                     " rebirth requested") from None
             if birth is None and any(not m.name for m in data.metrics):
                 self._rebirth(key, f"{mtype} before any birth")
                 raise SparkplugError(f"{mtype} with aliases before any birth; rebirth requested")
@@ -148,7 +150,7 @@ class SparkplugDecoder:
         elif mtype == "NDEATH":
             death = spb.NDeath.decode(raw)
             bd = death.bd_seq_metric.value
-            if node.bd_seq is not None and bd is not None and int(bd) != node.bd_seq:  # type: ignore[call-overload]
+            if node.bd_seq is not None and isinstance(bd, int | float) and int(bd) != node.bd_seq:
                 return  # the death of an older session, after a newer birth: ignore (Sparkplug rule)
             node.stale = True
             node.next_seq = None
@@ -194,6 +196,8 @@ class SparkplugDecoder:
                 if len(text) > MAX_NAME or "\x00" in text:
                     raise SparkplugError(f"metric {name[:50]!r}: string value too long or with NUL")
                 if name.startswith("Faults/"):
+                    if not text:
+                        continue  # "no fault" (the value a birth certificate carries)
                     events.append(EventRow(text, ts, self.site, group, node_id, device, "fault", name[7:], 0, None,
                                            {"source": "sparkplug"}))
                 else:

@@ -130,7 +130,7 @@ class IngestWorker:
             client.username_pw_set(user, password)
         if tls:
             client.tls_set()
-        client.reconnect_delay_set(0.1, 2)
+        client.reconnect_delay_set(1, 2)
         client.max_inflight_messages_set(100)  # our own publishes: rebirth requests only
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -164,7 +164,7 @@ class IngestWorker:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # Blocks only if the broker ignored Receive Maximum: the queue holds twice the window.
-        self._q.put(_Msg(msg.topic, msg.payload, msg.mid, msg.qos))
+        self._q.put(_Msg(msg.topic, bytes(msg.payload), msg.mid, msg.qos))
 
     def _request_rebirth(self, group: str, node: str) -> None:
         self.client.publish(f"{NAMESPACE}/{group}/NCMD/{node}", rebirth_command(), qos=0)

@@ -131,7 +131,7 @@ class BatchWriter:
         row_sql = "(to_timestamp(%s),%s,%s,%s,%s,%s,%s)"
         for chunk in _chunks(rows, _ROWS_PER_INSERT):
             conn.execute(
-                "INSERT INTO telemetry (ts, site, line, cell, device, metric, value) VALUES "  # type: ignore[arg-type]
+                "INSERT INTO telemetry (ts, site, line, cell, device, metric, value) VALUES "
                 + _values_sql(len(chunk), row_sql) + " ON CONFLICT DO NOTHING",
                 [v for r in chunk for v in r],
             )
@@ -143,7 +143,7 @@ class BatchWriter:
             for r in chunk:
                 params.extend((*r[:-1], Jsonb(r.payload)))
             conn.execute(
-                "INSERT INTO events (event_id, ts, site, line, cell, device, kind, code, severity, duration_s,"  # type: ignore[arg-type]
+                "INSERT INTO events (event_id, ts, site, line, cell, device, kind, code, severity, duration_s,"
                 " payload) VALUES " + _values_sql(len(chunk), row_sql) + " ON CONFLICT (event_id) DO NOTHING",
                 params,
             )
@@ -157,7 +157,7 @@ class BatchWriter:
                                len(r.defects), r.latency_ms, r.model, r.frame_path,
                                None if r.truth is None else Jsonb(r.truth)))
             conn.execute(
-                "INSERT INTO inspections (inspection_id, ts, site, line, camera, part_id, decision, n_defects,"  # type: ignore[arg-type]
+                "INSERT INTO inspections (inspection_id, ts, site, line, camera, part_id, decision, n_defects,"
                 " latency_ms, model, frame_path, truth) VALUES " + _values_sql(len(chunk), row_sql)
                 + " ON CONFLICT (inspection_id) DO NOTHING",
                 params,
@@ -170,7 +170,7 @@ class BatchWriter:
                 dparams.extend((r.inspection_id, d.idx, r.ts, r.line, r.camera, d.cls, d.confidence,
                                 d.x1, d.y1, d.x2, d.y2))
             conn.execute(
-                "INSERT INTO defects (inspection_id, idx, ts, line, camera, cls, confidence, x1, y1, x2, y2)"  # type: ignore[arg-type]
+                "INSERT INTO defects (inspection_id, idx, ts, line, camera, cls, confidence, x1, y1, x2, y2)"
                 " VALUES " + _values_sql(len(dchunk), drow) + " ON CONFLICT DO NOTHING",
                 dparams,
             )
@@ -182,7 +182,7 @@ class BatchWriter:
                 params.extend((d.source, d.topic.encode("utf-8", "replace").decode("utf-8")[:1000].replace("\x00", ""),
                                d.reason.replace("\x00", "")[:2000], d.payload, digest(d)))
             conn.execute(
-                "INSERT INTO dead_letter (source, topic, reason, payload, digest) VALUES "  # type: ignore[arg-type]
+                "INSERT INTO dead_letter (source, topic, reason, payload, digest) VALUES "
                 + _values_sql(len(chunk), "(%s,%s,%s,%s,%s)") + " ON CONFLICT (digest) DO NOTHING",
                 params,
             )

@@ -113,7 +113,7 @@ def energy(
             ) s WHERE d IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"""
     else:
         raise ValueError(f"source must be 'power' or 'counter', not {source!r}")
-    rows = conn.execute(sql, params).fetchall()  # type: ignore[arg-type]  # built from constants only
+    rows = conn.execute(sql, params).fetchall()
     return [EnergyInterval(_utc(b), d, float(k or 0.0)) for b, d, k in rows]
 
 
@@ -127,7 +127,7 @@ def parts_produced(conn: psycopg.Connection, line: str | None, start: datetime, 
     else:
         sql = (f"SELECT coalesce(sum(value), 0) FROM telemetry WHERE metric = %(metric)s"
                f" AND ts >= %(start)s AND ts < %(end)s {filt}")
-    row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+    row = conn.execute(sql, params).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 
 
@@ -150,7 +150,7 @@ def fault_counts(conn: psycopg.Connection, line: str | None, start: datetime, en
     filt, params = _line_filter(line)
     params.update(start=start, end=end, kind=kind)
     rows = conn.execute(
-        f"SELECT device, code, count(*), coalesce(sum(duration_s), 0) FROM events"  # type: ignore[arg-type]
+        f"SELECT device, code, count(*), coalesce(sum(duration_s), 0) FROM events"
         f" WHERE kind = %(kind)s AND ts >= %(start)s AND ts < %(end)s {filt} GROUP BY 1, 2 ORDER BY 1, 2",
         params,
     ).fetchall()
@@ -169,13 +169,13 @@ def defect_rates(conn: psycopg.Connection, line: str | None, start: datetime, en
     filt, params = _line_filter(line)
     params.update(start=start, end=end)
     row = conn.execute(
-        f"SELECT count(*), count(*) FILTER (WHERE coalesce(override, decision) = 'reject') FROM inspections"  # type: ignore[arg-type]
+        f"SELECT count(*), count(*) FILTER (WHERE coalesce(override, decision) = 'reject') FROM inspections"
         f" WHERE ts >= %(start)s AND ts < %(end)s {filt}",
         params,
     ).fetchone()
     parts, rejected = (int(row[0]), int(row[1])) if row else (0, 0)
     rows = conn.execute(
-        f"SELECT cls, count(*), count(DISTINCT inspection_id) FROM defects"  # type: ignore[arg-type]
+        f"SELECT cls, count(*), count(DISTINCT inspection_id) FROM defects"
         f" WHERE ts >= %(start)s AND ts < %(end)s {filt} GROUP BY 1 ORDER BY 1",
         params,
     ).fetchall()
@@ -201,7 +201,7 @@ def telemetry_series(
                f" GROUP BY 1, 2 ORDER BY 1, 2")
     else:
         raise ValueError(f"resolution must be raw, 1m or 1h, not {resolution!r}")
-    rows = conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+    rows = conn.execute(sql, params).fetchall()
     return [SeriesPoint(_utc(t), d, _f(a), _f(lo), _f(hi), int(n)) for t, d, a, lo, hi, n in rows]
 
 

@@ -46,8 +46,7 @@ def test_map50_95_counts_thresholds_met() -> None:
 
 
 def test_map_skips_classes_without_truth() -> None:
-    rep = evaluate([[D(0, 0, 10, 10, 0.9), D(50, 50, 60, 60, 0.9, "short")]], [[L(0, 0, 10, 10)]],
-                   ["open", "short"])
+    rep = evaluate([[D(0, 0, 10, 10, 0.9), D(50, 50, 60, 60, 0.9, "short")]], [[L(0, 0, 10, 10)]], ["open", "short"])
     assert set(rep.ap50) == {"open"}
     assert rep.map50 == 1.0
 

@@ -13,6 +13,12 @@ from vision.synth import make_board, write_dataset
 from vision.types import DEFECT_CLASSES
 
 
+def _gray(path: str) -> np.ndarray:
+    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    assert img is not None, path
+    return np.asarray(img, dtype=np.uint8)
+
+
 def _components(img: np.ndarray) -> int:
     n, _ = cv2.connectedComponents(np.ascontiguousarray(img == 0).astype(np.uint8), connectivity=8)
     return int(n) - 1
@@ -60,8 +66,9 @@ def test_each_class_has_its_signature(cls: str) -> None:
         added = int(((b.image == 0) & (b.template == 255)).sum())
         removed = int(((b.image == 255) & (b.template == 0)).sum())
         # Topology inside the labelled box: a trace cut there may still be joined far away (a loop).
-        x1, y1, x2, y2 = (int(v) for v in (b.labels[0].box.x1, b.labels[0].box.y1, b.labels[0].box.x2,
-                                            b.labels[0].box.y2))
+        x1, y1, x2, y2 = (
+            int(v) for v in (b.labels[0].box.x1, b.labels[0].box.y1, b.labels[0].box.x2, b.labels[0].box.y2)
+        )
         dc = _components(b.image[y1:y2, x1:x2]) - _components(b.template[y1:y2, x1:x2])
         if cls in ("short", "spur", "spurious_copper"):
             assert added > 0 and removed == 0
@@ -88,7 +95,7 @@ def test_write_dataset_roundtrip(tmp_path: Path) -> None:
     back = load(tmp_path, "deeppcb")
     assert [s.labels for s in back] == [s.labels for s in written]
     assert [s.labels for s in back] == [make_board(40 + i).labels for i in range(3)]
-    img = cv2.imread(str(back[1].image_path), cv2.IMREAD_GRAYSCALE)
+    img = _gray(str(back[1].image_path))
     assert np.array_equal(img, make_board(41).image)  # PNG: lossless
     more = write_dataset(tmp_path, 2, seed=43, good_fraction=1.0, progress=False)
     assert all(s.labels == [] for s in more)

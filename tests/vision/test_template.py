@@ -83,7 +83,7 @@ def test_protocol_errors_and_color_input() -> None:
         det.detect(_frame(t, t[:100]))
     img = t.copy()
     cv2.circle(img, (60, 30), 4, B, -1)
-    out = det.detect(_frame(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR), t))
+    out = det.detect(_frame(np.asarray(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR), dtype=np.uint8), t))
     assert [d.cls for d in out] == ["spurious_copper"]
 
 

@@ -106,9 +106,7 @@ def load_deeppcb(root: Path, split: str | None = None, strict: bool = False) -> 
             seen.add(sample_id)
             image, template = _pair_for(root, parts[0], where)
             labels = read_annotations(root / parts[1], strict=strict)
-            samples.append(
-                Sample(image_path=image, labels=labels, template_path=template, sample_id=sample_id)
-            )
+            samples.append(Sample(image_path=image, labels=labels, template_path=template, sample_id=sample_id))
     return samples
 
 
@@ -218,7 +216,5 @@ def write_deeppcb(
         img = _decode(s.image_path, "image")
         tmpl = _decode(s.template_path, "template") if s.template_path is not None else None
         ext = s.image_path.suffix.lower() if s.image_path.suffix.lower() in IMAGE_EXTS else ".png"
-        written.append(
-            append_deeppcb(out_dir, img, tmpl, s.labels, list_name=list_name, group=group, ext=ext)
-        )
+        written.append(append_deeppcb(out_dir, img, tmpl, s.labels, list_name=list_name, group=group, ext=ext))
     return written

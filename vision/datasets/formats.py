@@ -139,16 +139,12 @@ def load_yolo(root: Path, split: str | None = None, strict: bool = False) -> lis
                     bad_line(where, "coordinates are not normalised to [0, 1]", strict)
                     continue
                 try:
-                    box = make_box(
-                        (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h, where
-                    )
+                    box = make_box((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h, where)
                 except DatasetError as exc:
                     bad_line(where, str(exc).split(": ", 1)[-1], strict)
                     continue
                 labels.append(Label(box=box, cls=canonical_class(names[c])))
-        samples.append(
-            Sample(image, labels, template_for(image), str(image.relative_to(root).with_suffix("")))
-        )
+        samples.append(Sample(image, labels, template_for(image), str(image.relative_to(root).with_suffix(""))))
     return samples
 
 
@@ -230,8 +226,7 @@ def _coco_json(path: Path, split: str | None) -> Path:
             if cand.is_file():
                 return cand
         raise DatasetError(
-            f"COCO annotation for split {split!r} not found: "
-            f"{path / 'annotations' / f'instances_{split}.json'}"
+            f"COCO annotation for split {split!r} not found: {path / 'annotations' / f'instances_{split}.json'}"
         )
     found = sorted(path.glob("*.json")) or sorted((path / "annotations").glob("*.json"))
     if len(found) != 1:
@@ -281,7 +276,5 @@ def load_coco(path: Path, split: str | None = None, strict: bool = False) -> lis
         image = next((b / fname for b in bases if fname and (b / fname).is_file()), None)
         if image is None:
             raise DatasetError(f"{jf}: image {fname!r} not found under {bases[0]}")
-        samples.append(
-            Sample(image, by_image[im["id"]], template_for(image), Path(fname).with_suffix("").as_posix())
-        )
+        samples.append(Sample(image, by_image[im["id"]], template_for(image), Path(fname).with_suffix("").as_posix()))
     return samples

@@ -90,9 +90,10 @@ class TemplateDiffDetector:
         return np.asarray(out, dtype=np.uint8)
 
     @staticmethod
-    def _n_components(mask: np.ndarray) -> int:
-        n, _ = cv2.connectedComponents(mask, connectivity=8)
-        return int(n) - 1
+    def _n_components(mask: np.ndarray, min_px: int = 12) -> int:
+        """Copper components in a crop, ignoring specks (binarisation/JPEG noise would fake a split)."""
+        n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        return int((stats[1:, cv2.CC_STAT_AREA] >= min_px).sum())
 
     @staticmethod
     def _pad_box(x: int, y: int, w: int, h: int, shape: tuple[int, ...]) -> Box:
@@ -148,9 +149,7 @@ class TemplateDiffDetector:
         test_cu = self._copper(frame.image)
         temp_cu = self._copper(frame.template)
         if test_cu.shape != temp_cu.shape:
-            raise ValueError(
-                f"{self.name}: image {test_cu.shape} and template {temp_cu.shape} differ in size"
-            )
+            raise ValueError(f"{self.name}: image {test_cu.shape} and template {temp_cu.shape} differ in size")
         # Phase correlation costs ~15 ms at 640x640, so run it only when the raw difference says the pair
         # is off (an aligned pair differs in well under align_trigger of its pixels).
         if self.align and np.count_nonzero(test_cu != temp_cu) > self.align_trigger * test_cu.size:

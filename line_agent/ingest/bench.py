@@ -1,0 +1,122 @@
+"""``lineguard bench ingest``: sustained end-to-end points/s against the raw COPY ceiling, in one run.
+
+End to end = publish (QoS 1, many points per message) -> Mosquitto -> ingest worker process(es) ->
+COPY + INSERT ON CONFLICT -> committed rows counted in the database. The ceiling = the same rows
+COPYed straight into the same table by one client, with no broker, no JSON and no de-duplication
+staging. Both run on embedded PostgreSQL and Mosquitto started for the run in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from line_agent.services import EmbeddedBroker, EmbeddedPostgres
+
+
+def _payloads(points: int, per_message: int, metrics_per_point: int, t0: float) -> tuple[list[bytes], list[tuple]]:
+    """JSON telemetry messages and the same points as rows; device d, metric m, one sample per second."""
+    msgs: list[bytes] = []
+    rows: list[tuple] = []
+    per_msg_pts = max(1, per_message // metrics_per_point)
+    n_pts = points // metrics_per_point
+    names = [f"m{j}" for j in range(metrics_per_point)]
+    for start in range(0, n_pts, per_msg_pts):
+        batch = []
+        for k in range(start, min(n_pts, start + per_msg_pts)):
+            device = f"dev{k % 50}"
+            ts = t0 + k // 50
+            metrics = {n: float((k * 7 + j) % 1000) / 10.0 for j, n in enumerate(names)}
+            batch.append({"ts": ts, "device": device, "metrics": metrics})
+            for n, v in metrics.items():
+                rows.append((ts, "bench", "B1", "cell", device, n, v))
+        msgs.append(json.dumps(batch, separators=(",", ":")).encode())
+    return msgs, rows
+
+
+def _count(url: str, line: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM telemetry WHERE line = %s", (line,)).fetchone()
+        return int(row[0]) if row else 0
+
+
+def _raw_copy(url: str, rows: list[tuple]) -> float:
+    """Seconds to COPY ``rows`` (as line B2) into telemetry in one transaction."""
+    with psycopg.connect(url) as conn:
+        conn.execute("SELECT lg_ensure_day_partition(to_timestamp(%s)::date)", (rows[0][0],))
+        conn.commit()
+        t = time.perf_counter()
+        with conn.cursor() as cur, cur.copy(
+            "COPY telemetry (ts, site, line, cell, device, metric, value) FROM STDIN"
+        ) as cp:
+            from datetime import UTC, datetime
+
+            for r in rows:
+                cp.write_row((datetime.fromtimestamp(r[0], UTC), r[1], "B2", *r[3:]))
+        conn.commit()
+        return time.perf_counter() - t
+
+
+def run_bench(points: int = 2_000_000, per_message: int = 1000, workers: int = 2, metrics_per_point: int = 10,
+              timeout_s: float = 300.0, keep_dir: Path | None = None) -> dict[str, Any]:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from line_agent.store.migrate import migrate
+
+    base = keep_dir or Path(tempfile.mkdtemp(prefix="lineguard-bench-"))
+    t_data = float(int(time.time()) - 86400 // 2)
+    msgs, rows = _payloads(points, per_message, metrics_per_point, t_data)
+    points = len(rows)
+    with EmbeddedPostgres(base / "pg") as pg, EmbeddedBroker(base / "mqtt") as broker:
+        migrate(pg.url)
+        env = {**os.environ, "LINEGUARD_DATABASE_URL": pg.url, "LINEGUARD_MQTT_URL": broker.url,
+               "LINEGUARD_DATA_DIR": str(base / "data"), "LINEGUARD_LOG_LEVEL": "WARNING"}
+        procs = [subprocess.Popen([sys.executable, "-m", "line_agent.ingest.worker", "--index", str(i),
+                                   "--share-group", "bench", "--json-filter", "lineguard/#"], env=env)
+                 for i in range(workers)]
+        try:
+            time.sleep(2.0)  # workers connected and subscribed before the clock starts
+            pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lineguard-bench-pub", protocol=mqtt.MQTTv5)
+            pub.max_inflight_messages_set(100)
+            pub.max_queued_messages_set(0)
+            pub.connect("127.0.0.1", broker.port)
+            pub.loop_start()
+            t0 = time.perf_counter()
+            infos = [pub.publish("lineguard/bench/B1/cell/telemetry", m, qos=1) for m in msgs]
+            for info in infos:
+                info.wait_for_publish(timeout_s)
+            t_pub = time.perf_counter() - t0
+            stored = 0
+            while time.perf_counter() - t0 < timeout_s:
+                stored = _count(pg.url, "B1")
+                if stored >= points:
+                    break
+                time.sleep(0.2)
+            t_e2e = time.perf_counter() - t0
+            pub.disconnect()
+            pub.loop_stop()
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(30)
+        t_copy = _raw_copy(pg.url, rows)
+        copied = _count(pg.url, "B2")
+    e2e = stored / t_e2e
+    ceiling = copied / t_copy
+    return {
+        "points": points, "messages": len(msgs), "points_per_message": per_message, "workers": workers,
+        "stored": stored, "lost": points - stored, "publish_s": round(t_pub, 3), "end_to_end_s": round(t_e2e, 3),
+        "end_to_end_points_per_s": round(e2e), "raw_copy_s": round(t_copy, 3),
+        "raw_copy_points_per_s": round(ceiling), "ratio_to_copy": round(e2e / ceiling, 3),
+        "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
+    }

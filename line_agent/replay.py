@@ -103,23 +103,29 @@ class _Client:
         self.connected = threading.Event()
         self.c.on_connect = lambda c, u, f, rc, p=None: self.connected.set() if not rc.is_failure else None
         self.c.on_disconnect = lambda c, u, f, rc, p=None: self.connected.clear()
+        # Counted through on_publish (one PUBACK per message, resent ones included): a message published
+        # while the broker is away is queued by paho and its MessageInfo reports "not connected".
+        self.sent = 0
+        self.acked = 0
+        self._lock = threading.Lock()
+        self.c.on_publish = self._on_publish
         self.c.connect_async(host, port, keepalive=30)
         self.c.loop_start()
-        self.last: mqtt.MQTTMessageInfo | None = None
-        self.pending: list[mqtt.MQTTMessageInfo] = []
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any = None, props: Any = None) -> None:
+        with self._lock:
+            self.acked += 1
 
     def publish(self, topic: str, payload: bytes | str) -> None:
-        info = self.c.publish(topic, payload, qos=1)
-        self.pending.append(info)
-        if len(self.pending) > 5000:
-            self.pending = [i for i in self.pending if not i.is_published()]
+        with self._lock:
+            self.sent += 1
+        self.c.publish(topic, payload, qos=1)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until the broker acknowledged everything published; False on timeout."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            self.pending = [i for i in self.pending if not i.is_published()]
-            if not self.pending:
+            if self.acked >= self.sent:
                 return True
             time.sleep(0.05)
         return False
@@ -140,6 +146,7 @@ def replay_ai4i(
     line: str = "L1", site: str = "site1", cell: str = "mill", device: str = "mill1", cycle_s: float = 10.0,
     start_ts: float | None = None, rows_per_message: int | None = None, limit: int | None = None,
     progress: bool = True, on_row: Callable[[int], None] | None = None, flush_timeout_s: float = 120.0,
+    topic_prefix: str = "lineguard",
 ) -> ReplayResult:
     """Publish the table at ``rate`` rows (parts) per second; return counts once the broker has them all."""
     from tqdm import tqdm
@@ -151,10 +158,10 @@ def replay_ai4i(
     per_msg = rows_per_message or max(1, min(500, int(rate // 20)))
     res = ReplayResult()
     t0 = time.monotonic()
-    client_id = f"lineguard-replay-{line}-{fmt}"
+    client_id = f"{topic_prefix}-replay-{line}-{fmt}"
     if fmt == "json":
         client = _Client(mqtt_url, client_id)
-        base = f"lineguard/{site}/{line}/{cell}"
+        base = f"{topic_prefix}/{site}/{line}/{cell}"
         sender: _Sender = _JsonSender(client, base, device)
     elif fmt == "sparkplug":
         sender = _SparkplugSender(mqtt_url, client_id, line, cell, device, start)

@@ -220,7 +220,10 @@ class LlamaCppBackend:
 
     model_path: str
     n_ctx: int = 4096
-    n_threads: int = 2
+    # Few threads on purpose: on a busy small box, llama.cpp's OpenMP threads spin against the other
+    # processes; measured here (2 shared cores) 1 thread ran ~10x faster than 2.
+    n_threads: int = field(default_factory=lambda: int(os.environ.get(
+        "LINEGUARD_LLM_THREADS", max(1, min(4, (os.cpu_count() or 2) // 2)))))
     seed: int = 1234
     # llama.cpp cannot be interrupted mid-call from outside: the deadline is checked per token.
     timeout_s: float = 300.0

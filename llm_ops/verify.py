@@ -264,7 +264,20 @@ def verify_summary(
     for finding in summary.get("findings") or []:
         if isinstance(finding, dict):
             for ev in finding.get("evidence") or []:
-                if isinstance(ev, str) and ev not in ids:
+                if isinstance(ev, str) and ev.strip() and ev not in ids:
                     verdict.unsupported_names.append(f"evidence:{ev}")
     verdict.ok = not (verdict.unsupported_numbers or verdict.unsupported_names or verdict.unsupported_times)
     return verdict
+
+
+def fact_mentioned(text: str, fact: Fact) -> bool:
+    """Whether ``text`` states ``fact``: its names, and its value (or its time, for anomalies)."""
+    if not all(re.search(_L + re.escape(n) + _R, text, flags=re.IGNORECASE) for n in fact.names):
+        return False
+    if fact.kind == "anomaly" and fact.at:
+        return fact.at[11:16] in text
+    if fact.kind == "cause":
+        return True  # a cause is its names; the lift is detail
+    fam = "s" if fact.unit == "h" else fact.unit
+    value = fact.value * 3600.0 if fact.unit == "h" else fact.value
+    return any(number_supported(c, {fam: [value]}) for c in extract_numbers(text, fact.names))

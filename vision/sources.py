@@ -359,6 +359,37 @@ class VideoSource(_Base):
         self.max_reconnects = max_reconnects
         self.template = template
         self._factory = capture_factory
+        self._dropped = 0
+        # Not connected until the first open succeeds (an RTSP open can block for many seconds).
+        self._state = SourceState.RECONNECTING
+        self.state_history = [self._state]
+
+    @property
+    def dropped_frames(self) -> int:
+        """Live frames dropped because the consumer was slower than the camera (the oldest go first)."""
+        return self._dropped
+
+    def _put(self, q: queue.Queue[tuple[str, Any]], item: tuple[str, Any], stop: threading.Event) -> bool:
+        """Hand an item to the reader; gives up once the connection is abandoned (never blocks forever).
+
+        On a live stream a full queue drops its oldest frame: inspection wants the part in front of the
+        camera now, not a backlog. A file is read at the consumer's pace instead, losing nothing.
+        """
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                if self.live and item[0] == "frame":
+                    try:
+                        old = q.get_nowait()
+                        if old[0] == "frame":
+                            self._dropped += 1
+                        else:  # keep control messages; put it back and wait
+                            q.put_nowait(old)
+                    except (queue.Empty, queue.Full):
+                        pass
+        return False
 
     def _worker(self, q: queue.Queue[tuple[str, Any]], stop: threading.Event) -> None:
         """One connection: open, then push ('frame', img) / ('corrupt', None) until the stream ends."""
@@ -366,22 +397,23 @@ class VideoSource(_Base):
         try:
             cap = self._factory(self.uri)
             if not cap.isOpened():
-                q.put(("fail", f"cannot open {self.uri}"))
+                self._put(q, ("fail", f"cannot open {self.uri}"), stop)
                 return
-            q.put(("open", None))
+            self._put(q, ("open", None), stop)
             while not stop.is_set():
                 ok, img = cap.read()
                 if stop.is_set():
                     return
                 if not ok:
-                    q.put(("eof", None))
+                    self._put(q, ("eof", None), stop)
                     return
                 if img is None or not isinstance(img, np.ndarray) or img.size == 0:
-                    q.put(("corrupt", None))
+                    self._put(q, ("corrupt", None), stop)
                     continue
-                q.put(("frame", img))
+                if not self._put(q, ("frame", img), stop):
+                    return
         except Exception as exc:  # a backend error must end this connection, not the worker process
-            q.put(("fail", f"{type(exc).__name__}: {exc}"))
+            self._put(q, ("fail", f"{type(exc).__name__}: {exc}"), stop)
         finally:
             if cap is not None:
                 cap.release()

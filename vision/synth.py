@@ -2,20 +2,23 @@
 
 DeepPCB images (checked against ../shared/datasets/deeppcb) are 640x640 binarised grayscale with a
 *white* background and *black* copper: traces 3..30 px wide, round and square pads, vias with drilled
-holes. ``Board`` keeps that polarity by default (``copper=0``); pass ``copper=255`` for the inverse.
+holes. ``make_board`` keeps that polarity by default (``copper=0``); pass ``copper=255`` for the inverse.
 
 A board is drawn from a seed (same seed -> same pixels), its copy is the golden template, and defects of
 the six DeepPCB classes are injected into the test image only:
 
-    open             a gap cut across a trace           (copper removed, splits a component)
+    open             a gap cut across a trace           (copper removed, splits the trace locally)
     short            a bridge between two traces        (copper added, joins two components)
     mousebite        bites taken out of a trace edge    (copper removed, no split)
     spur             a thin protrusion from an edge     (copper added, attached to one component)
     spurious_copper  an isolated blob in free space     (copper added, a new component)
     pin_hole         a small hole inside copper         (copper removed, inside a wide area)
 
+Defect sizes are in the range of DeepPCB's training part (median changed pixels per defect there:
+mousebite ~50, open ~80, pin_hole ~110, short ~150, spur ~70, spurious_copper ~160; here 60..110).
 Each ground-truth box is the bounding box of the pixels the defect changed, padded like DeepPCB's
-annotations (about 6 px around, at least 20 px a side), so real and synthetic labels have the same scale.
+annotations (about 9 px around, at least 20 px a side), so real and synthetic labels have the same scale.
+``scan_noise`` makes image and template differ along edges the way two real scans do.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 from vision.types import DEFECT_CLASSES, Box, Image, Label, Sample
 
 SIZE = 640
-_BOX_PAD = 6
+_BOX_PAD = 9  # DeepPCB annotations sit ~9 px around the changed pixels (see detectors/template.py)
 _BOX_MIN = 20
 
 
@@ -202,7 +205,7 @@ class _Injector:
         x, y, ux, uy, seg = hit
         nx, ny = -uy, ux
         half = seg.width / 2 + 4
-        gap = int(self.rng.integers(3, 7))  # >= 3 px: a thinner diagonal cut leaves 8-connected copper
+        gap = int(self.rng.integers(4, 10))  # >= 3 px: a thinner diagonal cut leaves 8-connected copper
         a = (x - nx * half, y - ny * half)
         b = (x + nx * half, y + ny * half)
         cv2.line(self.img, _pt(a), _pt(b), self.bg, gap)
@@ -233,14 +236,14 @@ class _Injector:
                             break  # back on our own copper (a bend): no bridge this way
                         continue  # still leaving our own trace/pad
                     if gap:
-                        thick = int(self.rng.integers(2, 6))
+                        thick = int(self.rng.integers(3, 9))
                         ex, ey = qx + sign * nx * 2, qy + sign * ny * 2
                         cv2.line(self.img, _pt((x, y)), _pt((ex, ey)), self.copper, thick)
                         return True
         return False
 
     def mousebite(self) -> bool:
-        hit = self._trace_point(min_width=6)
+        hit = self._trace_point(min_width=8)
         if hit is None:
             return False
         x, y, ux, uy, seg = hit
@@ -248,9 +251,9 @@ class _Injector:
         sign = 1 if self.rng.random() < 0.5 else -1
         ex, ey = x + sign * nx * seg.width / 2, y + sign * ny * seg.width / 2
         # Bites up to ~45% of the trace width, as in DeepPCB (large enough to see, never a cut through).
-        r_max = max(3.0, seg.width * 0.45)
-        for k in range(int(self.rng.integers(1, 4))):
-            r = float(self.rng.uniform(2.5, r_max))
+        r_max = max(4.5, seg.width * 0.5)
+        for k in range(int(self.rng.integers(2, 5))):
+            r = float(self.rng.uniform(3.5, r_max))
             off = (k - 1) * r * 1.6
             cv2.circle(self.img, _pt((ex + ux * off, ey + uy * off)), round(r), self.bg, -1)
         return True
@@ -280,8 +283,8 @@ class _Injector:
         for _ in range(50):
             x = float(self.rng.uniform(24, self.size - 24))
             y = float(self.rng.uniform(24, self.size - 24))
-            r = float(self.rng.uniform(2, 6))
-            if self.dist_bg[round(y), round(x)] < r + 8:
+            r = float(self.rng.uniform(3, 9))
+            if self.dist_bg[round(y), round(x)] < r * 1.5 + 8:
                 continue
             axes = (round(r), round(r * self.rng.uniform(0.5, 1.5)))
             cv2.ellipse(self.img, _pt((x, y)), axes, float(self.rng.uniform(0, 180)), 0, 360, self.copper, -1)
@@ -289,13 +292,16 @@ class _Injector:
         return False
 
     def pin_hole(self) -> bool:
-        ys, xs = np.nonzero(self.dist_cu > 7)
+        # Prefer wide copper (pads, planes) where a real-size hole fits; fall back to any wide-enough trace.
+        ys, xs = np.nonzero(self.dist_cu > 9)
+        if len(xs) < 50:
+            ys, xs = np.nonzero(self.dist_cu > 6)
         ok = (xs >= 24) & (xs < self.size - 24) & (ys >= 24) & (ys < self.size - 24)
         ys, xs = ys[ok], xs[ok]
         if len(xs) == 0:
             return False
         i = int(self.rng.integers(len(xs)))
-        r = float(self.rng.uniform(1.5, min(4.5, self.dist_cu[ys[i], xs[i]] - 3)))
+        r = float(self.rng.uniform(2.5, max(2.6, min(7.0, self.dist_cu[ys[i], xs[i]] - 3))))
         cv2.circle(self.img, (int(xs[i]), int(ys[i])), round(r), self.bg, -1)
         return True
 
@@ -332,9 +338,15 @@ def make_board(
     *,
     size: int = SIZE,
     copper: int = 0,
+    scan_noise: float = 0.0,
 ) -> SynthBoard:
     """Generate one board pair with defects. ``n_defects`` is a count or an inclusive (lo, hi) range;
-    0 gives a good part (image == template). Defects never overlap each other's boxes."""
+    0 gives a good part (image == template). Defects never overlap each other's boxes.
+
+    ``scan_noise`` > 0 (e.g. 0.15) roughens copper edges independently in image and template, like two
+    binarised scans of the same board in DeepPCB: the pair then also differs by 1-px slivers along edges,
+    which are not defects (training data for models that must ignore them). 0 keeps the pair exact.
+    """
     for c in classes:
         if c not in DEFECT_CLASSES:
             raise ValueError(f"unknown defect class {c!r}; expected one of {DEFECT_CLASSES}")
@@ -362,7 +374,20 @@ def make_board(
             continue
         taken[y1:y2, x1:x2] = True
         labels.append(Label(box=box, cls=cls))
-    return SynthBoard(image=inj.img, template=template, labels=labels, seed=seed, segments=segs)
+    image = inj.img
+    if scan_noise > 0:
+        nrng = np.random.default_rng([seed, 4])
+        image, template = _rough(image, scan_noise, nrng), _rough(template, scan_noise, nrng)
+    return SynthBoard(image=image, template=template, labels=labels, seed=seed, segments=segs)
+
+
+def _rough(img: Image, amount: float, rng: np.random.Generator) -> Image:
+    """Blur, add noise on the edges only, re-binarise: edges move by about a pixel, flat areas (and so the
+    defects' interiors) stay as they are."""
+    g = cv2.GaussianBlur(img, (5, 5), 0).astype(np.float32)
+    edge = (g > 8) & (g < 247)
+    g[edge] += rng.normal(0, amount * 255, int(edge.sum())).astype(np.float32)
+    return np.where(g > 127, 255, 0).astype(np.uint8)
 
 
 def write_dataset(
@@ -375,11 +400,14 @@ def write_dataset(
     list_name: str = "trainval.txt",
     group: str = "90000",
     progress: bool = True,
+    scan_noise: float = 0.0,
+    ext: str = ".png",
 ) -> list[Sample]:
     """Write ``n`` synthetic pairs to ``out_dir`` in DeepPCB layout (``load(out_dir, "deeppcb")`` reads it).
 
     Sample i uses seed ``seed + i``, so a dataset is reproducible and can be extended without repeats.
-    ``good_fraction`` of the samples are good parts (no defects, empty annotation file).
+    ``good_fraction`` of the samples are good parts (no defects, empty annotation file). ``scan_noise``
+    see make_board; ``ext=".jpg"`` adds DeepPCB's JPEG artefacts (PNG, the default, is lossless).
     """
     from tqdm import tqdm
 
@@ -389,7 +417,7 @@ def write_dataset(
     samples: list[Sample] = []
     for i in tqdm(range(n), desc=f"synth -> {out_dir}", unit="board", disable=not progress):
         good = rng.random() < good_fraction
-        board = make_board(seed + i, 0 if good else n_defects)
+        board = make_board(seed + i, 0 if good else n_defects, scan_noise=scan_noise)
         samples.append(
             append_deeppcb(
                 out_dir,
@@ -398,7 +426,7 @@ def write_dataset(
                 board.labels,
                 list_name=list_name,
                 group=group,
-                ext=".png",
+                ext=ext,
             )
         )
     return samples

@@ -26,7 +26,7 @@ from llm_ops.accounting import Ledger
 from llm_ops.backends import Backend, BackendError, Completion, TemplateBackend, make_backend
 from llm_ops.facts import Fact, ToolResult, Window, fmt_value
 from llm_ops.narrator import narrate
-from llm_ops.verify import Verdict, verify_summary
+from llm_ops.verify import Verdict, fact_mentioned, summary_texts, verify_summary
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _has_data(results: list[ToolResult]) -> bool:
 
 def narrate_verified(
     backend: Backend, w: Window, facts: list[Fact], vocab: set[str], lang: str, ledger: Ledger,
-    alert: bool = False, max_tokens: int = 512,
+    alert: bool = False, max_tokens: int = 384,
 ) -> tuple[dict[str, Any], str, str, str, dict[str, Any]]:
     """(summary, verdict, backend name, model, detail): model text if it verifies (once regenerated at
     most), otherwise the template narrator's."""
@@ -225,6 +225,7 @@ def narrate_verified(
             detail["attempts"].append({"attempt": attempt, "outcome": "verified" if verdict.ok else "unsupported",
                                        "verification": verdict.to_json(), "backend": out.backend})
             if verdict.ok:
+                summary = _complete_key_facts(summary, facts, w, lang, alert, detail)
                 return summary, ("verified" if attempt == 1 else "regenerated"), out.backend, out.model, detail
             ledger.mark_last_failed("unsupported claims: " + verdict.feedback())
             detail.setdefault("rejected_text", []).append(summary.get("prose", "")[:1000])
@@ -235,6 +236,25 @@ def narrate_verified(
     final = verify_summary(summary, facts, window=w, vocabulary=vocab)
     detail["template_verification"] = final.to_json()
     return summary, ("fallback_template" if backend.is_model else "template"), tb.name, tb.model, detail
+
+
+def _complete_key_facts(summary: dict[str, Any], facts: list[Fact], w: Window, lang: str, alert: bool,
+                        detail: dict[str, Any]) -> dict[str, Any]:
+    """Append the template's findings for key facts the model left out, so a terse but correct model
+    summary still covers what a supervisor must see. The added text is the template's (verified)."""
+    text = "\n".join(summary_texts(summary))
+    missing = {f.id for f in facts if f.key and not fact_mentioned(text, f)}
+    if not missing:
+        return summary
+    template = narrate(facts, lang=lang, line=w.line, alert=alert)
+    added = [f for f in template["findings"] if missing & set(f["evidence"])]
+    if not added:
+        return summary
+    detail["completed_from_template"] = sorted(missing)
+    out = dict(summary)
+    out["findings"] = [*summary["findings"], *added]
+    out["prose"] = (summary["prose"].rstrip() + "\n" + "\n".join(f["text"] for f in added)).strip()
+    return out
 
 
 def _store(conn: psycopg.Connection, r: SummaryResult, ledger: Ledger) -> int:

@@ -11,6 +11,7 @@ The console is served at ``/`` from ``line_agent/console`` (plain ES modules, no
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -25,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from line_agent.api import control, system, views
@@ -67,6 +68,10 @@ def create_app(deps: ApiDeps, *, controller_factory: Callable[[], Awaitable[Any]
             kwargs={"autocommit": True}, timeout=10.0)
         await pool.open(wait=True, timeout=30.0)
         app.state.pool = pool
+        # Sync connections for line_agent.store.queries (run in the threadpool).
+        sync_pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            deps.database_url, min_size=0, max_size=4, open=True, kwargs={"autocommit": True}, timeout=10.0)
+        app.state.sync_pool = sync_pool
         if deps.admin_token:
             async with pool.connection() as conn:
                 await ensure_token(conn, deps.admin_token, Role.admin, "bootstrap-admin")
@@ -80,9 +85,11 @@ def create_app(deps: ApiDeps, *, controller_factory: Callable[[], Awaitable[Any]
             if made is not None and hasattr(made, "close"):
                 res = made.close()
                 if inspect.isawaitable(res):
+                    # A PLC that stopped answering must not hold the server's shutdown hostage.
                     with contextlib.suppress(Exception):
-                        await res
-            await pool.close()
+                        await asyncio.wait_for(res, 5.0)
+            await pool.close(timeout=5.0)
+            await run_in_threadpool(sync_pool.close, 5.0)
 
     app = FastAPI(
         title="lineguard control API",
@@ -112,16 +119,19 @@ def create_app(deps: ApiDeps, *, controller_factory: Callable[[], Awaitable[Any]
     @app.exception_handler(psycopg.DataError)
     async def bad_value(request: Request, exc: psycopg.DataError) -> JSONResponse:
         # A value PostgreSQL cannot store (out of range, bad encoding) is the caller's error, not ours.
-        return JSONResponse({"detail": f"invalid value: {str(exc).splitlines()[0]}"}, status_code=422)
+        msg = f"invalid value: {(str(exc).splitlines() or [''])[0]}"
+        return JSONResponse({"detail": [{"loc": ["body"], "msg": msg, "type": "value_error"}]}, status_code=422)
 
     @app.exception_handler(UnicodeEncodeError)
     async def bad_text(request: Request, exc: UnicodeEncodeError) -> JSONResponse:
-        return JSONResponse({"detail": "text is not valid UTF-8 (lone surrogate?)"}, status_code=422)
+        msg = "text is not valid UTF-8 (lone surrogate?)"
+        return JSONResponse({"detail": [{"loc": ["body"], "msg": msg, "type": "value_error"}]}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default, minus the echoed input: it may contain bytes that are not JSON-safe.
-        errs = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        errs = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")),
+                 "type": str(e.get("type", ""))} for e in exc.errors()]
         return JSONResponse({"detail": errs}, status_code=422)
 
     if CONSOLE_DIR.is_dir():

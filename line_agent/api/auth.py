@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 from fastapi import Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg.rows import dict_row
 from pydantic import BaseModel
@@ -48,9 +49,17 @@ class Principal:
 
 
 class ErrorOut(BaseModel):
-    """Every error response: a human-readable reason."""
+    """Every error response but 422: a human-readable reason."""
 
     detail: str
+
+
+def unprocessable(loc: tuple[str, ...], msg: str) -> RequestValidationError:
+    """A 422 for a business-rule check, in the same shape as FastAPI's own validation errors."""
+    return RequestValidationError([{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+_BAD_BODY: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut, "description": "Body is not valid JSON."}}
 
 
 def hash_token(token: str) -> str:
@@ -150,6 +159,7 @@ _GUARDS = {r: Guard(r) for r in Role}
 def guarded(role: Role, extra: dict[int | str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Route keyword arguments that enforce ``role`` and document it (and the 401/403 answers)."""
     responses: dict[int | str, dict[str, Any]] = {
+        **_BAD_BODY,
         401: {"model": ErrorOut, "description": "Missing, unknown or revoked token."},
         403: {"model": ErrorOut, "description": f"Role below {role.value}."},
     }
@@ -163,7 +173,7 @@ def guarded(role: Role, extra: dict[int | str, dict[str, Any]] | None = None) ->
 
 def public(extra: dict[int | str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Route keyword arguments for the few routes without a token (probes, login)."""
-    return {"openapi_extra": {"x-required-role": "public"}, "responses": dict(extra or {})}
+    return {"openapi_extra": {"x-required-role": "public"}, "responses": {**_BAD_BODY, **(extra or {})}}
 
 
 def principal(request: Request) -> Principal:

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from line_agent.api.auth import ErrorOut, Principal, Role, guarded, principal
+from line_agent.api.auth import ErrorOut, Principal, Role, guarded, principal, unprocessable
 from line_agent.api.db import audit, deps_of, fetch_all, fetch_one, jsonable, pool_of
 from line_agent.api.deps import ApiDeps, LineControl
 from line_agent.api.schemas import (
@@ -52,7 +52,7 @@ def resolve_line(deps: ApiDeps, line: str | None) -> str:
     if line is None:
         return deps.lines[0]
     if line not in deps.lines:
-        raise HTTPException(422, f"unknown line {line!r}; this API serves {deps.lines}")
+        raise unprocessable(("query", "line"), f"unknown line {line!r}; this API serves {deps.lines}")
     return line
 
 
@@ -134,7 +134,7 @@ async def line_state(request: Request, line: Ident | None = None) -> LineStateOu
 
 # ---- commands -------------------------------------------------------------------------------------
 def _command_out(row: dict[str, Any]) -> dict[str, Any]:
-    return jsonable(CommandOut.model_validate(row).model_dump())  # type: ignore[no-any-return]
+    return jsonable(CommandOut.model_validate(row).model_dump())
 
 
 async def _invoke(ctl: LineControl, command: str, params: dict[str, Any]) -> Any:
@@ -208,7 +208,8 @@ async def _replay(request: Request, key: str, req_hash: str) -> JSONResponse:
         if row is None:  # cannot happen: rows are never deleted
             raise HTTPException(409, "idempotency key vanished; retry with a new key")
         if row["request_hash"] != req_hash:
-            raise HTTPException(422, "Idempotency-Key was already used for a different request")
+            raise unprocessable(("header", "Idempotency-Key"),
+                                "Idempotency-Key was already used for a different request")
         if row["status"] != "pending" and row["response"] is not None:
             return JSONResponse(row["response"], status_code=int(row["http_status"]),
                                 headers={"Idempotent-Replayed": "true"})

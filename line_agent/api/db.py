@@ -31,7 +31,7 @@ def deps_of(request: Request) -> ApiDeps:
 async def fetch_all(request: Request, sql: str, params: dict[str, Any] | tuple[Any, ...] = ()) -> list[dict[str, Any]]:
     async with pool_of(request).connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(sql, params)  # type: ignore[arg-type]  # SQL text is ours, values are bound
+        await cur.execute(sql, params)  # SQL text is ours, values are bound
         return await cur.fetchall()
 
 

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from line_agent.api.hub import LiveHub
 
@@ -65,8 +65,9 @@ class ApiDeps:
     frames_dir: base for relative ``inspections.frame_path`` values.
     training_dir: where corrected labels are written (DeepPCB layout).
     admin_token: bootstrap admin token, stored hashed on startup (never logged).
-    energy_metric / energy_is_counter: telemetry metric holding energy in kWh; a cumulative meter
-        (max - min per bucket) when energy_is_counter, else per-interval increments that are summed.
+    energy_metric / energy_source / energy_unit_w: passed to line_agent.store.queries.energy: a cumulative
+        kWh counter ("counter", default "energy_kwh"), or a power metric integrated over time ("power",
+        e.g. "power_w" with unit_w=1).
     shifts: shift boundaries for the shift comparison chart.
     pool_min / pool_max: connection pool size.
     migrate: apply migrations on startup.
@@ -84,7 +85,8 @@ class ApiDeps:
     training_dir: Path = Path(".lineguard/feedback")
     admin_token: str | None = None
     energy_metric: str = "energy_kwh"
-    energy_is_counter: bool = True
+    energy_source: Literal["counter", "power"] = "counter"
+    energy_unit_w: float = 1.0
     shifts: tuple[Shift, ...] = DEFAULT_SHIFTS
     pool_min: int = 1
     pool_max: int = 10

@@ -131,7 +131,7 @@ def _default(o: object) -> object:
     if isinstance(o, bytes | bytearray):
         return f"<{len(o)} bytes>"
     if hasattr(o, "isoformat"):
-        return o.isoformat()  # type: ignore[no-any-return]
+        return o.isoformat()
     if hasattr(o, "tolist"):
-        return o.tolist()  # type: ignore[no-any-return]
+        return o.tolist()
     return str(o)

@@ -165,15 +165,20 @@ async def live_events(request: Request, max_s: Annotated[float, Query(ge=0, le=8
         try:
             for e in hub.snapshot():
                 yield _sse(e["kind"], e["data"])
+            last_sent = loop.time()
             while end is None or loop.time() < end:
                 if await request.is_disconnected():
                     break
-                wait = HEARTBEAT_S if end is None else max(0.0, min(HEARTBEAT_S, end - loop.time()))
+                # Wake at least once a second to notice a closed connection or the end of max_s.
+                wait = 1.0 if end is None else max(0.0, min(1.0, end - loop.time()))
                 try:
-                    kind, data = await asyncio.wait_for(sub.queue.get(), timeout=min(wait, 1.0))
+                    kind, data = await asyncio.wait_for(sub.queue.get(), timeout=wait)
                 except TimeoutError:
-                    yield b": keep-alive\n\n"
+                    if loop.time() - last_sent >= HEARTBEAT_S:
+                        last_sent = loop.time()
+                        yield b": keep-alive\n\n"
                     continue
+                last_sent = loop.time()
                 yield _sse(kind, data)
         finally:
             hub.unsubscribe(sub)

@@ -6,18 +6,21 @@ import asyncio
 import inspect as pyinspect
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
+import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
 
-from line_agent.api.auth import ErrorOut, Principal, Role, guarded, principal
+from line_agent.api.auth import ErrorOut, Principal, Role, guarded, principal, unprocessable
 from line_agent.api.control import Limit, Offset, resolve_line
 from line_agent.api.db import audit, deps_of, fetch_all, fetch_one, pool_of
 from line_agent.api.deps import ApiDeps
@@ -42,14 +45,16 @@ from line_agent.api.schemas import (
     SummaryIn,
     SummaryOut,
 )
+from line_agent.store import queries
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+T = TypeVar("T")
 
 InspectionId = Annotated[str, PathParam(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
 Hours = Annotated[float, Query(gt=0, le=2160, description="Window length in hours, ending at `until`.")]
 Until = Annotated[datetime | None, Query(description="Window end (default now; naive = UTC).")]
-_NOT_FOUND = {404: {"model": ErrorOut, "description": "No such inspection."}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "No such inspection."}}
 
 
 def _utc(t: datetime | None) -> datetime | None:
@@ -57,7 +62,7 @@ def _utc(t: datetime | None) -> datetime | None:
         return None
     t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
     if not 1971 <= t.year <= 9000:
-        raise HTTPException(422, f"time {t.isoformat()} is out of range (1971..9000)")
+        raise unprocessable(("query", "until"), f"time {t.isoformat()} is out of range (1971..9000)")
     return t
 
 
@@ -168,14 +173,14 @@ async def get_frame(request: Request, inspection_id: InspectionId) -> Response:
     raise HTTPException(404, f"no frame stored for inspection {inspection_id!r}")
 
 
-def _save_training_sample(deps: ApiDeps, frame: Path | None, jpeg: bytes | None,
-                          labels: list[tuple[str, float, float, float, float]]) -> str:
-    """Write the frame and its corrected labels into the training set (DeepPCB layout); return its path."""
+def _save_training_sample(deps: ApiDeps, row: dict[str, Any], frame: Path | None, jpeg: bytes | None,
+                          labels: Sequence[tuple[str, float, float, float, float]]) -> str:
+    """Write the frame and its corrected labels into the training set (vision.feedback: DeepPCB layout)."""
     import cv2
     import numpy as np
 
-    from vision.datasets.deeppcb import append_deeppcb
-    from vision.types import Box, Label
+    from vision.feedback import save_feedback
+    from vision.types import Box, Frame, Label
 
     if frame is not None:
         image = cv2.imread(str(frame), cv2.IMREAD_UNCHANGED)
@@ -186,18 +191,19 @@ def _save_training_sample(deps: ApiDeps, frame: Path | None, jpeg: bytes | None,
     h, w = image.shape[:2]
     for cls, x1, y1, x2, y2 in labels:
         if x2 > w or y2 > h:
-            raise HTTPException(422, f"{cls} box ({x1:g},{y1:g},{x2:g},{y2:g}) lies outside the {w}x{h} frame")
+            raise unprocessable(("body", "labels"),
+                                f"{cls} box ({x1:g},{y1:g},{x2:g},{y2:g}) lies outside the {w}x{h} frame")
     template = None
     if frame is not None:  # DeepPCB pairs NNN_test.jpg with its golden NNN_temp.jpg
         t = frame.with_name(frame.name.replace("_test", "_temp"))
         if t != frame and t.is_file():
             template = cv2.imread(str(t), cv2.IMREAD_UNCHANGED)
-    sample = append_deeppcb(deps.training_dir, image, template,
-                            [Label(Box(x1, y1, x2, y2), cls) for cls, x1, y1, x2, y2 in labels])
+    f = Frame(camera=str(row["camera"]), seq=0, ts=row["ts"].timestamp(), image=image.astype(np.uint8, copy=False),
+              template=None if template is None else template.astype(np.uint8, copy=False),
+              part_id=str(row["part_id"]))
+    sample = save_feedback(deps.training_dir, f, [Label(Box(x1, y1, x2, y2), cls) for cls, x1, y1, x2, y2 in labels],
+                           note=f"inspection {row['inspection_id']}")
     return str(sample.image_path)
-
-
-_SAVE_LOCK = asyncio.Lock()  # DeepPCB indices are picked from the folder: one writer at a time
 
 
 @router.post("/api/inspections/{inspection_id}/labels", response_model=LabelsOut, status_code=201, tags=["review"],
@@ -214,8 +220,10 @@ async def save_labels(request: Request, inspection_id: InspectionId, body: Label
     if frame is None and jpeg is None:
         raise HTTPException(409, f"no frame stored for inspection {inspection_id!r}")
     labels = [(b.cls, b.x1, b.y1, b.x2, b.y2) for b in body.labels]
-    async with _SAVE_LOCK:
-        path = await run_in_threadpool(_save_training_sample, deps, frame, jpeg, labels)
+    try:
+        path = await run_in_threadpool(_save_training_sample, deps, row, frame, jpeg, labels)
+    except ValueError as exc:  # vision.feedback's own checks
+        raise unprocessable(("body", "labels"), str(exc)) from exc
     as_json = [{"cls": c, "box": [x1, y1, x2, y2]} for c, x1, y1, x2, y2 in labels]
     async with pool_of(request).connection() as conn, conn.transaction():
         cur = conn.cursor(row_factory=dict_row)
@@ -234,43 +242,58 @@ async def save_labels(request: Request, inspection_id: InspectionId, body: Label
 
 
 # ---- telemetry ------------------------------------------------------------------------------------
-_BUCKETS = {"15m": timedelta(minutes=15), "hour": timedelta(hours=1), "day": timedelta(days=1)}
-_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+# The numbers come from line_agent.store.queries, the same functions the agent's tools use, so the
+# console's charts and the agent's summaries never disagree. Those are sync psycopg functions: they run
+# in the threadpool on a small sync pool.
+_BUCKETS = {"15m": 900, "hour": 3600, "day": 86400}
 
 
-async def _energy_buckets(request: Request, line: str, since: datetime, until: datetime,
-                          bucket: timedelta) -> list[dict[str, Any]]:
-    deps = deps_of(request)
-    delta = ("value - lag(value) OVER (PARTITION BY device ORDER BY ts)" if deps.energy_is_counter else "value")
-    return await fetch_all(
-        request,
-        f"""WITH d AS (SELECT ts, {delta} AS dv FROM telemetry WHERE line = %(line)s AND metric = %(m)s
-                       AND ts >= %(since)s - interval '1 hour' AND ts < %(until)s),
-             e AS (SELECT date_bin(%(b)s, ts, %(o)s) AS t, sum(greatest(dv, 0)) AS kwh FROM d
-                   WHERE ts >= %(since)s AND dv IS NOT NULL GROUP BY 1),
-             g AS (SELECT date_bin(%(b)s, ts, %(o)s) AS t, count(*) AS parts,
-                          count(*) FILTER (WHERE coalesce(override, decision) = 'pass') AS good,
-                          count(*) FILTER (WHERE coalesce(override, decision) <> 'pass') AS rejects
-                   FROM inspections WHERE line = %(line)s AND ts >= %(since)s AND ts < %(until)s GROUP BY 1),
-             f AS (SELECT date_bin(%(b)s, ts, %(o)s) AS t, count(*) AS faults,
-                          coalesce(sum(duration_s), 0) AS downtime_s
-                   FROM events WHERE line = %(line)s AND kind = 'fault' AND ts >= %(since)s AND ts < %(until)s
-                   GROUP BY 1)
-            SELECT coalesce(e.t, g.t, f.t) AS t, coalesce(e.kwh, 0) AS kwh, coalesce(g.parts, 0) AS parts,
-                   coalesce(g.good, 0) AS good, coalesce(g.rejects, 0) AS rejects,
-                   coalesce(f.faults, 0) AS faults, coalesce(f.downtime_s, 0) AS downtime_s
-            FROM e FULL JOIN g ON g.t = e.t FULL JOIN f ON f.t = coalesce(e.t, g.t) ORDER BY 1""",
-        {"line": line, "m": deps.energy_metric, "since": since, "until": until, "b": bucket, "o": _ORIGIN},
-    )
+async def _sync(request: Request, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+    pool: ConnectionPool[Any] = request.app.state.sync_pool
+
+    def run() -> T:
+        with pool.connection() as conn:
+            return fn(conn, *args, **kw)
+
+    return await run_in_threadpool(run)
+
+
+def _bucket_rows(conn: psycopg.Connection[Any], deps: ApiDeps, line: str, since: datetime, until: datetime,
+                 width_s: int) -> list[dict[str, Any]]:
+    """Per bucket: kWh (queries.energy, all devices), parts, good parts, rejects, faults, downtime."""
+    acc: dict[datetime, dict[str, Any]] = defaultdict(
+        lambda: {"kwh": 0.0, "parts": 0, "good": 0, "rejects": 0, "faults": 0, "downtime_s": 0.0})
+    for e in queries.energy(conn, line, since, until, width_s, metric=deps.energy_metric,
+                            source=deps.energy_source, unit_w=deps.energy_unit_w):
+        acc[e.start]["kwh"] += e.kwh
+    bucket = "to_timestamp(floor(extract(epoch FROM ts) / %(w)s) * %(w)s)"
+    p = {"line": line, "s": since, "u": until, "w": width_s}
+    cur = conn.cursor(row_factory=dict_row)
+    cur.execute(
+        f"SELECT {bucket} AS t, count(*) AS parts,"
+        " count(*) FILTER (WHERE coalesce(override, decision) = 'pass') AS good,"
+        " count(*) FILTER (WHERE coalesce(override, decision) <> 'pass') AS rejects"
+        " FROM inspections WHERE line = %(line)s AND ts >= %(s)s AND ts < %(u)s GROUP BY 1", p)
+    for r in cur.fetchall():
+        a = acc[r["t"].astimezone(UTC)]
+        a["parts"], a["good"], a["rejects"] = int(r["parts"]), int(r["good"]), int(r["rejects"])
+    cur.execute(
+        f"SELECT {bucket} AS t, count(*) AS n, coalesce(sum(duration_s), 0) AS down FROM events"
+        " WHERE line = %(line)s AND kind = 'fault' AND ts >= %(s)s AND ts < %(u)s GROUP BY 1", p)
+    for r in cur.fetchall():
+        a = acc[r["t"].astimezone(UTC)]
+        a["faults"], a["downtime_s"] = int(r["n"]), float(r["down"])
+    return [{"t": t, **a} for t, a in sorted(acc.items())]
 
 
 @router.get("/api/telemetry/energy", response_model=Series[EnergyPoint], tags=["telemetry"],
             summary="Energy per interval and per good part", **guarded(Role.viewer))
 async def energy(request: Request, line: Ident | None = None, hours: Hours = 24, until: Until = None,
                  bucket: Literal["15m", "hour", "day"] = "hour") -> Series[EnergyPoint]:
-    line_ = resolve_line(deps_of(request), line)
+    deps = deps_of(request)
+    line_ = resolve_line(deps, line)
     since, end = window(hours, until)
-    rows = await _energy_buckets(request, line_, since, end, _BUCKETS[bucket])
+    rows = await _sync(request, _bucket_rows, deps, line_, since, end, _BUCKETS[bucket])
     items = [EnergyPoint(ts=r["t"], kwh=float(r["kwh"]), good_parts=int(r["good"]),
                          kwh_per_good_part=float(r["kwh"]) / int(r["good"]) if r["good"] else None) for r in rows]
     return Series[EnergyPoint](line=line_, since=since, until=end, items=items)
@@ -282,36 +305,27 @@ async def faults(request: Request, line: Ident | None = None, hours: Hours = 24,
                  until: Until = None) -> Series[FaultRow]:
     line_ = resolve_line(deps_of(request), line)
     since, end = window(hours, until)
-    rows = await fetch_all(
-        request,
-        "SELECT device, code, count(*) AS n, coalesce(sum(duration_s), 0) AS down FROM events"
-        " WHERE line = %s AND kind = 'fault' AND ts >= %s AND ts < %s GROUP BY device, code ORDER BY device, code",
-        (line_, since, end))
+    counts = await _sync(request, queries.fault_counts, line_, since, end)
     per: dict[str, FaultRow] = {}
-    for r in rows:
-        f = per.setdefault(r["device"], FaultRow(device=r["device"], faults=0, downtime_s=0.0, codes={}))
-        f.faults += int(r["n"])
-        f.downtime_s += float(r["down"])
-        f.codes[r["code"] or "-"] = int(r["n"])
-    items = sorted(per.values(), key=lambda f: -f.downtime_s)
+    for fc in counts:
+        f = per.setdefault(fc.device, FaultRow(device=fc.device, faults=0, downtime_s=0.0, codes={}))
+        f.faults += fc.count
+        f.downtime_s += fc.downtime_s
+        f.codes[fc.code or "-"] = f.codes.get(fc.code or "-", 0) + fc.count
+    items = sorted(per.values(), key=lambda f: (-f.downtime_s, f.device))
     return Series[FaultRow](line=line_, since=since, until=end, items=items)
 
 
 @router.get("/api/telemetry/defect-rate", response_model=Series[DefectRateRow], tags=["telemetry"],
-            summary="Defect rate by class", **guarded(Role.viewer))
+            summary="Defect rate by class", description="Share of inspected parts that showed each class.",
+            **guarded(Role.viewer))
 async def defect_rate(request: Request, line: Ident | None = None, hours: Hours = 24,
                       until: Until = None) -> Series[DefectRateRow]:
     line_ = resolve_line(deps_of(request), line)
     since, end = window(hours, until)
-    rows = await fetch_all(
-        request,
-        "WITH p AS (SELECT count(*) AS n FROM inspections WHERE line = %(l)s AND ts >= %(s)s AND ts < %(u)s)"
-        " SELECT d.cls, count(*) AS defects, count(DISTINCT d.inspection_id) AS parts_with, (SELECT n FROM p) AS parts"
-        " FROM defects d WHERE d.line = %(l)s AND d.ts >= %(s)s AND d.ts < %(u)s GROUP BY d.cls ORDER BY 2 DESC",
-        {"l": line_, "s": since, "u": end})
-    items = [DefectRateRow(cls=r["cls"], defects=int(r["defects"]), parts_with=int(r["parts_with"]),
-                           parts=int(r["parts"]), rate=int(r["parts_with"]) / int(r["parts"]) if r["parts"] else 0.0)
-             for r in rows]
+    rates = await _sync(request, queries.defect_rates, line_, since, end)
+    items = sorted((DefectRateRow(cls=c.cls, defects=c.defects, parts_with=c.parts_with, parts=rates.parts,
+                                  rate=c.rate) for c in rates.by_class), key=lambda r: (-r.defects, r.cls))
     return Series[DefectRateRow](line=line_, since=since, until=end, items=items)
 
 
@@ -335,7 +349,7 @@ async def shifts(request: Request, line: Ident | None = None, hours: Annotated[f
     deps = deps_of(request)
     line_ = resolve_line(deps, line)
     since, end = window(hours, until)
-    rows = await _energy_buckets(request, line_, since, end, _BUCKETS["hour"])
+    rows = await _sync(request, _bucket_rows, deps, line_, since, end, 3600)
     acc: dict[tuple[str, str], dict[str, Any]] = defaultdict(
         lambda: {"parts": 0, "rejects": 0, "good": 0, "kwh": 0.0, "faults": 0, "downtime_s": 0.0})
     starts: dict[tuple[str, str], datetime] = {}

@@ -213,6 +213,8 @@ def decode_json(topic: str, raw: bytes, out: Batch) -> None:
         if kind == "telemetry":
             rows: list[TelemetryRow] = []
             _telemetry(obj, site, line, cell, rows)
+            if not rows:
+                raise BadMessage("telemetry: no points")
             out.telemetry.extend(rows)  # only once the whole message is good
         elif kind == "event":
             out.events.append(_event(obj, topic, raw, site, line, cell))

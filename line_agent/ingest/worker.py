@@ -7,9 +7,11 @@ Flow control, end to end:
 * Manual acknowledgement (paho >= 2): a PUBACK goes out only after the message's batch committed in
   PostgreSQL or was fsynced to the disk spool. A crash before that = redelivery, which the writer's
   ON CONFLICT DO NOTHING stores once.
-* MQTT 5 Receive Maximum = ``inflight``: the broker never has more than that many unacknowledged
-  messages out to us, so the internal queue is bounded by it; when the writer is behind, acks stop,
-  the window fills and the broker holds the rest (back-pressure, not memory growth).
+* MQTT 5 Receive Maximum = ``inflight``: the broker should not have more than that many
+  unacknowledged messages out to us; when the writer is behind, acks stop, the window fills and the
+  broker holds the rest (back-pressure, not memory growth). The internal queue holds 2 x inflight
+  as a hard bound even against a broker that overshoots (Mosquitto 2.0.11 does after a burst of
+  acks): a full queue blocks paho's network thread, TCP fills, and the broker queues the rest.
 * ``$share/<group>/<filter>`` (MQTT 5 shared subscription): N workers split the JSON topics.
   Sparkplug B is stateful (births, aliases, seq), so only worker 0 subscribes to it, unshared.
 """
@@ -59,7 +61,7 @@ class IngestConfig:
     sparkplug_filter: str | None = f"{NAMESPACE}/#"  # worker 0 only; None = no Sparkplug
     share_group: str = "lineguard"  # "" = plain subscriptions (a single worker)
     sparkplug_site: str = ""
-    batch_rows: int = 20_000  # flush when a batch holds this many rows ...
+    batch_rows: int = 50_000  # flush when a batch holds this many rows ...
     batch_delay_s: float = 0.1  # ... or when its oldest message waited this long
     inflight: int = 2000  # MQTT 5 Receive Maximum: unacknowledged messages the broker may send us
     session_expiry_s: int = 7 * 24 * 3600  # the broker keeps a stopped worker's queue this long
@@ -111,6 +113,7 @@ class IngestWorker:
         self.cfg = cfg
         self.stats = IngestStats()
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker acknowledged our subscriptions (SUBACK)
         self._q: queue.Queue[_Msg] = queue.Queue(maxsize=cfg.inflight * 2)
         self.writer = BatchWriter(cfg.database_url, use_copy=cfg.use_copy)
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes)
@@ -135,6 +138,7 @@ class IngestWorker:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.cfg.session_expiry_s
         props.ReceiveMaximum = self.cfg.inflight
@@ -158,12 +162,20 @@ class IngestWorker:
         self.connected.set()
         log.info("ingest %s connected (session present: %s)", self.cfg.client_id, flags.session_present)
 
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, props: Any = None
+                      ) -> None:
+        if all(not rc.is_failure for rc in reason_codes):
+            self.subscribed.set()
+        else:
+            log.error("ingest %s: subscription refused: %s", self.cfg.client_id, reason_codes)
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         log.info("ingest %s disconnected: %s", self.cfg.client_id, rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        # Blocks only if the broker ignored Receive Maximum: the queue holds twice the window.
+        # Blocks only if the broker overshoots Receive Maximum: the queue holds twice the window.
         self._q.put(_Msg(msg.topic, bytes(msg.payload), msg.mid, msg.qos))
 
     def _request_rebirth(self, group: str, node: str) -> None:
@@ -325,7 +337,7 @@ class IngestWorker:
 
 # -- several workers as processes -----------------------------------------------------------------
 def worker_command(index: int) -> list[str]:
-    return [sys.executable, "-m", "line_agent.ingest.worker", "--index", str(index)]
+    return [sys.executable, "-m", "line_agent.ingest", "--index", str(index)]
 
 
 def run_workers(n: int, stop: threading.Event, env: dict[str, str] | None = None,
@@ -362,19 +374,22 @@ def run_workers(n: int, stop: threading.Event, env: dict[str, str] | None = None
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m line_agent.ingest.worker --index I``: one worker, settings from LINEGUARD_*."""
+    """``python -m line_agent.ingest --index I``: one worker, settings from LINEGUARD_*."""
     from line_agent.settings import Settings
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--index", type=int, default=0)
     ap.add_argument("--share-group", default="lineguard")
     ap.add_argument("--json-filter", default="lineguard/#")
+    ap.add_argument("--client-prefix", default="lineguard-ingest", help="client id = <prefix>-<index>")
+    ap.add_argument("--sparkplug-filter", default=f"{NAMESPACE}/#", help="'' = no Sparkplug")
     args = ap.parse_args(argv)
     settings = Settings()
     logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
                         format=f"%(asctime)s %(levelname)-7s ingest-{args.index} %(name)s: %(message)s")
     cfg = IngestConfig.from_settings(settings, worker_index=args.index, share_group=args.share_group,
-                                     json_filter=args.json_filter)
+                                     json_filter=args.json_filter, client_prefix=args.client_prefix,
+                                     sparkplug_filter=args.sparkplug_filter or None)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -18,19 +18,20 @@ def _as_dt(t: float | datetime) -> datetime:
 
 
 def refresh_rollups(url: str, lo: float | datetime, hi: float | datetime) -> None:
-    """Bring telemetry_1m / telemetry_1h up to date for [lo, hi), widened to whole hours.
+    """Bring telemetry_1m / telemetry_1h up to date for [lo, hi) (whole buckets).
 
     TimescaleDB: refresh_continuous_aggregate (must run outside a transaction, hence autocommit).
     Plain PostgreSQL: lg_refresh_telemetry_rollups, which recomputes those buckets from raw rows.
     """
-    start = _as_dt(lo).replace(minute=0, second=0, microsecond=0)
-    end = _as_dt(hi).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     with psycopg.connect(url, autocommit=True) as conn:
         if is_timescale(conn):
+            # A continuous aggregate refreshes whole buckets inside the window only: widen to hours.
+            start = _as_dt(lo).replace(minute=0, second=0, microsecond=0)
+            end = _as_dt(hi).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
             for view in ("telemetry_1m", "telemetry_1h"):
                 conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (view, start, end))
         else:
-            conn.execute("SELECT lg_refresh_telemetry_rollups(%s, %s)", (start, end))
+            conn.execute("SELECT lg_refresh_telemetry_rollups(%s, %s)", (_as_dt(lo), _as_dt(hi)))
 
 
 def apply_retention(url: str, keep: timedelta) -> int:

@@ -10,11 +10,11 @@ import uuid
 from typing import Any
 
 import pytest
+from api_support import Api
 
 from line_agent.api.app import create_app
 from line_agent.api.auth import Role
 from line_agent.api.deps import ApiDeps
-from api_support import Api
 
 PUBLIC = {("get", "/healthz"), ("get", "/readyz"), ("post", "/api/login")}
 _SCHEMA = create_app(ApiDeps(database_url="postgresql://nobody@127.0.0.1:1/none")).openapi()
@@ -45,7 +45,9 @@ def test_every_route_declares_a_role() -> None:
 
 
 @pytest.mark.parametrize(("method", "path", "op"), ROUTES, ids=[f"{m.upper()} {p}" for m, p, _ in ROUTES])
-def test_route_refuses_missing_unknown_and_lower_role(shared_api: Api, method: str, path: str, op: dict[str, Any]) -> None:
+def test_route_refuses_missing_unknown_and_lower_role(
+    shared_api: Api, method: str, path: str, op: dict[str, Any]
+) -> None:
     role = op["x-required-role"]
     if role == "public":
         pytest.skip("public probe / login route")

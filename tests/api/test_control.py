@@ -117,13 +117,15 @@ def test_override_is_audited_before_and_after(api: Api) -> None:
                         json={"confirm": True, "decision": "reject", "reason": "scratch seen"}, headers=api.h("viewer"))
     assert r.status_code == 403
     r = api.client.post(f"/api/decisions/{d['decision_id']}/override",
-                        json={"confirm": True, "decision": "reject", "reason": "scratch seen"}, headers=api.h("operator"))
+                        json={"confirm": True, "decision": "reject", "reason": "scratch seen"},
+                        headers=api.h("operator"))
     assert r.status_code == 200 and r.json()["override"] == "reject"
     rows = _audit_rows(api, "decision.override")
     assert rows[-1][2] == {"decision": "pass", "override": None}
     assert rows[-1][3] == {"decision": "pass", "override": "reject"}
     with psycopg.connect(api.db) as conn:
-        assert conn.execute("SELECT override FROM inspections WHERE inspection_id='insp-0002'").fetchone() == ("reject",)
+        row = conn.execute("SELECT override FROM inspections WHERE inspection_id='insp-0002'").fetchone()
+    assert row == ("reject",)
     assert api.client.post("/api/decisions/424242/override", json={"confirm": True, "decision": "pass"},
                            headers=api.h("operator")).status_code == 404
     audit = api.client.get("/api/audit", headers=api.h("operator")).json()
@@ -146,9 +148,9 @@ def test_audit_log_is_append_only(api: Api, sql: str) -> None:
 
 
 def test_no_controller_means_unknown_and_refused(fresh_db: str) -> None:
+    from api_support import make_tokens
     from fastapi.testclient import TestClient
 
-    from api_support import make_tokens
     from line_agent.api.app import create_app
     from line_agent.api.deps import ApiDeps
     from line_agent.store.migrate import migrate

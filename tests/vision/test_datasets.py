@@ -101,8 +101,15 @@ def test_deeppcb_bad_line_skipped_or_strict(tmp_path: Path, caplog: pytest.LogCa
 
 def test_deeppcb_wrong_layout(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("this is not a list file at all\n")
+    with pytest.raises(DatasetError, match="no DeepPCB list file in"):
+        load(tmp_path, "deeppcb")  # notes.txt is not taken for a list file
     with pytest.raises(DatasetError, match=r"notes\.txt:1: expected .*is this a DeepPCB list file"):
-        load(tmp_path, "deeppcb")
+        load(tmp_path, "deeppcb", "notes")  # ... unless named, then it must be one
+    _deeppcb(tmp_path / "ds")
+    with (tmp_path / "ds" / "trainval.txt").open("a") as fh:
+        fh.write("\ngroup12000/12000/12000002.jpg\n")
+    with pytest.raises(DatasetError, match=r"trainval\.txt:3: expected"):
+        load(tmp_path / "ds", "deeppcb")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DatasetError, match="no DeepPCB list file"):

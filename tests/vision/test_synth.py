@@ -100,3 +100,16 @@ def test_write_dataset_roundtrip(tmp_path: Path) -> None:
     more = write_dataset(tmp_path, 2, seed=43, good_fraction=1.0, progress=False)
     assert all(s.labels == [] for s in more)
     assert len(load(tmp_path, "deeppcb")) == 5
+
+
+def test_scan_noise_roughens_edges_only() -> None:
+    clean, noisy = make_board(5), make_board(5, scan_noise=0.15)
+    assert noisy.labels == clean.labels
+    assert np.array_equal(noisy.image, make_board(5, scan_noise=0.15).image)  # still deterministic
+    outside = np.ones(noisy.image.shape, bool)
+    for lab in noisy.labels:
+        outside[int(lab.box.y1) : int(lab.box.y2), int(lab.box.x1) : int(lab.box.x2)] = False
+    diff = (noisy.image != noisy.template) & outside
+    assert 0 < diff.mean() < 0.02  # the two "scans" differ a little, along edges
+    near_edge = cv2.dilate((cv2.Canny(clean.template, 50, 150) > 0).astype(np.uint8), np.ones((5, 5), np.uint8))
+    assert not (diff & (near_edge == 0)).any()  # never in flat copper or flat background

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vision.datasets._common import IMAGE_EXTS, DatasetError, bad_line, make_box, require_file
+from vision.datasets._common import IMAGE_EXTS, DatasetError, bad_line, log, make_box, require_file
 from vision.types import DEFECT_CLASSES, Image, Label, Sample
 
 _TYPE_TO_CLASS = {i + 1: name for i, name in enumerate(DEFECT_CLASSES)}
@@ -33,10 +33,28 @@ def list_files(root: Path, split: str | None) -> list[Path]:
     if split is not None:
         name = split if split.endswith(".txt") else f"{split}.txt"
         return [require_file(root / name, f"DeepPCB list file for split {split!r}")]
-    found = sorted(p for p in root.glob("*.txt") if p.is_file())
+    found = []
+    for p in sorted(root.glob("*.txt")):
+        if p.is_file() and _looks_like_list(p):
+            found.append(p)
+        elif p.is_file():
+            log.info("%s: not a DeepPCB list file (first line is not 'image.jpg annotation.txt'), skipped", p)
     if not found:
-        raise DatasetError(f"no DeepPCB list file (*.txt) in {root}; expected e.g. {root / 'trainval.txt'}")
+        raise DatasetError(
+            f"no DeepPCB list file in {root}; expected e.g. {root / 'trainval.txt'} with lines "
+            "'groupG/G/NNNNNNNN.jpg groupG/G_not/NNNNNNNN.txt'"
+        )
     return found
+
+
+def _looks_like_list(path: Path) -> bool:
+    """A list file's first non-empty line is ``<image> <annotation>.txt`` (README.txt and the like are not)."""
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            parts = line.split()
+            if parts:
+                return len(parts) == 2 and parts[1].lower().endswith(".txt") and Path(parts[0]).suffix != ""
+    return False
 
 
 def _pair_for(root: Path, entry: str, where: str) -> tuple[Path, Path | None]:

@@ -48,7 +48,11 @@ BEGIN
     IF to_regclass(part) IS NOT NULL THEN  -- made by a concurrent caller while we waited
         RETURN;
     END IF;
-    EXECUTE format('CREATE TABLE %I (LIKE telemetry INCLUDING DEFAULTS)', part);
+    BEGIN
+        EXECUTE format('CREATE TABLE %I (LIKE telemetry INCLUDING DEFAULTS)', part);
+    EXCEPTION WHEN duplicate_table THEN
+        RETURN;  -- a concurrent caller got there first (its catalog change was not visible to us yet)
+    END;
     EXECUTE format(
         'WITH moved AS (DELETE FROM telemetry_default WHERE ts >= %L AND ts < %L RETURNING *) '
         'INSERT INTO %I SELECT * FROM moved', lo, hi, part);
@@ -90,25 +94,29 @@ CREATE TABLE IF NOT EXISTS telemetry_1h (LIKE telemetry_1m INCLUDING ALL);
 CREATE INDEX IF NOT EXISTS telemetry_1m_bucket_brin ON telemetry_1m USING brin (bucket);
 CREATE INDEX IF NOT EXISTS telemetry_1h_bucket_brin ON telemetry_1h USING brin (bucket);
 
--- Recompute the rollup buckets overlapping [lo, hi) from the raw rows: idempotent, so re-running it
--- after late or re-delivered data is always right.
+-- Recompute the rollup buckets overlapping [lo, hi): minutes from the raw rows, hours from the minutes
+-- (so the minutes of every hour touched are recomputed first). Idempotent: re-running it after late or
+-- re-delivered data is always right.
 CREATE OR REPLACE FUNCTION lg_refresh_telemetry_rollups(lo timestamptz, hi timestamptz) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     -- Whole buckets only: [lo, hi) widened outward to bucket boundaries.
-    lo_m timestamptz := date_trunc('minute', lo, 'UTC');
-    hi_m timestamptz := date_trunc('minute', hi - interval '1 microsecond', 'UTC') + interval '1 minute';
     lo_h timestamptz := date_trunc('hour', lo, 'UTC');
     hi_h timestamptz := date_trunc('hour', hi - interval '1 microsecond', 'UTC') + interval '1 hour';
+    lo_m timestamptz := date_trunc('minute', lo, 'UTC');
+    hi_m timestamptz := date_trunc('minute', hi - interval '1 microsecond', 'UTC') + interval '1 minute';
 BEGIN
+    -- One refresher at a time: concurrent workers would both re-insert the same buckets.
+    PERFORM pg_advisory_xact_lock(7242010);
     DELETE FROM telemetry_1m WHERE bucket >= lo_m AND bucket < hi_m;
     INSERT INTO telemetry_1m
     SELECT date_trunc('minute', ts, 'UTC'), line, device, metric, count(*), sum(value), min(value), max(value)
     FROM telemetry WHERE ts >= lo_m AND ts < hi_m
     GROUP BY 1, 2, 3, 4;
+    -- Hours from minutes (sums of sums, min of mins): cheap however much raw data an hour holds.
     DELETE FROM telemetry_1h WHERE bucket >= lo_h AND bucket < hi_h;
     INSERT INTO telemetry_1h
-    SELECT date_trunc('hour', ts, 'UTC'), line, device, metric, count(*), sum(value), min(value), max(value)
-    FROM telemetry WHERE ts >= lo_h AND ts < hi_h
+    SELECT date_trunc('hour', bucket, 'UTC'), line, device, metric, sum(n), sum(sum), min(min), max(max)
+    FROM telemetry_1m WHERE bucket >= lo_h AND bucket < hi_h
     GROUP BY 1, 2, 3, 4;
 END $$;

@@ -39,8 +39,10 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
+# A private --basetemp: pytest prunes old folders under the shared /tmp/pytest-of-$USER, which
+# would delete a live test database when two suites run side by side.
 unit: venv system-deps
-	$(VENV)/bin/pytest -q $(PYTEST_MARK)
+	$(VENV)/bin/pytest -q $(PYTEST_MARK) --basetemp="$$(mktemp -d -t lineguard-pytest-XXXXXX)"
 
 test: lint typecheck unit
 

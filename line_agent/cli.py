@@ -31,6 +31,7 @@ _AREAS = (
     "hardware.cli",
     "line_agent.ingest_cli",
     "line_agent.agent_cli",
+    "line_agent.api.cli",
 )
 
 
@@ -116,6 +117,7 @@ def api(
 
     from line_agent.api.app import create_app
     from line_agent.api.deps import ApiDeps
+    from line_agent.demo import admin_token
     from line_agent.settings import Settings
 
     settings = Settings()
@@ -126,7 +128,7 @@ def api(
     deps = ApiDeps(
         database_url=settings.database_url, lines=[x.strip() for x in lines.split(",") if x.strip()],
         model_registry=settings.model_registry, frames_dir=settings.data_dir.resolve() / "frames",
-        training_dir=settings.data_dir.resolve() / "feedback", admin_token=settings.admin_token,
+        training_dir=settings.data_dir.resolve() / "feedback", admin_token=admin_token(settings),
     )
     uvicorn.run(create_app(deps), host=host or settings.api_host, port=port or settings.api_port,
                 log_level=settings.log_level.lower())

@@ -175,6 +175,26 @@ def infrastructure(settings: Settings) -> Iterator[tuple[str, str]]:
             pg.stop()
 
 
+def admin_token(settings: Settings) -> str:
+    """LINEGUARD_ADMIN_TOKEN, else a token generated once and kept in the data dir (mode 0600).
+
+    The API stores only its hash; the plain token is printed at start so a person can log in.
+    """
+    if settings.admin_token:
+        return settings.admin_token
+    path = settings.data_dir.resolve() / "admin_token"
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    import secrets
+
+    token = secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    return token
+
+
 def _child_env(db_url: str, mqtt_url: str) -> dict[str, str]:
     return {**os.environ, "LINEGUARD_DATABASE_URL": db_url, "LINEGUARD_MQTT_URL": mqtt_url}
 
@@ -193,44 +213,39 @@ def run_demo(settings: Settings, opts: DemoOptions) -> DemoReport:
     started = time.time()
     lines = [demo_line_config(i + 1, fps=opts.fps) for i in range(opts.lines)]
     console = f"http://{opts.host}:{opts.port}"
-    plcs: list[SimPlcProcess] = []
-    ingest: ChildProcess | None = None
     report = DemoReport(started=started, ended=started, database="", broker="", console=console)
     try:
-        with infrastructure(settings) as (db_url, mqtt_url):
+        with infrastructure(settings) as (db_url, mqtt_url), contextlib.ExitStack() as children:
+            # Children stop in reverse order of start, all before the database and broker go.
             report.database, report.broker = _redact(db_url), _redact(mqtt_url)
             for line in lines:
                 plc = SimPlcProcess(0, watchdog_s=line.plc.watchdog_s).start()
-                plcs.append(plc)
+                children.callback(plc.terminate)
                 line.plc.url = f"modbus://127.0.0.1:{plc.port}"
             ingest = start_ingest(opts.ingest_workers, db_url, mqtt_url, data)
+            children.callback(ingest.stop)
             published = asyncio.run(_serve(settings, lines, db_url, mqtt_url, opts))
+            report.ended = time.time()
             # Everything published must be stored before we count: wait for ingest to catch up.
             if not _wait_stored(db_url, lines, published, started, ingest, timeout_s=60.0):
                 report.errors.append(f"ingest did not store every inspection (see {data}/logs/ingest.log)")
-            report.ended = time.time()
             _fill_report(report, db_url, lines, published, started)
     except ServiceError as exc:
         report.errors.append(str(exc))
-    finally:
-        if ingest is not None:
-            ingest.stop()
-        for plc in plcs:
-            plc.terminate()
-    report.ended = max(report.ended, time.time()) if not report.lines else report.ended
+        report.ended = time.time()
     return report
 
 
 def run_line(settings: Settings, line: LineConfig) -> None:
     """``lineguard run``: one configured line until SIGINT/SIGTERM."""
     data = settings.data_dir.resolve()
-    with infrastructure(settings) as (db_url, mqtt_url):
+    with infrastructure(settings) as (db_url, mqtt_url), contextlib.ExitStack() as children:
+        if line.plc.url is None:
+            raise ServiceError(f"line {line.line}: plc.url is required for `lineguard run`")
         ingest = start_ingest(1, db_url, mqtt_url, data)
-        try:
-            opts = DemoOptions(port=settings.api_port, host=settings.api_host)
-            asyncio.run(_serve(settings, [line], db_url, mqtt_url, opts))
-        finally:
-            ingest.stop()
+        children.callback(ingest.stop)
+        opts = DemoOptions(port=settings.api_port, host=settings.api_host)
+        asyncio.run(_serve(settings, [line], db_url, mqtt_url, opts))
 
 
 async def _serve(
@@ -274,7 +289,7 @@ async def _serve(
     deps = ApiDeps(
         database_url=db_url, lines=[ln.line for ln in lines], controllers=controllers, hub=hub,
         model_registry=settings.model_registry, frames_dir=data / "frames",
-        training_dir=data / "feedback", admin_token=settings.admin_token,
+        training_dir=data / "feedback", admin_token=admin_token(settings),
     )
     app = create_app(deps)
     _EmbeddedServer = _embedded_server_class()
@@ -290,7 +305,8 @@ async def _serve(
     meters = [asyncio.create_task(_meter(line, rt, publisher, stop)) for line, rt in zip(lines, runtimes, strict=True)]
     api_task = asyncio.create_task(server.serve())
     line_tasks = [asyncio.create_task(rt.run(until)) for rt in runtimes]
-    log.info("console on http://%s:%s", opts.host, opts.port)
+    log.info("console on http://%s:%s  (admin token: %s)", opts.host, opts.port,
+             "from LINEGUARD_ADMIN_TOKEN" if settings.admin_token else deps.admin_token)
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait([stopper, *line_tasks], return_when=asyncio.FIRST_COMPLETED)
     if stop.is_set():

@@ -17,8 +17,8 @@ replay_app = typer.Typer(help="Publish recorded data sets over MQTT as a line's 
 
 def ingest(
     workers: Annotated[int, typer.Option(min=1, max=32, help="Worker processes sharing the subscription.")] = 1,
-    share_group: Annotated[str, typer.Option(help="MQTT 5 shared-subscription group ($share/<group>/...).")]
-    = "lineguard",
+    share_group: Annotated[str, typer.Option(help="MQTT 5 shared-subscription group ($share/<group>/...), "
+                                             "used when --workers > 1.")] = "lineguard",
 ) -> None:
     """MQTT -> PostgreSQL: JSON convention and Sparkplug B, batched, exactly once, spooled while the DB is away.
 
@@ -31,7 +31,7 @@ def ingest(
     logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        cfg = IngestConfig.from_settings(settings, share_group=share_group)
+        cfg = IngestConfig.from_settings(settings, share_group="")  # one worker: plain, restart-safe subscription
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -42,7 +42,7 @@ def ingest(
         stats = IngestWorker(cfg).run(stop)
         typer.echo(json.dumps(stats.__dict__))
     else:
-        run_workers(workers, stop, log_dir=cfg.data_dir / "logs")
+        run_workers(workers, stop, log_dir=cfg.data_dir / "logs", share_group=share_group)
 
 
 @replay_app.command("ai4i")

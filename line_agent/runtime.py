@@ -182,7 +182,8 @@ class LineRuntime:
             await self._act(trip.action, part_id, trip.reason)
         inspection_id = uuid.uuid4().hex
         defects = [{"cls": d.cls, "confidence": round(d.confidence, 4), "box": _box(d)} for d in detections]
-        frame_path = self._save_frame(frame, inspection_id, decision)
+        # Disk and JPEG work off the event loop: PLC writes of the next part must not wait on them.
+        frame_path, jpeg = await asyncio.to_thread(self._encode_and_save, frame, inspection_id, decision)
         event = {
             "inspection_id": inspection_id,
             "ts": ts,
@@ -202,11 +203,10 @@ class LineRuntime:
         self.publisher.publish_json(self.topic, event)
         self.hub.publish("inspection", {k: v for k, v in event.items() if k != "truth"})
         self.hub.publish("counters", self.counters.as_event(self.cfg.line))
-        ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 80])
-        if ok:
+        if jpeg is not None:
             h, w = frame.image.shape[:2]
             self.hub.publish("frame", {
-                "line": self.cfg.line, "camera": cam.name, "jpeg": jpeg.tobytes(), "width": w, "height": h,
+                "line": self.cfg.line, "camera": cam.name, "jpeg": jpeg, "width": w, "height": h,
                 "boxes": defects, "inspection_id": inspection_id, "decision": decision, "ts": ts,
             })
 
@@ -234,15 +234,19 @@ class LineRuntime:
             self.action_errors += 1
             log.error("%s: %s for part %s failed: %s", self.cfg.line, action, part_id, exc)
 
-    def _save_frame(self, frame: Frame, inspection_id: str, decision: str) -> str | None:
+    def _encode_and_save(self, frame: Frame, inspection_id: str, decision: str) -> tuple[str | None, bytes | None]:
+        """JPEG for the live view; the frame (and its template) on disk when the line keeps it."""
+        ok, buf = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        jpeg = buf.tobytes() if ok else None
         mode = self.cfg.save_frames
         if mode == "none" or (mode == "rejects" and decision == "pass"):
-            return None
+            return None, jpeg
         day = time.strftime("%Y%m%d", time.gmtime(frame.ts))
-        rel = Path(self.cfg.line) / frame.camera / day / f"{inspection_id}_test.jpg"
+        rel = Path(self.cfg.line) / frame.camera / day / f"{inspection_id}_test.png"
         path = self.frames_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
+        # PNG, lossless: these frames are relabelled and go back into training.
         cv2.imwrite(str(path), frame.image)
         if frame.template is not None:
-            cv2.imwrite(str(path.with_name(f"{inspection_id}_temp.jpg")), frame.template)
-        return str(rel)
+            cv2.imwrite(str(path.with_name(f"{inspection_id}_temp.png")), frame.template)
+        return str(rel), jpeg

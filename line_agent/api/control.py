@@ -193,8 +193,12 @@ async def run_command(
         )
         row = await cur.fetchone()
         assert row is not None
-        out = _command_out(row)
-        await cur.execute("UPDATE commands SET response=%s WHERE command_id=%s", (Jsonb(out), command_id))
+        # The first answer is read back from the stored copy, so replays are byte-identical to it.
+        await cur.execute("UPDATE commands SET response=%s WHERE command_id=%s RETURNING response",
+                          (Jsonb(_command_out(row)), command_id))
+        stored = await cur.fetchone()
+        assert stored is not None
+        out = stored["response"]
         await audit(conn, who, f"command.{command}", line, b, a, status,
                     {"command_id": command_id, "params": params, "reason": reason or body.reason,
                      "idempotency_key": key})

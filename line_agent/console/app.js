@@ -87,13 +87,13 @@ function setCounters(c) {
   if (c.throughput_ppm !== undefined) $("c-tput").textContent = fmtNum(c.throughput_ppm, 1);
 }
 
-function onInspection(d) {
+function onInspection(d, fromStore = false) {
   live.recent.unshift(d);
   live.recent = live.recent.slice(0, 12);
   const now = Date.now();
-  live.times.push(now);
+  if (!fromStore) live.times.push(now);
   live.times = live.times.filter((t) => now - t < 60000);
-  if (!live.counters || live.counters.throughput_ppm === undefined) {
+  if (!fromStore && (!live.counters || live.counters.throughput_ppm === undefined)) {
     $("c-tput").textContent = fmtNum(live.times.length, 0);
   }
   $("recent").innerHTML = live.recent.map((r) => {
@@ -129,7 +129,20 @@ async function loadFrame(meta) {
   }
 }
 
+async function prefillRecent() {
+  // The stream only carries what happens from now on: start the list from the store.
+  try {
+    const page = await api(`/api/inspections?line=${encodeURIComponent(session.line)}&limit=12`);
+    live.recent = [];
+    for (const it of page.items.reverse()) {
+      onInspection({ ...it, decision: it.override || it.decision, ts: it.ts,
+        defects: it.classes.map((c) => ({ cls: c })) }, true);
+    }
+  } catch { /* the live events fill it */ }
+}
+
 function startLive() {
+  prefillRecent();
   if (session.stopStream) session.stopStream();
   session.stopStream = stream("/api/live/events", (kind, d) => {
     if (d.line && d.line !== session.line && kind !== "frame") return;

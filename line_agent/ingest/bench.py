@@ -81,8 +81,9 @@ def run_bench(points: int = 2_000_000, per_message: int = 1000, workers: int = 2
         migrate(pg.url)
         env = {**os.environ, "LINEGUARD_DATABASE_URL": pg.url, "LINEGUARD_MQTT_URL": broker.url,
                "LINEGUARD_DATA_DIR": str(base / "data"), "LINEGUARD_LOG_LEVEL": "WARNING"}
+        share = "bench" if workers > 1 else ""  # one worker: a plain subscription
         procs = [subprocess.Popen([sys.executable, "-m", "line_agent.ingest", "--index", str(i),
-                                   "--share-group", "bench", "--json-filter", "lineguard/#"], env=env)
+                                   "--share-group", share, "--json-filter", "lineguard/#"], env=env)
                  for i in range(workers)]
         try:
             time.sleep(2.0)  # workers connected and subscribed before the clock starts

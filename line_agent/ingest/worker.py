@@ -14,6 +14,7 @@ Flow control, end to end:
   acks): a full queue blocks paho's network thread, TCP fills, and the broker queues the rest.
 * ``$share/<group>/<filter>`` (MQTT 5 shared subscription): N workers split the JSON topics.
   Sparkplug B is stateful (births, aliases, seq), so only worker 0 subscribes to it, unshared.
+  One worker alone subscribes plainly (see ``IngestConfig.share_group``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ class IngestConfig:
     client_prefix: str = "lineguard-ingest"
     json_filter: str = "lineguard/#"
     sparkplug_filter: str | None = f"{NAMESPACE}/#"  # worker 0 only; None = no Sparkplug
-    share_group: str = "lineguard"  # "" = plain subscriptions (a single worker)
+    # "" = a plain subscription (one worker). N workers: a group name -> $share/<group>/<filter>.
+    # Mosquitto 2.0.x does not restore shared subscriptions from its persistence file after a restart:
+    # what is published between the restart and the workers' re-subscription is lost there. A single
+    # worker therefore subscribes plainly (restart-safe); see docs/MQTT.md.
+    share_group: str = ""
     sparkplug_site: str = ""
     batch_rows: int = 50_000  # flush when a batch holds this many rows ...
     batch_delay_s: float = 0.1  # ... or when its oldest message waited this long
@@ -336,12 +341,12 @@ class IngestWorker:
 
 
 # -- several workers as processes -----------------------------------------------------------------
-def worker_command(index: int) -> list[str]:
-    return [sys.executable, "-m", "line_agent.ingest", "--index", str(index)]
+def worker_command(index: int, share_group: str = "lineguard") -> list[str]:
+    return [sys.executable, "-m", "line_agent.ingest", "--index", str(index), "--share-group", share_group]
 
 
 def run_workers(n: int, stop: threading.Event, env: dict[str, str] | None = None,
-                log_dir: Path | None = None) -> None:
+                log_dir: Path | None = None, share_group: str = "lineguard") -> None:
     """Run ``n`` worker processes (env: LINEGUARD_*) until ``stop``; restart any that dies."""
     procs: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -350,7 +355,8 @@ def run_workers(n: int, stop: threading.Event, env: dict[str, str] | None = None
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             out = open(log_dir / f"ingest-{i}.log", "ab")  # noqa: SIM115 - handed to the child
-        procs[i] = subprocess.Popen(worker_command(i), env=env, stdout=out, stderr=subprocess.STDOUT)
+        procs[i] = subprocess.Popen(worker_command(i, share_group if n > 1 else ""), env=env, stdout=out,
+                                    stderr=subprocess.STDOUT)
         if out is not subprocess.DEVNULL:
             out.close()
 
@@ -379,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--index", type=int, default=0)
-    ap.add_argument("--share-group", default="lineguard")
+    ap.add_argument("--share-group", default="", help="'' = plain subscription (a single worker)")
     ap.add_argument("--json-filter", default="lineguard/#")
     ap.add_argument("--client-prefix", default="lineguard-ingest", help="client id = <prefix>-<index>")
     ap.add_argument("--sparkplug-filter", default=f"{NAMESPACE}/#", help="'' = no Sparkplug")

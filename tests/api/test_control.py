@@ -165,3 +165,35 @@ def test_no_controller_means_unknown_and_refused(fresh_db: str) -> None:
         ready = c.get("/readyz").json()
         assert ready["ready"] is True and ready["checks"]["database"] == "ok"
         assert ready["checks"][f"controller:{LINE}"].startswith("absent")
+
+
+def test_concurrent_replays_act_once(fresh_db: str, sim: object, tmp_path: object) -> None:
+    """Eight clients send the same command with the same key at once: one acts, all get its result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from api_support import ServerThread, controller_factory, make_tokens
+
+    from line_agent.api.app import create_app
+    from line_agent.api.deps import ApiDeps
+    from line_agent.store.migrate import migrate
+
+    migrate(fresh_db)
+    tokens = make_tokens(fresh_db)
+    app = create_app(ApiDeps(database_url=fresh_db, lines=[LINE], pool_max=8),
+                     controller_factory=controller_factory(sim))
+    key = uuid.uuid4().hex
+    with ServerThread(app) as srv:
+        def send(_: int) -> tuple[int, dict[str, object]]:
+            r = httpx.post(f"{srv.url}/api/commands/slow", json={"confirm": True, "speed_pct": 30},
+                           headers={"Authorization": f"Bearer {tokens['supervisor']}", "Idempotency-Key": key},
+                           timeout=30)
+            return r.status_code, r.json()
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(send, range(8)))
+    assert len({code for code, _ in results}) == 1
+    assert len({str(body) for _, body in results}) == 1
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT count(*) FROM commands").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM audit_log WHERE action='command.slow'").fetchone() == (1,)

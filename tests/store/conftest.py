@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from timescale_server import missing_reason, timescale_server
 
 from line_agent.store.migrate import migrate
-from timescale_server import missing_reason, timescale_server
 
 
 @pytest.fixture(scope="module")

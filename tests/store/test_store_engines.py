@@ -186,7 +186,8 @@ def test_timescale_layout_policies_compression_retention(timescale_url: str) -> 
     w.close()
     assert compress_old(timescale_url, timedelta(days=30)) >= 1
     with psycopg.connect(timescale_url) as conn:
-        assert conn.execute("SELECT count(*) FROM timescaledb_information.chunks WHERE is_compressed").fetchone()[0] >= 1
+        compressed = conn.execute("SELECT count(*) FROM timescaledb_information.chunks WHERE is_compressed").fetchone()
+        assert compressed is not None and compressed[0] >= 1
         assert conn.execute("SELECT count(*), sum(value) FROM telemetry WHERE line = 'Z'").fetchone() == (100, 2450.0)
     # late, re-delivered data into a compressed chunk is still de-duplicated
     w = BatchWriter(timescale_url)
@@ -202,7 +203,7 @@ def test_copy_path_on_postgres(plain_url: str) -> None:
     rows = [TelemetryRow(T0S + i, "", "C", "", "d", f"m{i % 3}", float(i)) for i in range(3000)]
     w.write(Batch(telemetry=rows))
     assert w.use_copy is True and (w.copy_direct, w.copy_staged) == (1, 0)
-    w.write(Batch(telemetry=rows[1000:] + [TelemetryRow(T0S + 5000, "", "C", "", "d", "m0", 1.0)]))
+    w.write(Batch(telemetry=[*rows[1000:], TelemetryRow(T0S + 5000, "", "C", "", "d", "m0", 1.0)]))
     assert (w.copy_direct, w.copy_staged) == (1, 1)  # a re-delivery goes through staging + ON CONFLICT
     w.close()
     with psycopg.connect(plain_url) as conn:

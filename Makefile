@@ -10,7 +10,7 @@ export YOLO_CONFIG_DIR := $(CURDIR)/var/yolo
 # Tests: fast suite by default; LINEGUARD_SLOW=1 make test adds the long runs.
 PYTEST_MARK ?= $(if $(LINEGUARD_SLOW),,-m "not slow")
 
-.PHONY: all venv system-deps demo test lint typecheck unit clean-venv
+.PHONY: all venv system-deps node-deps demo test lint typecheck unit clean-venv
 
 all: test
 
@@ -30,6 +30,15 @@ venv: $(VENV)/.installed
 system-deps:
 	@bash scripts/system-deps.sh
 
+# TimescaleDB for the store tests: PGlite (WASM PostgreSQL + TimescaleDB) served on the wire protocol.
+TSDB := tests/store/timescale
+$(TSDB)/node_modules/.installed: $(TSDB)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd $(TSDB) && npm ci --legacy-peer-deps --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "lineguard: npm not found; TimescaleDB tests will be skipped" >&2; fi
+
+node-deps: $(TSDB)/node_modules/.installed
+
 demo: venv system-deps
 	$(VENV)/bin/lineguard demo $(DEMO_ARGS)
 
@@ -41,7 +50,7 @@ typecheck: venv
 
 # A private --basetemp: pytest prunes old folders under the shared /tmp/pytest-of-$USER, which
 # would delete a live test database when two suites run side by side.
-unit: venv system-deps
+unit: venv system-deps node-deps
 	$(VENV)/bin/pytest -q $(PYTEST_MARK) --basetemp="$$(mktemp -d -t lineguard-pytest-XXXXXX)"
 
 test: lint typecheck unit

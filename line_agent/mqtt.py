@@ -42,7 +42,7 @@ class Publisher:
             self.client.tls_set()
         self.client.max_queued_messages_set(max_queued)
         self.client.max_inflight_messages_set(1000)
-        self.client.reconnect_delay_set(0.2, 5)
+        self.client.reconnect_delay_set(1, 5)
         self._connected = threading.Event()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

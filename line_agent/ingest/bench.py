@@ -66,6 +66,24 @@ def _raw_copy(url: str, rows: list[tuple]) -> float:
         return time.perf_counter() - t
 
 
+def _wait_subscribed(pub: Any, url: str, workers: int, timeout_s: float = 60.0) -> None:
+    """Publish probe events until they are stored: the workers are subscribed before the clock starts."""
+    deadline = time.monotonic() + timeout_s
+    k = 0
+    while time.monotonic() < deadline:
+        for _ in range(4 * workers):  # shared subscription: enough probes that each worker gets some
+            k += 1
+            pub.publish("lineguard/bench/probe/cell/event",
+                        json.dumps({"event_id": f"probe-{k}", "ts": time.time(), "kind": "probe"}), qos=1)
+        time.sleep(0.5)
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT count(*) FROM events WHERE kind = 'probe'").fetchone()
+        if row and row[0] >= 4 * workers:
+            time.sleep(0.5)
+            return
+    raise RuntimeError("ingest workers did not start storing within 60 s")
+
+
 def run_bench(points: int = 2_000_000, per_message: int = 1000, workers: int = 2, metrics_per_point: int = 10,
               timeout_s: float = 300.0, keep_dir: Path | None = None) -> dict[str, Any]:
     import paho.mqtt.client as mqtt
@@ -86,12 +104,12 @@ def run_bench(points: int = 2_000_000, per_message: int = 1000, workers: int = 2
                                    "--share-group", share, "--json-filter", "lineguard/#"], env=env)
                  for i in range(workers)]
         try:
-            time.sleep(2.0)  # workers connected and subscribed before the clock starts
             pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lineguard-bench-pub", protocol=mqtt.MQTTv5)
             pub.max_inflight_messages_set(100)
             pub.max_queued_messages_set(0)
             pub.connect("127.0.0.1", broker.port)
             pub.loop_start()
+            _wait_subscribed(pub, pg.url, workers)
             t0 = time.perf_counter()
             infos = [pub.publish("lineguard/bench/B1/cell/telemetry", m, qos=1) for m in msgs]
             for info in infos:

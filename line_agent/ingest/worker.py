@@ -162,7 +162,12 @@ class IngestWorker:
         if rc.is_failure:
             log.warning("ingest %s: broker refused connection: %s", self.cfg.client_id, rc)
             return
-        # Subscribing again on a resumed session is harmless and covers a broker that lost it.
+        # Subscribing again on a resumed session is harmless and covers a broker that lost it. A session
+        # kept from a run with the other mode (plain vs shared) would deliver everything twice: drop it.
+        stale = (self.cfg.json_filter if self.cfg.share_group
+                 else f"$share/lineguard/{self.cfg.json_filter}")
+        if flags.session_present:
+            client.unsubscribe(stale)
         client.subscribe([(f, 1) for f in self._subscriptions()])
         self.connected.set()
         log.info("ingest %s connected (session present: %s)", self.cfg.client_id, flags.session_present)
@@ -333,8 +338,11 @@ class IngestWorker:
 
         lo, hi = self._dirty
         try:
-            refresh_rollups(self.cfg.database_url, lo, hi + 1.0)
+            refresh_rollups(self.writer.connect(), lo, hi + 1.0)  # the writer's connection: one is enough
             self._dirty = None
+        except psycopg.OperationalError as exc:
+            self.writer.close()
+            log.warning("ingest %s: rollup refresh failed: %s", self.cfg.client_id, exc)
         except psycopg.Error as exc:
             log.warning("ingest %s: rollup refresh failed: %s", self.cfg.client_id, exc)
         self._last_rollup = time.monotonic()
@@ -346,7 +354,8 @@ def worker_command(index: int, share_group: str = "lineguard") -> list[str]:
 
 
 def run_workers(n: int, stop: threading.Event, env: dict[str, str] | None = None,
-                log_dir: Path | None = None, share_group: str = "lineguard") -> None:
+                log_dir: Path | None = None, share_group: str = "lineguard",
+                extra_args: list[str] | None = None) -> None:
     """Run ``n`` worker processes (env: LINEGUARD_*) until ``stop``; restart any that dies."""
     procs: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -355,8 +364,8 @@ def run_workers(n: int, stop: threading.Event, env: dict[str, str] | None = None
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             out = open(log_dir / f"ingest-{i}.log", "ab")  # noqa: SIM115 - handed to the child
-        procs[i] = subprocess.Popen(worker_command(i, share_group if n > 1 else ""), env=env, stdout=out,
-                                    stderr=subprocess.STDOUT)
+        procs[i] = subprocess.Popen([*worker_command(i, share_group if n > 1 else ""), *(extra_args or [])],
+                                    env=env, stdout=out, stderr=subprocess.STDOUT)
         if out is not subprocess.DEVNULL:
             out.close()
 

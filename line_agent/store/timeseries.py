@@ -17,21 +17,35 @@ def _as_dt(t: float | datetime) -> datetime:
     return t if isinstance(t, datetime) else datetime.fromtimestamp(t, UTC)
 
 
-def refresh_rollups(url: str, lo: float | datetime, hi: float | datetime) -> None:
+def refresh_rollups(target: str | psycopg.Connection, lo: float | datetime, hi: float | datetime) -> None:
     """Bring telemetry_1m / telemetry_1h up to date for [lo, hi) (whole buckets).
 
     TimescaleDB: refresh_continuous_aggregate (must run outside a transaction, hence autocommit).
     Plain PostgreSQL: lg_refresh_telemetry_rollups, which recomputes those buckets from raw rows.
+    ``target``: a URL, or an open idle connection (used in autocommit for the call, then restored), so a
+    single-connection server (PGlite) is not asked for a second one.
     """
-    with psycopg.connect(url, autocommit=True) as conn:
-        if is_timescale(conn):
-            # A continuous aggregate refreshes whole buckets inside the window only: widen to hours.
-            start = _as_dt(lo).replace(minute=0, second=0, microsecond=0)
-            end = _as_dt(hi).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-            for view in ("telemetry_1m", "telemetry_1h"):
-                conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (view, start, end))
-        else:
-            conn.execute("SELECT lg_refresh_telemetry_rollups(%s, %s)", (_as_dt(lo), _as_dt(hi)))
+    if isinstance(target, str):
+        with psycopg.connect(target, autocommit=True) as conn:
+            _refresh(conn, lo, hi)
+        return
+    saved = target.autocommit
+    target.autocommit = True
+    try:
+        _refresh(target, lo, hi)
+    finally:
+        target.autocommit = saved
+
+
+def _refresh(conn: psycopg.Connection, lo: float | datetime, hi: float | datetime) -> None:
+    if is_timescale(conn):
+        # A continuous aggregate refreshes whole buckets inside the window only: widen to hours.
+        start = _as_dt(lo).replace(minute=0, second=0, microsecond=0)
+        end = _as_dt(hi).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        for view in ("telemetry_1m", "telemetry_1h"):
+            conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (view, start, end))
+    else:
+        conn.execute("SELECT lg_refresh_telemetry_rollups(%s, %s)", (_as_dt(lo), _as_dt(hi)))
 
 
 def apply_retention(url: str, keep: timedelta) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 from hypothesis import HealthCheck, given, settings
@@ -140,3 +141,59 @@ def test_worker_stops_cleanly_and_resumes_its_session(harness: IngestHarness, pu
     assert wait_for(lambda: w2.stats.messages >= 20)
     assert count(harness.db_url, "SELECT count(*) FROM telemetry WHERE line = 'L4'") == 200
     assert threading.active_count() >= 1
+
+
+def test_worker_keeps_rollups_fresh_on_plain_postgres(harness: IngestHarness, pub: Pub) -> None:
+    w = harness.start(rollup_every_s=0.2)
+    for i in range(10):
+        pub.send(f"{harness.prefix}/s1/L5/press/telemetry", telemetry(30, start=30 * i))
+    pub.flush()
+    assert wait_for(lambda: w.stats.messages >= 10)
+    # 300 s of 1 Hz points for metrics a and b -> 5 (or 6, by alignment) minute buckets each, n summing to 300
+    assert wait_for(lambda: count(harness.db_url, "SELECT coalesce(sum(n), 0) FROM telemetry_1m WHERE line = 'L5'"
+                                  " AND metric = 'a'") == 300, 10)
+    assert count(harness.db_url, "SELECT sum(n) FROM telemetry_1h WHERE line = 'L5' AND metric = 'b'") == 300
+
+
+def test_run_workers_as_processes(harness: IngestHarness, pub: Pub, tmp_path: Path) -> None:
+    import os
+
+    from ingest_support import probe_until_stored
+
+    from line_agent.ingest.worker import run_workers
+
+    env = {**os.environ, "LINEGUARD_DATABASE_URL": harness.db_url, "LINEGUARD_MQTT_URL": harness.mqtt_url,
+           "LINEGUARD_DATA_DIR": str(tmp_path / "data"), "LINEGUARD_LOG_LEVEL": "WARNING"}
+    stop = threading.Event()
+    t = threading.Thread(target=run_workers, args=(2, stop, env, tmp_path / "logs", harness.prefix,
+                                                   ["--json-filter", f"{harness.prefix}/#", "--client-prefix",
+                                                    harness.prefix, "--sparkplug-filter", ""]), daemon=True)
+    t.start()
+    try:
+        probe_until_stored(harness.mqtt_url, harness.db_url, harness.prefix)
+        for i in range(100):
+            pub.send(f"{harness.prefix}/s1/L6/press/telemetry", telemetry(10, start=10 * i))
+        pub.flush()
+        assert wait_for(lambda: count(harness.db_url, "SELECT count(*) FROM telemetry WHERE line = 'L6'") >= 2000)
+        time.sleep(0.5)
+        assert count(harness.db_url, "SELECT count(*) FROM telemetry WHERE line = 'L6'") == 2000
+    finally:
+        stop.set()
+        t.join(60)
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["ingest-0.log", "ingest-1.log"]
+
+
+def test_spool_left_by_a_crashed_worker_is_replayed_on_start(harness: IngestHarness) -> None:
+    from line_agent.ingest.rows import Batch, TelemetryRow
+    from line_agent.ingest.spool import Spool
+
+    cfg = harness.config()
+    spool = Spool(cfg.spool_dir)  # what a worker that died with the database down left behind
+    for k in range(3):
+        spool.append(Batch(telemetry=[TelemetryRow(T + 100 * k + i, "s1", "L7", "c", "d", "m", float(i))
+                                      for i in range(100)]))
+    (cfg.spool_dir / "000000000099.tmp").write_bytes(b"half-written, never acknowledged")
+    w = harness.start()
+    assert wait_for(lambda: count(harness.db_url, "SELECT count(*) FROM telemetry WHERE line = 'L7'") == 300)
+    assert wait_for(lambda: not list(cfg.spool_dir.iterdir()))
+    assert w.stats.replayed_batches == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -38,6 +39,13 @@ def ingest(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    metrics_port = int(os.environ.get("LINEGUARD_INGEST_METRICS_PORT", "0"))
+    if workers == 1 and metrics_port:
+        # Prometheus metrics (ingest lag, spool bytes) of this worker; with N workers each child
+        # serves PORT+index itself (line_agent.ingest.worker.main).
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=os.environ.get("LINEGUARD_INGEST_METRICS_HOST", "127.0.0.1"))
     if workers == 1:
         stats = IngestWorker(cfg).run(stop)
         typer.echo(json.dumps(stats.__dict__))

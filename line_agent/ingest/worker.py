@@ -248,6 +248,7 @@ class IngestWorker:
             self.stats.rows += len(batch) - len(batch.dead)
             self.stats.dead += len(batch.dead)
             self.stats.batches += 1
+            self._export_metrics(batch)
             if batch.telemetry:
                 lo = min(r.ts for r in batch.telemetry)
                 hi = max(r.ts for r in batch.telemetry)
@@ -255,6 +256,16 @@ class IngestWorker:
         elif self.spool.bytes:
             self._drain_spool()
         self._maybe_refresh_rollups()
+
+    def _export_metrics(self, batch: Batch) -> None:
+        """Prometheus: age of the newest row just stored, and the bytes waiting in the spool."""
+        from line_agent.api.metrics import INGEST_LAG, SPOOL_BYTES
+
+        newest = max((r.ts for rows in (batch.telemetry, batch.events, batch.inspections) for r in rows),
+                     default=None)
+        if newest is not None:
+            INGEST_LAG.labels(source=self.cfg.client_id).set(max(0.0, time.time() - newest))
+        SPOOL_BYTES.labels(line=self.cfg.client_id).set(self.spool.bytes)
 
     def _db_available(self) -> bool:
         return time.monotonic() >= self._db_down_until
@@ -398,7 +409,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json-filter", default="lineguard/#")
     ap.add_argument("--client-prefix", default="lineguard-ingest", help="client id = <prefix>-<index>")
     ap.add_argument("--sparkplug-filter", default=f"{NAMESPACE}/#", help="'' = no Sparkplug")
+    ap.add_argument("--metrics-port", type=int, default=int(os.environ.get("LINEGUARD_INGEST_METRICS_PORT", "0")),
+                    help="serve Prometheus metrics (and a liveness answer) on 127.0.0.1:PORT+index; 0 = off")
+    ap.add_argument("--metrics-host", default=os.environ.get("LINEGUARD_INGEST_METRICS_HOST", "127.0.0.1"))
     args = ap.parse_args(argv)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port + args.index, addr=args.metrics_host)
     settings = Settings()
     logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
                         format=f"%(asctime)s %(levelname)-7s ingest-{args.index} %(name)s: %(message)s")

@@ -133,13 +133,18 @@ def test_config_and_secret_references_exist() -> None:
         for src in c.get("envFrom", []):
             assert src["configMapRef"]["name"] in configmaps
         for env in c.get("env", []):
+            if "value" in env:  # a plain setting, not a reference
+                assert "PASSWORD" not in env["name"] and "TOKEN" not in env["name"], env["name"]
+                continue
             ref = env["valueFrom"]["secretKeyRef"]
             assert ref["name"] == secret["metadata"]["name"]
             assert ref["key"] in secret_keys
         for vol in dep["spec"]["template"]["spec"]["volumes"]:
             if "configMap" in vol:
                 assert vol["configMap"]["name"] in configmaps
-    line = yaml.safe_load(configmaps["lineguard-line"]["data"]["line.yaml"])
-    assert line["line"]["id"]
+    from line_agent.config import parse_line_config
+
+    line = parse_line_config(yaml.safe_load(configmaps["lineguard-line"]["data"]["line.yaml"]), "configmap")
+    assert line.line == "line-1"
     # Every key in the env ConfigMap is a LINEGUARD_* setting (envFrom would inject anything).
     assert all(k.startswith("LINEGUARD_") for k in configmaps["lineguard-env"]["data"])

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +184,10 @@ class SimPlcProcess:
         host: str = "127.0.0.1",
         watchdog_s: float = 1.0,
         tags_path: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
+        #: Run in the child before exec, e.g. to make it die with its parent (line_agent.services).
+        self.preexec_fn = preexec_fn
         self.host = host
         self.port = port
         self.watchdog_s = watchdog_s
@@ -196,7 +199,8 @@ class SimPlcProcess:
         cmd += ["--watchdog-s", str(self.watchdog_s)]
         if self.tags_path is not None:
             cmd += ["--tags", str(self.tags_path)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ})
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ},
+                                     preexec_fn=self.preexec_fn)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         # The child prints one line "listening HOST PORT" once bound; port 0 becomes the real port.

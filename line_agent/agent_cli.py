@@ -140,3 +140,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     ) -> None:
         """Agent eval per backend (same as `lineguard agent eval`); paste the table in docs/benchmarks/agent.md."""
         _eval(backend or ["template"], lang or ["en", "zh"], db, out, None)
+
+
+if __name__ == "__main__":
+    # `python -m line_agent.agent_cli eval ...`: the agent commands without the other areas' CLIs.
+    agent_app()

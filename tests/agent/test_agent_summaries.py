@@ -42,6 +42,9 @@ class ScriptedBackend:
             text = re.sub(r"\d+\.\d kWh", "987.6 kWh", text, count=2)
         elif mode == "wrong_name":
             text = text.replace("M2", "M9")
+        elif mode == "terse":
+            text = json.dumps({"headline": "3 faults on the line.", "findings": [], "checks": [],
+                               "prose": "There were 3 faults."})
         elif mode == "invalid_json":
             text = "Sure! Here is the summary: {headline: M2"
         return Completion(text=text, backend=self.name, model=self.model, tokens_in=1000, tokens_out=200,
@@ -190,7 +193,12 @@ def test_publish_on_real_broker(scenario_db: tuple[str, dict[str, Scenario]], mq
     sub = mqtt.Client()
     sub.on_connect = lambda c, *_: (c.subscribe(f"lineguard/{s.line}/agent/#", qos=1), None)[1]
     sub.on_subscribe = lambda *_: ready.set()
-    sub.on_message = lambda _c, _u, m: (got.append(m.payload), received.set())
+
+    def on_message(_c: Any, _u: Any, m: Any) -> None:
+        got.append(bytes(m.payload))
+        received.set()
+
+    sub.on_message = on_message
     sub.connect(host, int(port))
     sub.loop_start()
     pub = mqtt.Client()
@@ -221,3 +229,23 @@ def test_publish_failure_keeps_summary(scenario_db: tuple[str, dict[str, Scenari
     r = summarize(url, s.line, start=s.start, end=s.start + timedelta(hours=1), publish=broken)
     row = stored(url, r.summary_id)
     assert row["published"] is False and "broker down" in row["verdict_detail"]["publish_error"]
+
+
+def test_terse_correct_model_text_is_completed_with_key_facts(scenario_db: tuple[str, dict[str, Scenario]]) -> None:
+    url, scen = scenario_db
+    s = scen["fault_burst"]
+    r = summarize(url, s.line, start=s.start, end=s.end, backend=ScriptedBackend(["terse"]))
+    assert r.verdict == "verified" and r.prose.startswith("There were 3 faults.")
+    assert "faults.count.M2.TWF" in r.detail["completed_from_template"]
+    assert "M2: 2 TWF faults, 35.0 min downtime." in r.prose
+
+
+def test_price_table_defaults_and_override(tmp_path: Any) -> None:
+    from llm_ops.prices import PriceTable
+
+    t = PriceTable.load()
+    assert abs(t.cost("gpt-4o-mini", 1_000_000, 1_000_000) - 0.75) < 1e-9
+    assert t.cost("gemma-3-270m-q4_k_m.gguf", 5000, 500) == 0.0 and t.lookup("unknown-model") is None
+    f = tmp_path / "prices.json"
+    f.write_text(json.dumps({"my-hosted": {"in": 1.0, "out": 2.0}}))
+    assert abs(PriceTable.load(f).cost("my-hosted", 1000, 1000) - 0.003) < 1e-12

@@ -102,3 +102,34 @@ def test_sigint_stops_every_child_and_keeps_the_data(tmp_path: Path) -> None:
     with EmbeddedPostgres(data / "postgres") as pg, psycopg.connect(pg.url) as conn:
         row = conn.execute("SELECT count(*) FROM inspections").fetchone()
     assert row is not None and row[0] >= parts
+
+
+def test_sigkill_of_the_demo_leaves_no_orphans(tmp_path: Path) -> None:
+    """Even a SIGKILL (no clean-up code runs) must not leave the database, broker, PLC or ingest behind."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "line_agent.cli", "demo", "--port", str(port)],
+        env=_env(tmp_path / "data"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        names: set[str] = set()
+        while time.monotonic() < deadline:
+            children = _descendants(proc.pid)
+            names = {" ".join(c.cmdline()) for c in children if c.is_running()}
+            if any("hardware.sim_plc" in n for n in names) and any(" ingest" in n for n in names):
+                break
+            time.sleep(0.5)
+        children = _descendants(proc.pid)
+        assert len(children) >= 4, names
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30
+    alive: list[psutil.Process] = children
+    while time.monotonic() < deadline:
+        alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            break
+        time.sleep(0.5)
+    assert alive == [], [c.cmdline() for c in alive]

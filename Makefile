@@ -18,7 +18,9 @@ all: test
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev,train]'
+	# llama-cpp-python compiles from source when pip has no wheel cached (about 10 minutes once);
+	# GGML_NATIVE=OFF keeps the build portable across the CPUs a venv may be copied to.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q -e '.[dev,train,llm]'
 	# Sparkplug B payload library; --no-deps because it pins paho-mqtt<2 (see pyproject.toml).
 	$(PIP) install -q --no-deps 'pysparkplug==0.6.1'
 	touch $@

@@ -20,10 +20,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -31,6 +31,9 @@ from line_agent.config import LineConfig, demo_line_config
 from line_agent.services import EmbeddedBroker, EmbeddedPostgres, ServiceError, die_with_parent
 from line_agent.settings import Settings
 from line_agent.store.migrate import migrate
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +198,20 @@ def admin_token(settings: Settings) -> str:
     return token
 
 
+def make_summarizer(db_url: str, site: str, publish: Callable[[str, bytes], Any]) -> Callable[..., Any]:
+    """The API's on-demand summary: the line agent over this store, results also published on MQTT.
+
+    The backend comes from LINEGUARD_LLM_BACKEND; unset, the template narrator (no model, offline).
+    """
+
+    def summarize(*, line: str, start: datetime, end: datetime, lang: str) -> Any:
+        from line_agent.agent import summarize as agent_summarize
+
+        return agent_summarize(db_url, line, start=start, end=end, lang=lang, publish=publish, site=site)
+
+    return summarize
+
+
 def _child_env(db_url: str, mqtt_url: str) -> dict[str, str]:
     return {**os.environ, "LINEGUARD_DATABASE_URL": db_url, "LINEGUARD_MQTT_URL": mqtt_url}
 
@@ -291,6 +308,7 @@ async def _serve(
         database_url=db_url, lines=[ln.line for ln in lines], controllers=controllers, hub=hub,
         model_registry=settings.model_registry, frames_dir=data / "frames",
         training_dir=data / "feedback", admin_token=admin_token(settings),
+        summarize=make_summarizer(db_url, lines[0].site, publisher.publish_bytes),
     )
     app = create_app(deps)
     _EmbeddedServer = _embedded_server_class()

@@ -7,9 +7,13 @@ from datetime import date
 from typing import Any
 
 import psycopg
+from prometheus_client import Counter
 
 from llm_ops.backends import BackendError, Completion
 from llm_ops.prices import PriceTable
+
+#: Spend in US dollars by backend, exported as ``lineguard_llm_cost_total`` (Prometheus adds _total).
+LLM_COST = Counter("lineguard_llm_cost", "LLM spend in US dollars.", ["backend"])
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Ledger:
             cost_usd=self.prices.cost(out.model, out.tokens_in, out.tokens_out), ok=True,
         )
         self.records.append(rec)
+        LLM_COST.labels(backend=out.backend).inc(rec.cost_usd)
         return rec
 
     def record_error(self, err: BackendError, purpose: str, model: str = "") -> CallRecord:

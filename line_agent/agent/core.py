@@ -285,6 +285,7 @@ def summarize(
     tools: list[str] | None = None,
     alert: bool = False,
     cfg: ToolConfig = ToolConfig(),
+    site: str = "site",
 ) -> SummaryResult:
     """Summarise ``line`` over [start, end) (or the last ``since``), store it, optionally publish it.
 
@@ -338,7 +339,8 @@ def summarize(
         with conn.transaction():
             result.summary_id = _store(conn, result, ledger)
         if publish is not None:
-            topic = f"lineguard/{line}/agent/{'alert' if alert else 'summary'}"
+            # The JSON convention's shape (docs/MQTT.md); ingest knows these kinds as outbound only.
+            topic = f"lineguard/{site}/{line}/agent/{'alert' if alert else 'summary'}"
             payload = json.dumps({k: v for k, v in result.to_json().items() if k != "facts"}, ensure_ascii=False,
                                  default=str)
             try:

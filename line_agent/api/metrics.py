@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+# Defined where the cost is computed (llm_ops stays free of the API); re-exported with the rest.
+from llm_ops.accounting import LLM_COST as LLM_COST
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 FRAMES = Counter("lineguard_frames", "Frames inspected.", ["line", "camera"])  # exported as lineguard_frames_total
@@ -27,7 +30,6 @@ SPOOL_BYTES = Gauge("lineguard_spool_bytes", "Bytes waiting in the store-and-for
 PLC_WRITE_LATENCY = Histogram(
     "lineguard_plc_write_latency_seconds", "PLC write (and read-back) latency.", ["line"], buckets=_LATENCY_BUCKETS
 )
-LLM_COST = Counter("lineguard_llm_cost", "LLM spend in US dollars.", ["backend"])  # lineguard_llm_cost_total
 API_REQUESTS = Counter("lineguard_api_requests", "API requests by route and status.", ["method", "route", "status"])
 API_LATENCY = Histogram(
     "lineguard_api_request_seconds", "API request latency by route.", ["route"], buckets=_LATENCY_BUCKETS

@@ -20,6 +20,9 @@ MAX_TEXT = 4096  # characters for free text (frame paths)
 MAX_POINTS = 200_000  # points in one message
 TS_MIN, TS_MAX = 946_684_800.0, 4_102_444_800.0  # 2000-01-01 .. 2100-01-01 UTC: catches ms-vs-s mix-ups
 KINDS = ("telemetry", "event", "inspection")
+# Published by lineguard itself (the agent's summaries and alerts, already stored where they are
+# made): ingest subscribes to the same tree, recognises them and leaves them alone.
+OUTBOUND_KINDS = ("summary", "alert")
 DECISIONS = ("pass", "reject", "rework")
 
 
@@ -107,7 +110,7 @@ def parse_topic(topic: str) -> tuple[str, str, str, str]:
     if len(parts) != 5:
         raise BadMessage(f"topic {topic[:200]!r}: expected <prefix>/<site>/<line>/<cell>/<kind>")
     _, site, line, cell, kind = parts
-    if kind not in KINDS:
+    if kind not in KINDS and kind not in OUTBOUND_KINDS:
         raise BadMessage(f"topic kind {kind[:50]!r}: expected one of {', '.join(KINDS)}")
     if not line:
         raise BadMessage("topic: empty line")
@@ -202,6 +205,8 @@ def decode_json(topic: str, raw: bytes, out: Batch) -> None:
         if len(raw) > MAX_PAYLOAD:
             raise BadMessage(f"payload of {len(raw)} bytes exceeds {MAX_PAYLOAD}")
         site, line, cell, kind = parse_topic(topic)
+        if kind in OUTBOUND_KINDS:
+            return
         try:
             obj = json.loads(raw, parse_constant=_reject_constant)
         except UnicodeDecodeError as exc:

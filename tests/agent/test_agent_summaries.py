@@ -191,7 +191,7 @@ def test_publish_on_real_broker(scenario_db: tuple[str, dict[str, Scenario]], mq
     ready = threading.Event()
     received = threading.Event()
     sub = mqtt.Client()
-    sub.on_connect = lambda c, *_: (c.subscribe(f"lineguard/{s.line}/agent/#", qos=1), None)[1]
+    sub.on_connect = lambda c, *_: (c.subscribe(f"lineguard/+/{s.line}/agent/#", qos=1), None)[1]
     sub.on_subscribe = lambda *_: ready.set()
 
     def on_message(_c: Any, _u: Any, m: Any) -> None:

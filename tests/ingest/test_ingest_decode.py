@@ -213,3 +213,13 @@ def test_sparkplug_nan_is_dead_lettered() -> None:
     n = len(b.telemetry)
     d.decode("spBv1.0/L1/DDATA/cell/m1", ddata(2, float("nan")), b)
     assert len(b.telemetry) == n and "non-finite" in b.dead[-1].reason
+
+
+def test_outbound_agent_messages_are_neither_stored_nor_dead_lettered() -> None:
+    from line_agent.ingest.decode_json import decode_json
+    from line_agent.ingest.rows import Batch
+
+    b = Batch()
+    decode_json("lineguard/plant1/L1/agent/summary", b'{"headline": "ok"}', b)
+    decode_json("lineguard/plant1/L1/agent/alert", b"not even json", b)
+    assert len(b) == 0

@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 
 from line_agent.agent.tools import FIXED_PLAN, TOOLS, ToolConfig, run_tools, vocabulary
 from line_agent.store.migrate import migrate
-from llm_ops.accounting import Ledger
+from llm_ops.accounting import LLM_COST, Ledger
 from llm_ops.backends import Backend, BackendError, Completion, TemplateBackend, make_backend
 from llm_ops.facts import Fact, ToolResult, Window, fmt_value
 from llm_ops.narrator import narrate
@@ -308,6 +308,7 @@ def summarize(
     ensure_schema(url)
     t0 = time.perf_counter()
     ledger = Ledger(line=line)
+    LLM_COST.labels(backend=be.name)  # exported from the first summary on, at $0 until a priced call
     with psycopg.connect(url) as conn:
         if start == end:
             results: list[ToolResult] = []

@@ -255,14 +255,15 @@ class IngestWorker:
                 self._dirty = (min(lo, self._dirty[0]), max(hi, self._dirty[1])) if self._dirty else (lo, hi)
         elif self.spool.bytes:
             self._drain_spool()
+            self._export_metrics(None)
         self._maybe_refresh_rollups()
 
-    def _export_metrics(self, batch: Batch) -> None:
+    def _export_metrics(self, batch: Batch | None) -> None:
         """Prometheus: age of the newest row just stored, and the bytes waiting in the spool."""
         from line_agent.api.metrics import INGEST_LAG, SPOOL_BYTES
 
-        newest = max((r.ts for rows in (batch.telemetry, batch.events, batch.inspections) for r in rows),
-                     default=None)
+        rows = () if batch is None else (batch.telemetry, batch.events, batch.inspections)
+        newest = max((r.ts for part in rows for r in part), default=None)
         if newest is not None:
             INGEST_LAG.labels(source=self.cfg.client_id).set(max(0.0, time.time() - newest))
         SPOOL_BYTES.labels(line=self.cfg.client_id).set(self.spool.bytes)

@@ -23,6 +23,7 @@ from ingest_support import (
     wait_for,
     write_ai4i,
 )
+from prometheus_client import REGISTRY
 
 from line_agent.replay import METRICS, ReplayResult, replay_ai4i
 from line_agent.services import EmbeddedBroker, EmbeddedPostgres, mosquitto_binary
@@ -132,6 +133,9 @@ def _db_outage(own_pg: EmbeddedPostgres, mqtt_url: str, tmp_path: Path, table: t
         own_pg.stop()
         stopped = time.monotonic()
         assert wait_for(lambda: w.stats.spooled_batches > 0, 30)  # the worker kept acking into the spool
+        # ... and says so on its Prometheus endpoint.
+        assert wait_for(lambda: (REGISTRY.get_sample_value("lineguard_spool_bytes", {"line": w.cfg.client_id})
+                                 or 0) > 0, 10)
         time.sleep(max(0.0, outage_s - (time.monotonic() - stopped)))
         own_pg.start()
         finish(r)
@@ -140,6 +144,9 @@ def _db_outage(own_pg: EmbeddedPostgres, mqtt_url: str, tmp_path: Path, table: t
         assert_replay_stored(own_pg.url, "LB", ROWS, table[1], START, CYCLE)
         assert w.stats.replayed_batches == w.stats.spooled_batches > 0
         assert len(w.spool) == 0
+        assert wait_for(lambda: REGISTRY.get_sample_value("lineguard_spool_bytes", {"line": w.cfg.client_id}) == 0, 10)
+        lag = REGISTRY.get_sample_value("lineguard_ingest_lag_seconds", {"source": w.cfg.client_id})
+        assert lag is not None and lag >= 0
     finally:
         h.stop_all()
 

@@ -82,7 +82,7 @@ EDGE_SET = {
     ("param", "expected"),
     [
         ("shared_buffers", "32768"),  # 256MB in 8kB pages: edge.conf wins over timescaledb-tune
-        ("synchronous_commit", "off"),
+        ("synchronous_commit", "on"),  # ingest acks after commit: commits must be durable
         ("max_worker_processes", "10"),
         ("shared_preload_libraries", "timescaledb"),
         ("max_locks_per_transaction", "256"),

@@ -61,6 +61,10 @@ def demo(
     ] = None,
     fps: Annotated[float, typer.Option(help="Parts per second per line.")] = 5.0,
     ingest_workers: Annotated[int, typer.Option(min=1, max=8, help="Ingest worker processes.")] = 1,
+    auto_restart: Annotated[
+        float, typer.Option(help="Seconds after which a simulated operator restarts a line the stop rule stopped "
+                                 "(0 = never).")
+    ] = 10.0,
 ) -> None:
     """Run a whole simulated line on loopback over real protocols.
 
@@ -78,7 +82,8 @@ def demo(
         settings.data_dir = data_dir
     report = run_demo(
         settings,
-        DemoOptions(duration_s=duration, lines=lines, port=port, fps=fps, ingest_workers=ingest_workers),
+        DemoOptions(duration_s=duration, lines=lines, port=port, fps=fps, ingest_workers=ingest_workers,
+                    auto_restart_s=auto_restart),
     )
     typer.echo(report.render())
     raise typer.Exit(0 if report.ok else 1)

@@ -49,6 +49,9 @@ class DemoOptions:
     fps: float = 5.0
     ingest_workers: int = 1
     host: str = "127.0.0.1"
+    #: The simulated operator restarts a line the stop rule stopped after this many seconds (demo only;
+    #: 0 = leave it stopped until someone starts it from the console).
+    auto_restart_s: float = 10.0
 
 
 @dataclass
@@ -322,6 +325,9 @@ async def _serve(
 
     until = time.monotonic() + opts.duration_s if opts.duration_s > 0 else None
     meters = [asyncio.create_task(_meter(line, rt, publisher, stop)) for line, rt in zip(lines, runtimes, strict=True)]
+    if opts.auto_restart_s > 0:
+        meters += [asyncio.create_task(_simulated_operator(rt, controllers[rt.cfg.line], opts.auto_restart_s, stop))
+                   for rt in runtimes]
     api_task = asyncio.create_task(server.serve())
     line_tasks = [asyncio.create_task(rt.run(until)) for rt in runtimes]
     log.info("console on http://%s:%s  (admin token: %s)", opts.host, opts.port,
@@ -358,6 +364,24 @@ def _embedded_server_class() -> type:
             yield
 
     return EmbeddedServer
+
+
+async def _simulated_operator(rt: Any, ctl: Any, after_s: float, stop: asyncio.Event) -> None:
+    """Demo only: a line stopped for ``after_s`` seconds is started again, as an operator would after
+    checking it. The start goes through the controller's interlocks and is audited like any other."""
+    stopped_since: float | None = None
+    while not stop.is_set():
+        if rt.line_mode == "stopped":
+            stopped_since = stopped_since or time.monotonic()
+            if time.monotonic() - stopped_since >= after_s:
+                log.info("%s: simulated operator restarts the line", rt.cfg.line)
+                with contextlib.suppress(Exception):  # refused (e-stop, guard door): audited, try later
+                    await ctl.start()
+                stopped_since = None
+        else:
+            stopped_since = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
 
 
 async def _meter(line: LineConfig, rt: Any, publisher: Any, stop: asyncio.Event, period_s: float = 1.0) -> None:

@@ -39,7 +39,7 @@ def ingest(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    metrics_port = int(os.environ.get("LINEGUARD_INGEST_METRICS_PORT", "0"))
+    metrics_port = int(os.environ.get("LINEGUARD_INGEST_METRICS_PORT") or 0)
     if workers == 1 and metrics_port:
         # Prometheus metrics (ingest lag, spool bytes) of this worker; with N workers each child
         # serves PORT+index itself (line_agent.ingest.worker.main).

@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json-filter", default="lineguard/#")
     ap.add_argument("--client-prefix", default="lineguard-ingest", help="client id = <prefix>-<index>")
     ap.add_argument("--sparkplug-filter", default=f"{NAMESPACE}/#", help="'' = no Sparkplug")
-    ap.add_argument("--metrics-port", type=int, default=int(os.environ.get("LINEGUARD_INGEST_METRICS_PORT", "0")),
+    ap.add_argument("--metrics-port", type=int, default=int(os.environ.get("LINEGUARD_INGEST_METRICS_PORT") or 0),
                     help="serve Prometheus metrics (and a liveness answer) on 127.0.0.1:PORT+index; 0 = off")
     ap.add_argument("--metrics-host", default=os.environ.get("LINEGUARD_INGEST_METRICS_HOST", "127.0.0.1"))
     args = ap.parse_args(argv)

@@ -106,6 +106,10 @@ def run_bench(lines: int, duration_s: float, ingest_workers: int, data_dir: Path
             ln["line"]: round(ln["parts"] / duration_s, 2) for ln in report["lines"]
         },
         "telemetry_rows": sum(ln["telemetry_rows"] for ln in report["lines"]),
+        "reject_write_ms": {
+            ln["line"]: {"p50": ln["reject_write_p50_ms"], "p99": ln["reject_write_p99_ms"]} for ln in report["lines"]
+        },
+        "precision_recall": {ln["line"]: [ln["precision"], ln["recall"]] for ln in report["lines"]},
         "ingest_lag_ms": lag,
         "per_process": per_process,
         "note": "cpu_core_pct: CPU seconds / run seconds x 100 (200 = both cores of this box)",

@@ -312,6 +312,8 @@ async def _serve(
         model_registry=settings.model_registry, frames_dir=data / "frames",
         training_dir=data / "feedback", admin_token=admin_token(settings),
         summarize=make_summarizer(db_url, lines[0].site, publisher.publish_bytes),
+        extra_checks=lambda: {"broker": "ok" if publisher.connected else "disconnected",
+                              **{k: v for rt in runtimes for k, v in rt.health().items()}},
     )
     app = create_app(deps)
     _EmbeddedServer = _embedded_server_class()

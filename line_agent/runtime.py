@@ -96,6 +96,8 @@ class LineRuntime:
         self._make_detector = detector_factory or (lambda spec: load_detector(spec, registry))
         self._stop = asyncio.Event()
         self._sources: list[ImageSource] = []
+        #: camera -> (its source, its detector's name), for readiness checks.
+        self._cameras: dict[str, tuple[ImageSource, str]] = {}
         self.inspected = 0
         self.action_errors = 0
         #: Decision -> reject register written and read back on the PLC, per rejected part (ms).
@@ -117,12 +119,30 @@ class LineRuntime:
             self._stop.set()
             for s in self._sources:
                 s.close()
+            # A part already being inspected finishes (decision, PLC action, event): cancelling it
+            # half-way would lose an inspection. Only what is still running after that is cancelled.
+            await asyncio.wait(tasks, timeout=10.0)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def stop(self) -> None:
         self._stop.set()
+
+    def health(self) -> dict[str, str]:
+        """Readiness of this line's cameras and models: "ok", or what is wrong."""
+        out: dict[str, str] = {}
+        for cam in self.cfg.cameras:
+            key = f"{self.cfg.line}/{cam.name}"
+            if cam.name not in self._cameras:
+                out[f"camera:{key}"] = "starting"
+                out[f"model:{key}"] = f"loading {cam.detector}"
+                continue
+            source, model = self._cameras[cam.name]
+            state = source.state.value
+            out[f"camera:{key}"] = "ok" if state == "connected" else state
+            out[f"model:{key}"] = f"ok ({model})"
+        return out
 
     # ------------------------------------------------------------------ line state
     async def _watch_line(self) -> None:
@@ -151,6 +171,7 @@ class LineRuntime:
         detector = await asyncio.to_thread(self._make_detector, cam.detector)
         source = make_source(cam)
         self._sources.append(source)
+        self._cameras[cam.name] = (source, detector.name)
         frames: Iterator[Frame] = iter(source)
         log.info("%s/%s: %s with detector %s", self.cfg.line, cam.name, cam.source, detector.name)
         while not self._stop.is_set():
@@ -175,7 +196,6 @@ class LineRuntime:
         INFERENCE_LATENCY.labels(camera=cam.name).observe(latency_s)
         decision = cam.qa.decide(detections).action.value
         ts = time.time()
-        self.inspected += 1
         self.counters.add(decision, ts)
         part_id = frame.part_id or f"{cam.name}-{frame.seq}"
         for trip in self.rules.on_decision(decision, ts):
@@ -201,6 +221,7 @@ class LineRuntime:
             ],
         }
         self.publisher.publish_json(self.topic, event)
+        self.inspected += 1
         self.hub.publish("inspection", {k: v for k, v in event.items() if k != "truth"})
         self.hub.publish("counters", self.counters.as_event(self.cfg.line))
         if jpeg is not None:

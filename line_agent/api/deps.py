@@ -81,6 +81,8 @@ class ApiDeps:
     model_registry: Path | None = None
     camera_models: Mapping[str, str] = field(default_factory=dict)
     summarize: SummarizeFn | None = None
+    #: More readiness checks from the process that runs the line (cameras, broker, models): name -> "ok" or why not.
+    extra_checks: Callable[[], Mapping[str, str]] | None = None
     frames_dir: Path | None = None
     training_dir: Path = Path(".lineguard/feedback")
     admin_token: str | None = None

@@ -57,6 +57,11 @@ async def readyz(request: Request) -> JSONResponse:
     checks["model_registry"] = "absent" if reg is None else ("ok" if reg.is_dir() else f"missing: {reg}")
     checks["summarizer"] = "ok" if deps.summarize is not None else "absent"
     checks["live_hub"] = f"ok ({deps.hub.subscribers} subscribers)"
+    if deps.extra_checks is not None:
+        try:
+            checks.update(deps.extra_checks())
+        except Exception as exc:  # a failing probe is reported, never a 500
+            checks["runtime"] = f"error: {type(exc).__name__}: {exc}"
     return JSONResponse(ReadyOut(ready=ready, checks=checks).model_dump(), status_code=200 if ready else 503)
 
 

@@ -64,6 +64,11 @@ def test_every_listed_metric_is_scraped_and_moves(tmp_path: Path) -> None:
         assert _wait(lambda: _scrape(api, TOKEN).get("lineguard_frames_total", 0) > 0, 120), "no frames counted"
         assert _wait(lambda: "lineguard_ingest_lag_seconds" in _scrape(ingest), 60), "ingest exports no lag"
         first = {**_scrape(api, TOKEN), **_scrape(ingest)}
+        ready = httpx.get(f"http://127.0.0.1:{api_port}/readyz", timeout=5)
+        assert ready.status_code == 200, ready.text
+        checks = ready.json()["checks"]
+        for dep in ("database", "broker", "controller:line1", "camera:line1/cam1", "model:line1/cam1"):
+            assert checks.get(dep, "").startswith("ok"), (dep, checks)
         r = httpx.post(f"http://127.0.0.1:{api_port}/api/summaries", json={"hours": 1, "lang": "en"},
                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
         assert r.status_code in (200, 201), r.text

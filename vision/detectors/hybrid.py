@@ -1,0 +1,213 @@
+"""Two-stage hybrid detector: template-difference proposals, then a small crop CNN (ONNX) per proposal.
+
+Stage 1 is ``TemplateDiffDetector`` with every candidate kept (confidence >= 0): cheap and high recall,
+but its rule-based classes and thickness confidences are what limit it. Stage 2 looks at a fixed-size
+crop around each proposal, channels (test, aligned template, |diff|), and outputs
+(a) logits over ``background`` + the six classes (background = the proposal is a scan difference, not a
+defect) and (b) four box-corner offsets that refine the proposal's padded box towards the annotation.
+
+Training lives in ``vision.train_hybrid`` (torch); this module is the edge path: numpy, OpenCV and
+onnxruntime only. ``crop_batch`` is shared by both so training and inference cut crops identically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from vision.detectors.template import TemplateDiffDetector
+from vision.stacking import to_gray
+from vision.types import DEFECT_CLASSES, Box, Detection, Frame, Image
+
+#: Crop side fed to the network, pixels.
+CROP = 64
+#: A crop covers CONTEXT x the proposal's longer side (at least MIN_SIDE px) so the topology around the
+#: change (a split, a join) is visible.
+CONTEXT = 1.6
+MIN_SIDE = 48
+#: Replicate-padding around the stacked image so crops at the border keep their size.
+_PAD = 160
+MODEL_FILE = "hybrid.onnx"
+META_FILE = "hybrid.json"
+#: Output class 0 is background; 1..6 are DEFECT_CLASSES.
+BACKGROUND = "background"
+
+
+def align_template(test: Image, template: Image, *, max_shift: int = 20, trigger: float = 0.01) -> Image:
+    """Shift the template onto the test image by the integer translation phase correlation finds.
+
+    Many DeepPCB pairs are 1-2 px apart; an unaligned pair makes the |diff| channel show edges everywhere.
+    Only runs when more than ``trigger`` of the binarised pixels differ (an aligned pair differs far less).
+    """
+    t, g = to_gray(test), to_gray(template)
+    if g.shape != t.shape:
+        raise ValueError(f"image {t.shape} and template {g.shape} differ in size")
+    if np.count_nonzero((t < 127) != (g < 127)) <= trigger * t.size:
+        return g
+    (dx, dy), response = cv2.phaseCorrelate(g.astype(np.float32), t.astype(np.float32))
+    sx, sy = round(dx), round(dy)
+    if response < 0.05 or max(abs(sx), abs(sy)) > max_shift or (sx == 0 and sy == 0):
+        return g
+    m = np.array([[1, 0, sx], [0, 1, sy]], dtype=np.float32)
+    out = cv2.warpAffine(g, m, (g.shape[1], g.shape[0]), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def stacked_padded(test: Image, template: Image) -> Image:
+    """(H + 2*_PAD, W + 2*_PAD, 3) uint8: test, aligned template, |diff|, replicate-padded."""
+    t = to_gray(test)
+    g = align_template(t, template)
+    st = np.dstack([t, g, cv2.absdiff(t, g)])
+    return np.asarray(cv2.copyMakeBorder(st, _PAD, _PAD, _PAD, _PAD, cv2.BORDER_REPLICATE), dtype=np.uint8)
+
+
+def crop_window(box: Box) -> tuple[float, float, float]:
+    """(centre x, centre y, side) of the square crop taken around ``box``."""
+    side = min(2.0 * _PAD - 2, max(float(MIN_SIDE), CONTEXT * max(box.width, box.height)))
+    return (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2, side
+
+
+def crop_batch(padded: Image, boxes: list[Box]) -> npt.NDArray[np.uint8]:
+    """(N, 3, CROP, CROP) uint8 crops of ``padded`` (from ``stacked_padded``) around each box."""
+    out = np.empty((len(boxes), 3, CROP, CROP), dtype=np.uint8)
+    for i, b in enumerate(boxes):
+        cx, cy, side = crop_window(b)
+        x0, y0 = round(cx - side / 2) + _PAD, round(cy - side / 2) + _PAD
+        s = round(side)
+        x0 = min(max(0, x0), padded.shape[1] - s)
+        y0 = min(max(0, y0), padded.shape[0] - s)
+        patch = padded[y0 : y0 + s, x0 : x0 + s]
+        interp = cv2.INTER_AREA if s > CROP else cv2.INTER_LINEAR
+        out[i] = cv2.resize(patch, (CROP, CROP), interpolation=interp).transpose(2, 0, 1)
+    return out
+
+
+def encode_target(proposal: Box, truth: Box) -> npt.NDArray[np.float32]:
+    """Regression target: the truth's corners minus the proposal's, in units of the crop side."""
+    _, _, side = crop_window(proposal)
+    d = (truth.x1 - proposal.x1, truth.y1 - proposal.y1, truth.x2 - proposal.x2, truth.y2 - proposal.y2)
+    return np.asarray(d, dtype=np.float32) / side
+
+
+def decode_box(proposal: Box, delta: npt.NDArray[np.float32], shape: tuple[int, ...]) -> Box:
+    """Inverse of ``encode_target``, clipped to the image."""
+    _, _, side = crop_window(proposal)
+    x1, y1 = proposal.x1 + float(delta[0]) * side, proposal.y1 + float(delta[1]) * side
+    x2, y2 = proposal.x2 + float(delta[2]) * side, proposal.y2 + float(delta[3]) * side
+    h, w = shape[:2]
+    x1, x2 = max(0.0, min(x1, x2 - 2)), min(float(w), max(x2, x1 + 2))
+    y1, y2 = max(0.0, min(y1, y2 - 2)), min(float(h), max(y2, y1 + 2))
+    return Box(x1, y1, x2, y2)
+
+
+def _nms(dets: list[Detection], iou: float) -> list[Detection]:
+    """Class-aware greedy NMS (proposals of one defect, split by stage 1, must not become two detections)."""
+    keep: list[Detection] = []
+    for d in sorted(dets, key=lambda x: -x.confidence):
+        if all(k.cls != d.cls or k.box.iou(d.box) <= iou for k in keep):
+            keep.append(d)
+    return keep
+
+
+@dataclass(frozen=True, slots=True)
+class HybridMeta:
+    """What the exported stage-2 model needs at run time, saved next to it as hybrid.json."""
+
+    classes: tuple[str, ...] = DEFECT_CLASSES
+    crop: int = CROP
+    context: float = CONTEXT
+    min_side: int = MIN_SIDE
+
+    def save(self, directory: Path) -> None:
+        d = {"classes": list(self.classes), "crop": self.crop, "context": self.context, "min_side": self.min_side}
+        (Path(directory) / META_FILE).write_text(json.dumps(d, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> HybridMeta:
+        path = Path(directory) / META_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no hybrid model metadata at {path}")
+        d = json.loads(path.read_text())
+        meta = cls(tuple(d["classes"]), int(d["crop"]), float(d["context"]), int(d["min_side"]))
+        if (meta.crop, meta.context, meta.min_side) != (CROP, CONTEXT, MIN_SIDE):
+            # The crop geometry is code, not config: a model trained with other crops would be fed wrong input.
+            raise ValueError(
+                f"{path}: model trained with crop geometry {meta}, this code cuts {CROP}/{CONTEXT}/{MIN_SIDE}"
+            )
+        return meta
+
+
+class HybridDetector:
+    """Detector Protocol: TemplateDiffDetector proposals re-scored, re-classified and re-boxed by an ONNX CNN."""
+
+    classes: tuple[str, ...] = DEFECT_CLASSES
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        min_confidence: float = 0.0,
+        secondary: float = 0.05,
+        nms_iou: float = 0.5,
+        threads: int = 1,
+        proposer: TemplateDiffDetector | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        model_dir = Path(model_dir)
+        path = model_dir / MODEL_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no hybrid ONNX model at {path}")
+        self.meta = HybridMeta.load(model_dir)
+        self.classes = self.meta.classes
+        self.name = f"hybrid:{model_dir.name}"
+        self.min_confidence = min_confidence
+        # Also report each other class above ``secondary`` at its own probability: costs nothing at an
+        # operating threshold >= 0.5 (two classes cannot both be above 0.5) and lifts AP where top-1 is wrong.
+        self.secondary = secondary
+        self.nms_iou = nms_iou
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        self.proposer = proposer or TemplateDiffDetector(min_confidence=0.0)
+
+    def proposals(self, frame: Frame) -> list[Box]:
+        return [d.box for d in self.proposer.detect(frame)]
+
+    def score(self, frame: Frame, boxes: list[Box]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """(N, 1 + classes) softmax probabilities and (N, 4) box offsets for ``boxes`` in ``frame``."""
+        if frame.template is None:
+            raise ValueError(f"{self.name}: frame {frame.camera}#{frame.seq} has no golden template")
+        crops = crop_batch(stacked_padded(frame.image, frame.template), boxes)
+        logits, deltas = self._session.run(None, {self._input: crops.astype(np.float32) / 255.0})
+        z = np.asarray(logits, dtype=np.float32)
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True), np.asarray(deltas, dtype=np.float32)
+
+    def detect(self, frame: Frame) -> list[Detection]:
+        boxes = self.proposals(frame)
+        if not boxes:
+            return []
+        probs, deltas = self.score(frame, boxes)
+        out: list[Detection] = []
+        for b, p, d in zip(boxes, probs, deltas, strict=True):
+            refined = decode_box(b, d, frame.image.shape)
+            top = int(np.argmax(p[1:]))
+            for k, c in enumerate(self.classes):
+                conf = float(p[k + 1])
+                if (k == top or conf >= self.secondary) and conf >= self.min_confidence:
+                    out.append(Detection(refined, c, round(conf, 4)))
+        return _nms(out, self.nms_iou)
+
+
+def load_hybrid(model_dir: Path, **kwargs: Any) -> HybridDetector:
+    """Convenience for CLIs: ``HybridDetector(model_dir, **kwargs)``."""
+    return HybridDetector(model_dir, **kwargs)

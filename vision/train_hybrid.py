@@ -1,0 +1,299 @@
+"""Train and export stage 2 of ``vision.detectors.hybrid`` (torch; never imported on the edge path).
+
+    python -m vision.train_hybrid train --data ../shared/datasets/deeppcb --out var/hybrid/v1
+    python -m vision.train_hybrid eval  --data ../shared/datasets/deeppcb --model var/hybrid/v1 --part holdout
+
+Training pairs are the first 800 lines of DeepPCB trainval minus the last ``--val`` of them, which are kept
+for choosing the operating threshold; the 200-line holdout is only read by ``eval --part holdout``.
+Targets: every stage-1 proposal is matched to the ground truth (IoU >= POS_IOU -> that truth's class and
+box; best IoU < NEG_IOU -> background; in between ignored), and each truth box is added ``jitter`` times,
+shifted and rescaled, as an extra positive so the regressor sees more than stage 1's typical error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from vision.detectors.hybrid import (
+    CROP,
+    MODEL_FILE,
+    HybridDetector,
+    HybridMeta,
+    crop_batch,
+    encode_target,
+    stacked_padded,
+)
+from vision.detectors.template import TemplateDiffDetector
+from vision.types import DEFECT_CLASSES, Box, Detection, Frame, Image, Label
+
+POS_IOU = 0.3
+NEG_IOU = 0.1
+
+
+def _read(path: Path | None) -> Image:
+    if path is None:
+        raise ValueError("sample has no golden template")
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _jitter(b: Box, rng: np.random.Generator, shape: tuple[int, ...]) -> Box:
+    w, h = b.width, b.height
+    cx = (b.x1 + b.x2) / 2 + rng.uniform(-0.15, 0.15) * w
+    cy = (b.y1 + b.y2) / 2 + rng.uniform(-0.15, 0.15) * h
+    w *= float(np.exp(rng.uniform(-0.25, 0.25)))
+    h *= float(np.exp(rng.uniform(-0.25, 0.25)))
+    return Box(
+        max(0.0, cx - w / 2), max(0.0, cy - h / 2), min(float(shape[1]), cx + w / 2), min(float(shape[0]), cy + h / 2)
+    )
+
+
+def examples(
+    pairs: list[tuple[Image, Image, list[Label]]], *, jitter: int = 3, seed: int = 0
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Crops (N, 3, CROP, CROP), class ids (0 = background, -1 = ignore) and box targets (N, 4)."""
+    rng = np.random.default_rng(seed)
+    proposer = TemplateDiffDetector(min_confidence=0.0)
+    crops: list[npt.NDArray[np.uint8]] = []
+    ys: list[int] = []
+    ts: list[npt.NDArray[np.float32]] = []
+    for k, (img, tmpl, labels) in enumerate(pairs):
+        props = [d.box for d in proposer.detect(Frame("train", k, 0.0, img, tmpl))]
+        boxes: list[Box] = []
+        for p in props:
+            ious = [p.iou(t.box) for t in labels]
+            j = int(np.argmax(ious)) if ious else -1
+            best = ious[j] if ious else 0.0
+            if best >= POS_IOU:
+                ys.append(1 + DEFECT_CLASSES.index(labels[j].cls))
+                ts.append(encode_target(p, labels[j].box))
+            else:
+                ys.append(0 if best < NEG_IOU else -1)
+                ts.append(np.zeros(4, dtype=np.float32))
+            boxes.append(p)
+        for t in labels:
+            for _ in range(jitter):
+                jb = _jitter(t.box, rng, img.shape)
+                boxes.append(jb)
+                ys.append(1 + DEFECT_CLASSES.index(t.cls))
+                ts.append(encode_target(jb, t.box))
+        if boxes:
+            crops.append(crop_batch(stacked_padded(img, tmpl), boxes))
+    if not crops:
+        return np.zeros((0, 3, CROP, CROP), np.uint8), np.zeros(0, np.int64), np.zeros((0, 4), np.float32)
+    return np.concatenate(crops), np.asarray(ys, dtype=np.int64), np.stack(ts).astype(np.float32)
+
+
+def build_model(n_classes: int = len(DEFECT_CLASSES)):  # type: ignore[no-untyped-def]
+    """Four conv blocks to 4x4x128, one hidden layer, then class logits (background + n) and 4 offsets."""
+    import torch
+    from torch import nn
+
+    def block(i: int, o: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
+
+    class CropNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(block(3, 16), block(16, 32), block(32, 64), block(64, 128), nn.Flatten())
+            self.hidden = nn.Sequential(nn.Linear(128 * (CROP // 16) ** 2, 256), nn.ReLU(), nn.Dropout(0.2))
+            self.cls = nn.Linear(256, n_classes + 1)
+            self.box = nn.Linear(256, 4)
+            nn.init.zeros_(self.box.weight)
+            nn.init.zeros_(self.box.bias)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h = self.hidden(self.body(x))
+            return self.cls(h), self.box(h)
+
+    return CropNet()
+
+
+def flip(
+    x: npt.NDArray[np.float32],
+    t: npt.NDArray[np.float32],
+    h: npt.NDArray[np.bool_],
+    v: npt.NDArray[np.bool_],
+    tr: npt.NDArray[np.bool_],
+) -> None:
+    """Flip crops horizontally (``h``), vertically (``v``), then transpose (``tr``), in place; the box offsets
+    (corner deltas relative to the crop centre) follow. Defect classes are invariant to all three."""
+    x[h] = x[h][..., ::-1]
+    t[h] = np.stack([-t[h, 2], t[h, 1], -t[h, 0], t[h, 3]], axis=1)
+    x[v] = x[v][..., ::-1, :]
+    t[v] = np.stack([t[v, 0], -t[v, 3], t[v, 2], -t[v, 1]], axis=1)
+    x[tr] = x[tr].transpose(0, 1, 3, 2)
+    t[tr] = t[tr][:, [1, 0, 3, 2]]
+
+
+def train(
+    crops: npt.NDArray[np.uint8],
+    ys: npt.NDArray[np.int64],
+    ts: npt.NDArray[np.float32],
+    out: Path,
+    *,
+    epochs: int = 8,
+    minutes: float = 20.0,
+    batch: int = 128,
+    seed: int = 0,
+    log: bool = True,
+) -> Path:
+    """Train on the examples, export ONNX + metadata to ``out``; stops early at ``minutes``."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    keep = ys >= 0
+    crops, ys, ts = crops[keep], ys[keep], ts[keep]
+    model = build_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps = epochs * max(1, -(-len(ys) // batch))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.15)
+    t0 = time.time()
+    step = 0
+    for ep in range(epochs):
+        model.train()
+        order = rng.permutation(len(ys))
+        tot = 0.0
+        for s in range(0, len(order), batch):
+            idx = order[s : s + batch]
+            x = crops[idx].astype(np.float32) / 255.0
+            t = ts[idx].copy()
+            h, v, tr = rng.random((3, len(idx))) < 0.5
+            flip(x, t, h, v, tr)
+            xb = torch.from_numpy(np.ascontiguousarray(x))
+            yb = torch.from_numpy(ys[idx])
+            tb = torch.from_numpy(np.ascontiguousarray(t))
+            logits, deltas = model(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=0.02)
+            pos = yb > 0
+            if pos.any():
+                loss = loss + 10.0 * F.smooth_l1_loss(deltas[pos], tb[pos], beta=0.02)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step < steps - 1:
+                sched.step()
+            step += 1
+            tot += loss.item() * len(idx)
+        if log:
+            print(f"epoch {ep + 1}/{epochs} loss {tot / len(ys):.4f} {time.time() - t0:.0f}s", flush=True)
+        if time.time() - t0 > minutes * 60:
+            print(f"time budget of {minutes} min reached after epoch {ep + 1}", flush=True)
+            break
+    return export(model, out)
+
+
+def export(model, out: Path) -> Path:  # type: ignore[no-untyped-def]
+    """ONNX (dynamic batch) + hybrid.json into ``out``; weights.pt beside it for later fine-tuning."""
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    torch.save(model.state_dict(), out / "weights.pt")
+    dummy = torch.zeros(2, 3, CROP, CROP)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(out / MODEL_FILE),
+        input_names=["crops"],
+        output_names=["logits", "deltas"],
+        dynamic_axes={"crops": {0: "n"}, "logits": {0: "n"}, "deltas": {0: "n"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    HybridMeta().save(out)
+    return out / MODEL_FILE
+
+
+def run_eval(
+    det: HybridDetector,
+    pairs: list[tuple[Image, Image, list[Label]]],
+    confs: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7),
+) -> dict[str, object]:
+    """evaluate() over all detections, DeepPCB P/R/F at each confidence in ``confs``, latency of detect()."""
+    from vision.metrics import evaluate, precision_recall
+
+    preds: list[list[Detection]] = []
+    times: list[float] = []
+    for k, (img, tmpl, _) in enumerate(pairs):
+        t0 = time.perf_counter()
+        preds.append(det.detect(Frame("eval", k, 0.0, img, tmpl)))
+        times.append((time.perf_counter() - t0) * 1000)
+    truths = [lab for _, _, lab in pairs]
+    rep = evaluate(preds, truths, DEFECT_CLASSES)
+    res: dict[str, object] = {
+        "images": len(pairs),
+        "truth_boxes": sum(len(t) for t in truths),
+        "map50": round(rep.map50, 4),
+        "map50_95": round(rep.map50_95, 4),
+        "ap50": {c: round(v, 4) for c, v in rep.ap50.items()},
+    }
+    for c in confs:
+        ps = [[d for d in p if d.confidence >= c] for p in preds]
+        o, _ = precision_recall(ps, truths, classes=DEFECT_CLASSES)
+        a, _ = precision_recall(ps, truths, same_class=False)
+        res[f"conf>={c}"] = {
+            "P": round(o.precision, 4), "R": round(o.recall, 4), "F": round(o.f1, 4),
+            "tp": o.tp, "fp": o.fp, "fn": o.fn, "agnostic_R": round(a.recall, 4),
+        }  # fmt: skip
+    res["latency_ms"] = {
+        "mean": round(float(np.mean(times)), 2),
+        "p50": round(float(np.median(times)), 2),
+        "p95": round(float(np.percentile(times, 95)), 2),
+    }
+    return res
+
+
+def _pairs(data: Path, part: str, val: int) -> list[tuple[Image, Image, list[Label]]]:
+    from vision.datasets import load, split_holdout
+
+    train_all, holdout = split_holdout(load(data, "deeppcb", "trainval"), 200)
+    chosen = {"train": train_all[: len(train_all) - val], "val": train_all[len(train_all) - val :], "holdout": holdout}
+    return [(_read(s.image_path), _read(s.template_path), s.labels) for s in chosen[part]]
+
+
+def main(argv: list[str] | None = None) -> None:
+    import os
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cmd", choices=("train", "eval"))
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path("var/hybrid/v1"))
+    ap.add_argument("--model", type=Path, default=Path("var/hybrid/v1"))
+    ap.add_argument("--part", choices=("train", "val", "holdout"), default="val")
+    ap.add_argument("--val", type=int, default=100, help="last N of the 800 training lines kept for validation")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    args = ap.parse_args(argv)
+    cv2.setNumThreads(args.threads)
+    if args.cmd == "train":
+        import torch
+
+        torch.set_num_threads(args.threads)
+        t0 = time.time()
+        crops, ys, ts = examples(_pairs(args.data, "train", args.val))
+        counts = {c: int((ys == i).sum()) for i, c in enumerate(("background", *DEFECT_CLASSES))}
+        print(f"{len(ys)} examples ({int((ys < 0).sum())} ignored) {counts} in {time.time() - t0:.0f}s", flush=True)
+        train(crops, ys, ts, args.out, epochs=args.epochs, minutes=args.minutes)
+        print(f"exported to {args.out}", flush=True)
+        det = HybridDetector(args.out, threads=args.threads)
+        print(json.dumps(run_eval(det, _pairs(args.data, "val", args.val)), indent=1))
+    else:
+        det = HybridDetector(args.model, threads=args.threads)
+        print(json.dumps(run_eval(det, _pairs(args.data, args.part, args.val)), indent=1))
+
+
+if __name__ == "__main__":
+    main()

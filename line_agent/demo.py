@@ -215,13 +215,31 @@ def make_summarizer(db_url: str, site: str, publish: Callable[[str, bytes], Any]
     return summarize
 
 
-def _child_env(db_url: str, mqtt_url: str) -> dict[str, str]:
-    return {**os.environ, "LINEGUARD_DATABASE_URL": db_url, "LINEGUARD_MQTT_URL": mqtt_url}
+def _child_env(db_url: str, mqtt_url: str, data_dir: Path) -> dict[str, str]:
+    return {**os.environ, "LINEGUARD_DATABASE_URL": db_url, "LINEGUARD_MQTT_URL": mqtt_url,
+            "LINEGUARD_DATA_DIR": str(data_dir)}
 
 
-def start_ingest(workers: int, db_url: str, mqtt_url: str, data_dir: Path) -> ChildProcess:
+def start_ingest(workers: int, db_url: str, mqtt_url: str, data_dir: Path, timeout_s: float = 60.0) -> ChildProcess:
+    """Start ``lineguard ingest`` and wait until every worker has subscribed.
+
+    Until then a message would reach no one (a shared subscription that does not exist yet queues
+    nothing), so the line must not start publishing before.
+    """
+    run_dir = data_dir / "run"
+    for old in run_dir.glob("*.subscribed") if run_dir.exists() else []:
+        old.unlink()
     cmd = [sys.executable, "-m", "line_agent.cli", "ingest", "--workers", str(workers)]
-    return ChildProcess("ingest", cmd, _child_env(db_url, mqtt_url), data_dir / "logs" / "ingest.log")
+    child = ChildProcess("ingest", cmd, _child_env(db_url, mqtt_url, data_dir), data_dir / "logs" / "ingest.log")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise ServiceError(f"ingest exited with code {child.proc.returncode} (see {data_dir}/logs)")
+        if run_dir.exists() and len(list(run_dir.glob("*.subscribed"))) >= workers:
+            return child
+        time.sleep(0.1)
+    child.stop()
+    raise ServiceError(f"ingest workers did not subscribe within {timeout_s:.0f}s (see {data_dir}/logs)")
 
 
 def run_demo(settings: Settings, opts: DemoOptions) -> DemoReport:

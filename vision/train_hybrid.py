@@ -288,8 +288,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{len(ys)} examples ({int((ys < 0).sum())} ignored) {counts} in {time.time() - t0:.0f}s", flush=True)
         train(crops, ys, ts, args.out, epochs=args.epochs, minutes=args.minutes)
         print(f"exported to {args.out}", flush=True)
-        det = HybridDetector(args.out, threads=args.threads)
-        print(json.dumps(run_eval(det, _pairs(args.data, "val", args.val)), indent=1))
+        if args.val > 0:  # --val 0 trains on all 800 lines, leaving nothing to validate on
+            det = HybridDetector(args.out, threads=args.threads)
+            print(json.dumps(run_eval(det, _pairs(args.data, "val", args.val)), indent=1))
     else:
         det = HybridDetector(args.model, threads=args.threads)
         print(json.dumps(run_eval(det, _pairs(args.data, args.part, args.val)), indent=1))

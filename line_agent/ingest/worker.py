@@ -176,6 +176,11 @@ class IngestWorker:
                       ) -> None:
         if all(not rc.is_failure for rc in reason_codes):
             self.subscribed.set()
+            # Tells a supervising process (lineguard demo/run) that messages published from now on
+            # reach this worker: nothing queues for a shared subscription that does not exist yet.
+            marker = self.cfg.data_dir / "run" / f"{self.cfg.client_id}.subscribed"
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
         else:
             log.error("ingest %s: subscription refused: %s", self.cfg.client_id, reason_codes)
 

@@ -130,8 +130,8 @@ def _lag_from_db(data_dir: Path, window_s: float) -> dict[str, float]:
         with psycopg.connect(url) as conn:
             row = conn.execute(
                 """SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP
-                          (ORDER BY extract(epoch FROM ingested_at - ts) * 1000), max(extract(epoch FROM
-                          ingested_at - ts) * 1000), count(*)
+                          (ORDER BY extract(epoch FROM ingested_at - ts)::float8 * 1000),
+                          max(extract(epoch FROM ingested_at - ts)::float8 * 1000), count(*)
                    FROM inspections WHERE ts > now() - make_interval(secs => %s)""",
                 (window_s,),
             ).fetchone()
@@ -140,4 +140,5 @@ def _lag_from_db(data_dir: Path, window_s: float) -> dict[str, float]:
             pg.stop()
     if not row or row[0] is None:
         return {}
-    return {"p50": round(row[0][0], 1), "p99": round(row[0][1], 1), "max": round(row[1], 1), "rows": row[2]}
+    return {"p50": round(float(row[0][0]), 1), "p99": round(float(row[0][1]), 1), "max": round(float(row[1]), 1),
+            "rows": int(row[2])}

@@ -31,6 +31,7 @@ from line_agent.config import LineConfig, demo_line_config
 from line_agent.services import EmbeddedBroker, EmbeddedPostgres, ServiceError, die_with_parent
 from line_agent.settings import Settings
 from line_agent.store.migrate import migrate
+from vision.metrics import PRF
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -73,11 +74,11 @@ class LineReport:
 
     @property
     def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+        return PRF(self.tp, self.fp, self.fn).precision
 
     @property
     def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+        return PRF(self.tp, self.fp, self.fn).recall
 
 
 @dataclass

@@ -23,7 +23,8 @@ def _line(defect_rate: float, stop: dict[str, int] | None) -> dict[str, object]:
         "cameras": [{
             "name": "cam1", "source": f"synthetic://?defect_rate={defect_rate}&seed=5&count=12",
             "detector": "template",
-            "qa": {"rules": [{"classes": ["*"], "min_confidence": 0.3, "action": "reject"}], "unknown_action": "reject"},
+            "qa": {"rules": [{"classes": ["*"], "min_confidence": 0.3, "action": "reject"}],
+                   "unknown_action": "reject"},
         }],
         "control": {"stop": stop},
         "save_frames": "none",

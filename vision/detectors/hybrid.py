@@ -101,9 +101,10 @@ def decode_box(proposal: Box, delta: npt.NDArray[np.float32], shape: tuple[int, 
     x1, y1 = proposal.x1 + float(delta[0]) * side, proposal.y1 + float(delta[1]) * side
     x2, y2 = proposal.x2 + float(delta[2]) * side, proposal.y2 + float(delta[3]) * side
     h, w = shape[:2]
-    x1, x2 = max(0.0, min(x1, x2 - 2)), min(float(w), max(x2, x1 + 2))
-    y1, y2 = max(0.0, min(y1, y2 - 2)), min(float(h), max(y2, y1 + 2))
-    return Box(x1, y1, x2, y2)
+    # Clip into the image first, then keep at least 2 px a side (a wild offset must not invert the box).
+    x1, x2 = min(max(0.0, x1), w - 2.0), min(max(0.0, x2), float(w))
+    y1, y2 = min(max(0.0, y1), h - 2.0), min(max(0.0, y2), float(h))
+    return Box(x1, y1, max(x2, x1 + 2), max(y2, y1 + 2))
 
 
 def _nms(dets: list[Detection], iou: float) -> list[Detection]:

@@ -35,7 +35,7 @@ def _role(p: psutil.Process) -> str:
         return "mosquitto"
     if "hardware.sim_plc" in cmd:
         return "plc-sim"
-    if " ingest" in cmd:
+    if " ingest" in cmd or "line_agent.ingest" in cmd:
         return "ingest"
     if "amqtt_broker" in cmd:
         return "amqtt"

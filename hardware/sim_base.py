@@ -8,6 +8,7 @@ import threading
 from typing import Self
 
 from hardware.plc_logic import PlcLogic, RawValue
+from hardware.tags import TagMap
 
 SCAN_PERIOD_S = 0.005  # PLC scan cycle of the simulators
 
@@ -84,3 +85,22 @@ class ThreadedSim:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ListeningSim(ThreadedSim):
+    """A simulator serving a protocol on ``host:port`` (port 0: a free one, in ``.port`` once started)."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        watchdog_s: float = 1.0,
+        gate_pulse_s: float = 0.05,
+        tags: TagMap | None = None,
+    ) -> None:
+        super().__init__(watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s)
+        self.host = host
+        self.requested_port = port
+        self.port = port
+        self.tags = tags or TagMap.load()

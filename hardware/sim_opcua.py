@@ -18,7 +18,7 @@ from asyncua import Server, ua
 from asyncua.server.address_space import NodeData
 
 from hardware.plc_logic import PLC_WRITABLE, PlcWriteError, RawValue
-from hardware.sim_base import ThreadedSim
+from hardware.sim_base import ListeningSim
 from hardware.tags import Tag, TagMap
 
 NAMESPACE_URI = "urn:lineguard:sim-plc"
@@ -40,7 +40,7 @@ def _coerce(tag: Tag, value: Any) -> RawValue:
     return int(value)
 
 
-class SimOpcUa(ThreadedSim):
+class SimOpcUa(ListeningSim):
     name = "sim-plc-opcua"
 
     def __init__(
@@ -52,11 +52,7 @@ class SimOpcUa(ThreadedSim):
         gate_pulse_s: float = 0.05,
         tags: TagMap | None = None,
     ) -> None:
-        super().__init__(watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s)
-        self.host = host
-        self.requested_port = port
-        self.port = port
-        self.tags = tags or TagMap.load()
+        super().__init__(host, port, watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s, tags=tags)
         self.namespace_index: int | None = None
 
     @property

@@ -30,7 +30,7 @@ from pymodbus.server import ModbusTcpServer
 
 from hardware.modbus_codec import decode_raw, encode_raw
 from hardware.plc_logic import PlcLogic, PlcWriteError
-from hardware.sim_base import ThreadedSim
+from hardware.sim_base import ListeningSim
 from hardware.tags import REGISTER_COUNT, RegisterKind, Tag, TagMap
 
 SIM_ESTOP_REGISTER = 100
@@ -132,25 +132,10 @@ class _PlcContext(ModbusServerContext):
         return None
 
 
-class SimPlc(ThreadedSim):
+class SimPlc(ListeningSim):
     """Modbus TCP PLC simulator: `start()` runs it in a background thread, `serve()` in the current loop."""
 
     name = "sim-plc-modbus"
-
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        watchdog_s: float = 1.0,
-        gate_pulse_s: float = 0.05,
-        tags: TagMap | None = None,
-    ) -> None:
-        super().__init__(watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s)
-        self.host = host
-        self.requested_port = port
-        self.port = port
-        self.tags = tags or TagMap.load()
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         """Serve until `stop_async()` (or task cancellation)."""

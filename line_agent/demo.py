@@ -330,7 +330,7 @@ async def _serve(
         database_url=db_url, lines=[ln.line for ln in lines], controllers=controllers, hub=hub,
         model_registry=settings.model_registry, frames_dir=data / "frames",
         training_dir=data / "feedback", admin_token=admin_token(settings),
-        summarize=make_summarizer(db_url, lines[0].site, publisher.publish_bytes),
+        summarize=make_summarizer(db_url, lines[0].site, publisher.publish),
         extra_checks=lambda: {"broker": "ok" if publisher.connected else "disconnected",
                               **{k: v for rt in runtimes for k, v in rt.health().items()}},
     )

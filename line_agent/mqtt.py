@@ -29,9 +29,21 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None, bool]:
 
 
 class Publisher:
-    """A connected MQTT 5 client that publishes JSON with QoS 1 and counts what it sent."""
+    """A connected MQTT 5 client that publishes with QoS 1 and counts what the broker acknowledged.
 
-    def __init__(self, url: str, client_id: str, *, max_queued: int = 100_000) -> None:
+    While the broker is away, paho queues messages (``max_queued``, 0 = unbounded: only for finite
+    jobs such as a replay) and resends them on reconnect.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        *,
+        max_queued: int = 100_000,
+        max_inflight: int = 1000,
+        will: tuple[str, bytes] | None = None,
+    ) -> None:
         host, port, user, password, tls = parse_mqtt_url(url)
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
@@ -40,55 +52,63 @@ class Publisher:
             self.client.username_pw_set(user, password)
         if tls:
             self.client.tls_set()
+        if will:
+            self.client.will_set(will[0], will[1], qos=1)
         self.client.max_queued_messages_set(max_queued)
-        self.client.max_inflight_messages_set(1000)
+        self.client.max_inflight_messages_set(max_inflight)
         self.client.reconnect_delay_set(1, 5)
-        self._connected = threading.Event()
+        self.connected = threading.Event()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        # Acknowledgements are counted through on_publish (one PUBACK per message, resent ones
+        # included), so flush() also covers messages queued while the broker was away.
+        self._lock = threading.Lock()
+        self.sent = 0
+        self.acked = 0
+        self.dropped = 0
+        self.client.on_publish = self._on_publish
         self.client.connect_async(host, port, keepalive=30)
         self.client.loop_start()
-        self.published = 0
-        self.dropped = 0
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if not rc.is_failure:
-            self._connected.set()
+            self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        self._connected.clear()
+        self.connected.clear()
 
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any = None, props: Any = None) -> None:
+        with self._lock:
+            self.acked += 1
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
-        return self._connected.wait(timeout_s)
+        return self.connected.wait(timeout_s)
 
-    def publish_json(self, topic: str, payload: dict[str, Any] | list[Any], qos: int = 1) -> bool:
-        """Queue ``payload`` as JSON; False (and counted) only if the bounded queue is full."""
-        info = self.client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=qos)
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> bool:
+        """Queue one message; False (and counted in ``dropped``) only when the bounded queue is full."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             self.dropped += 1
             log.warning("MQTT queue full, message to %s not queued", topic)
             return False
-        self.published += 1
+        if qos > 0:
+            with self._lock:
+                self.sent += 1
         return True
 
-    def publish_bytes(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=qos, retain=retain)
+    def publish_json(self, topic: str, payload: dict[str, Any] | list[Any], qos: int = 1) -> bool:
+        return self.publish(topic, json.dumps(payload, separators=(",", ":")), qos=qos)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until every queued QoS 1 message is acknowledged by the broker."""
+        """Wait until the broker acknowledged every QoS 1 message published; False on timeout."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            # paho keeps unacknowledged messages in _out_messages until PUBACK.
-            if not self.client._out_messages:  # no public accessor for the outbox
+            if self.acked >= self.sent:
                 return True
             time.sleep(0.02)
         return False
 
-    def close(self) -> None:
-        self.flush(5.0)
+    def close(self, flush_timeout_s: float = 5.0) -> None:
+        self.flush(flush_timeout_s)
         self.client.disconnect()
         self.client.loop_stop()

@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import csv
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
-from line_agent.mqtt import parse_mqtt_url
+from line_agent.mqtt import Publisher
 
 FAILURE_MODES = ("TWF", "HDF", "PWF", "OSF", "RNF")
 PROCESS_COLUMNS = {  # metric name -> AI4I column
@@ -85,56 +81,6 @@ class ReplayResult:
     elapsed_s: float = 0.0
 
 
-class _Client:
-    """A QoS 1 MQTT 5 publisher that queues while the broker is away and resends on reconnect."""
-
-    def __init__(self, url: str, client_id: str, will: tuple[str, bytes] | None = None) -> None:
-        host, port, user, password, tls = parse_mqtt_url(url)
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        if user:
-            self.c.username_pw_set(user, password)
-        if tls:
-            self.c.tls_set()
-        if will:
-            self.c.will_set(will[0], will[1], qos=1)
-        self.c.max_inflight_messages_set(200)
-        self.c.max_queued_messages_set(0)  # unbounded while the broker restarts: the replay is finite
-        self.c.reconnect_delay_set(1, 2)
-        self.connected = threading.Event()
-        self.c.on_connect = lambda c, u, f, rc, p=None: self.connected.set() if not rc.is_failure else None
-        self.c.on_disconnect = lambda c, u, f, rc, p=None: self.connected.clear()
-        # Counted through on_publish (one PUBACK per message, resent ones included): a message published
-        # while the broker is away is queued by paho and its MessageInfo reports "not connected".
-        self.sent = 0
-        self.acked = 0
-        self._lock = threading.Lock()
-        self.c.on_publish = self._on_publish
-        self.c.connect_async(host, port, keepalive=30)
-        self.c.loop_start()
-
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any = None, props: Any = None) -> None:
-        with self._lock:
-            self.acked += 1
-
-    def publish(self, topic: str, payload: bytes | str) -> None:
-        with self._lock:
-            self.sent += 1
-        self.c.publish(topic, payload, qos=1)
-
-    def flush(self, timeout_s: float) -> bool:
-        """Wait until the broker acknowledged everything published; False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.acked >= self.sent:
-                return True
-            time.sleep(0.05)
-        return False
-
-    def close(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
-
-
 def _json_dumps(obj: Any) -> str:
     import json
 
@@ -160,7 +106,7 @@ def replay_ai4i(
     t0 = time.monotonic()
     client_id = f"{topic_prefix}-replay-{line}-{fmt}"
     if fmt == "json":
-        client = _Client(mqtt_url, client_id)
+        client = Publisher(mqtt_url, client_id, max_queued=0, max_inflight=200)
         base = f"{topic_prefix}/{site}/{line}/{cell}"
         sender: _Sender = _JsonSender(client, base, device)
     elif fmt == "sparkplug":
@@ -216,7 +162,7 @@ class _Sender:
 
 
 class _JsonSender(_Sender):
-    def __init__(self, client: _Client, base: str, device: str) -> None:
+    def __init__(self, client: Publisher, base: str, device: str) -> None:
         self.client, self.base, self.device = client, base, device
 
     def send(self, rows: list[Ai4iRow], ts: list[float], line: str, cycle_s: float) -> tuple[int, int, int]:
@@ -248,7 +194,8 @@ class _SparkplugSender(_Sender):
         ms = int(start_ts * 1000)
         death = spb.NDeath(timestamp=ms, bd_seq_metric=spb.Metric(timestamp=ms, name="bdSeq",
                                                                     datatype=spb.DataType.INT64, value=self.bd_seq))
-        self.client = _Client(url, client_id, will=(self._topic("NDEATH"), death.encode()))
+        self.client = Publisher(url, client_id, max_queued=0, max_inflight=200,
+                                will=(self._topic("NDEATH"), death.encode()))
         self.death = death
         self.aliases = {name: i + 1 for i, name in enumerate((*METRICS, *(f"Faults/{m}" for m in FAILURE_MODES)))}
         self.client.connected.wait(15)

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def load_detector(spec: str, registry: Path | None = None) -> Detector:
-    """``template`` or ``onnx:<path | registry name>`` -> a Detector (edge path: no torch)."""
+    """``template``, ``onnx:<path | registry name>`` or ``hybrid:<model dir>`` -> a Detector (no torch)."""
     if spec == "template":
         from vision.detectors.template import TemplateDiffDetector
 
@@ -45,6 +45,10 @@ def load_detector(spec: str, registry: Path | None = None) -> Detector:
         from vision.detectors.onnx import OnnxDetector
 
         return OnnxDetector.load(spec[len("onnx:"):], registry=registry)
+    if spec.startswith("hybrid:"):
+        from vision.detectors.hybrid import HybridDetector
+
+        return HybridDetector(Path(spec[len("hybrid:"):]))
     raise ValueError(f"unknown detector spec {spec!r}")
 
 

@@ -61,8 +61,10 @@ class CameraConfig(BaseModel):
     @field_validator("detector")
     @classmethod
     def _detector(cls, v: str) -> str:
-        if v != "template" and not (v.startswith("onnx:") and len(v) > 5):
-            raise ValueError(f"detector {v!r}: expected 'template' or 'onnx:<path or registry name>'")
+        if v != "template" and not any(v.startswith(p) and len(v) > len(p) for p in ("onnx:", "hybrid:")):
+            raise ValueError(
+                f"detector {v!r}: expected 'template', 'onnx:<path or registry name>' or 'hybrid:<model dir>'"
+            )
         return v
 
 

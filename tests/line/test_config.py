@@ -72,3 +72,14 @@ def test_settings_from_env_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LINEGUARD_MQTT_URL", "http://nope")
     with pytest.raises(ValueError, match="mqtt_url"):
         Settings()
+
+
+def test_detector_specs_load_or_fail_clearly(tmp_path: Path) -> None:
+    from line_agent.runtime import load_detector
+
+    assert load_detector("template").name == "template-diff"
+    assert load_detector("onnx:pcb-synth").name.startswith("onnx:pcb-synth")  # the shipped model
+    with pytest.raises(FileNotFoundError, match="no hybrid ONNX model"):
+        load_detector(f"hybrid:{tmp_path}")
+    with pytest.raises(ValueError, match="unknown detector spec"):
+        load_detector("magic")

@@ -123,8 +123,11 @@ def test_make_source_dataset(tmp_path: Path) -> None:
 def test_camera_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="unknown scheme 'ftp'"):
         CameraConfig(name="x", source="ftp://host/cam")
-    with pytest.raises(ValidationError, match="expected 'template' or 'onnx:"):
+    with pytest.raises(ValidationError, match="expected 'template', 'onnx:"):
         CameraConfig(name="x", source="usb://0", detector="yolo")
+    with pytest.raises(ValidationError, match="'hybrid:<model dir>'"):
+        CameraConfig(name="x", source="usb://0", detector="hybrid:")
+    assert CameraConfig(name="x", source="usb://0", detector="hybrid:/models/h1").detector == "hybrid:/models/h1"
     assert CameraConfig(name="x", source="usb://0", detector="onnx:pcb-synth@3").detector == "onnx:pcb-synth@3"
     with pytest.raises(ValueError, match=r"camera x: bad source 'synthetic://\?defect_rate=2'"):
         make_source(CameraConfig(name="x", source="synthetic://?defect_rate=2"))

@@ -19,7 +19,7 @@ from asyncua.server.address_space import NodeData
 
 from hardware.plc_logic import PLC_WRITABLE, PlcWriteError, RawValue
 from hardware.sim_base import ListeningSim
-from hardware.tags import Tag, TagMap
+from hardware.tags import Tag
 
 NAMESPACE_URI = "urn:lineguard:sim-plc"
 
@@ -42,18 +42,8 @@ def _coerce(tag: Tag, value: Any) -> RawValue:
 
 class SimOpcUa(ListeningSim):
     name = "sim-plc-opcua"
-
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        watchdog_s: float = 1.0,
-        gate_pulse_s: float = 0.05,
-        tags: TagMap | None = None,
-    ) -> None:
-        super().__init__(host, port, watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s, tags=tags)
-        self.namespace_index: int | None = None
+    #: Index of the simulator's namespace, known once the server is up.
+    namespace_index: int | None = None
 
     @property
     def endpoint(self) -> str:

@@ -38,9 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Decision -> reject register written and read back, per line, from the last _serve() (ms).
-_LAST_REJECT_LATENCIES: dict[str, list[float]] = {}
-
 
 @dataclass
 class DemoOptions:
@@ -53,6 +50,14 @@ class DemoOptions:
     #: The simulated operator restarts a line the stop rule stopped after this many seconds (demo only;
     #: 0 = leave it stopped until someone starts it from the console).
     auto_restart_s: float = 10.0
+
+
+@dataclass
+class LineRun:
+    """What one line's runtime counted itself: inspections published, reject gate write latencies (ms)."""
+
+    published: int
+    reject_latency_ms: list[float]
 
 
 @dataclass
@@ -264,12 +269,13 @@ def run_demo(settings: Settings, opts: DemoOptions) -> DemoReport:
                 line.plc.url = f"modbus://127.0.0.1:{plc.port}"
             ingest = start_ingest(opts.ingest_workers, db_url, mqtt_url, data)
             children.callback(ingest.stop)
-            published = asyncio.run(_serve(settings, lines, db_url, mqtt_url, opts))
+            runs = asyncio.run(_serve(settings, lines, db_url, mqtt_url, opts))
+            published = {name: run.published for name, run in runs.items()}
             report.ended = time.time()
             # Everything published must be stored before we count: wait for ingest to catch up.
             if not _wait_stored(db_url, lines, published, started, ingest, timeout_s=60.0):
                 report.errors.append(f"ingest did not store every inspection (see {data}/logs/ingest.log)")
-            _fill_report(report, db_url, lines, published, started)
+            _fill_report(report, db_url, lines, runs, started)
     except ServiceError as exc:
         report.errors.append(str(exc))
         report.ended = time.time()
@@ -290,8 +296,8 @@ def run_line(settings: Settings, line: LineConfig) -> None:
 
 async def _serve(
     settings: Settings, lines: list[LineConfig], db_url: str, mqtt_url: str, opts: DemoOptions
-) -> dict[str, int]:
-    """Run the line runtimes, meters and the API in this loop; return messages published per line."""
+) -> dict[str, LineRun]:
+    """Run the line runtimes, meters and the API in this loop; return what each line counted."""
     import uvicorn
 
     from hardware.modbus import ModbusDriver
@@ -369,9 +375,7 @@ async def _serve(
         await ctl.close()
     await asyncio.to_thread(publisher.close)
     await asyncio.to_thread(audit.close)
-    _LAST_REJECT_LATENCIES.clear()
-    _LAST_REJECT_LATENCIES.update({rt.cfg.line: list(rt.reject_latency_ms) for rt in runtimes})
-    return {rt.cfg.line: rt.inspected for rt in runtimes}
+    return {rt.cfg.line: LineRun(rt.inspected, list(rt.reject_latency_ms)) for rt in runtimes}
 
 
 def _embedded_server_class() -> type:
@@ -448,12 +452,13 @@ def _wait_stored(db_url: str, lines: list[LineConfig], published: dict[str, int]
     return False
 
 
-def _fill_report(report: DemoReport, db_url: str, lines: list[LineConfig], published: dict[str, int],
+def _fill_report(report: DemoReport, db_url: str, lines: list[LineConfig], runs: dict[str, LineRun],
                  since: float) -> None:
     with psycopg.connect(db_url) as conn:
         for line in lines:
-            lr = LineReport(line=line.line, published=published.get(line.line, 0))
-            lat = sorted(_LAST_REJECT_LATENCIES.get(line.line, []))
+            run = runs.get(line.line, LineRun(0, []))
+            lr = LineReport(line=line.line, published=run.published)
+            lat = sorted(run.reject_latency_ms)
             if lat:
                 lr.reject_write_p50_ms = round(lat[len(lat) // 2], 2)
                 lr.reject_write_p99_ms = round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2)

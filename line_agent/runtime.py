@@ -44,11 +44,21 @@ def load_detector(spec: str, registry: Path | None = None) -> Detector:
     if spec.startswith("onnx:"):
         from vision.detectors.onnx import OnnxDetector
 
-        return OnnxDetector.load(spec[len("onnx:"):], registry=registry)
+        ref = spec[len("onnx:"):]
+        from vision.detectors.load import is_hybrid, load_model, resolve_model_dir
+
+        # A registry name may hold a hybrid model: run it as one rather than feeding it whole frames.
+        if is_hybrid(resolve_model_dir(ref, registry)):
+            return load_model(ref, registry)
+        return OnnxDetector.load(ref, registry=registry)
     if spec.startswith("hybrid:"):
         from vision.detectors.hybrid import HybridDetector
+        from vision.detectors.load import load_model
 
-        return HybridDetector(Path(spec[len("hybrid:"):]))
+        ref = spec[len("hybrid:"):]
+        if not Path(ref).exists():  # a registry name; a missing directory fails below with its path
+            return load_model(ref, registry)
+        return HybridDetector(Path(ref))
     raise ValueError(f"unknown detector spec {spec!r}")
 
 

@@ -109,11 +109,13 @@ def build_detector(kind: str, model: str | None, *, conf: float, threads: int,
                    registry: Path | None = None) -> Detector:
     """Instantiate one detector kind; ``model`` is a path or registry ref (onnx) or a .pt / model dir (yolo)."""
     if kind == "onnx":
+        from vision.detectors.load import load_model
         from vision.detectors.onnx import OnnxDetector
 
-        det = OnnxDetector.load(model, registry=registry, conf=conf, threads=threads, unknown_pass=False) \
-            if model else OnnxDetector.default(conf=conf, threads=threads, unknown_pass=False)
-        return det
+        # A registry model of either kind: whole-frame YOLO export or two-stage hybrid.
+        if model:
+            return load_model(model, registry, conf=conf, threads=threads, unknown_pass=False)
+        return OnnxDetector.default(conf=conf, threads=threads, unknown_pass=False)
     if kind == "template":
         from vision.detectors.template import TemplateDiffDetector
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 
 import typer
@@ -22,10 +21,12 @@ def _fail(msg: str) -> None:
 
 
 def train_cmd(
+    ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="dataset directory"),
     fmt: str = typer.Option(..., "--format", help="deeppcb | yolo | voc | coco"),
     split: str | None = typer.Option(None, "--split", help="split / list name, e.g. trainval"),
-    epochs: int = typer.Option(50, "--epochs"),
+    arch: str = typer.Option("yolo", "--arch", help="yolo (whole frame) | hybrid (template proposals + crop CNN)"),
+    epochs: int | None = typer.Option(None, "--epochs", help="default: 50 for yolo, 12 for hybrid"),
     imgsz: int = typer.Option(320, "--imgsz", help="square network input, multiple of 32"),
     batch: int = typer.Option(16, "--batch"),
     weights: Path | None = typer.Option(None, "--weights", help="local .pt to start from (never downloads)"),
@@ -39,14 +40,23 @@ def train_cmd(
     threads: int = typer.Option(2, "--threads", help="torch CPU threads"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Train a defect detector offline, export ONNX, evaluate on the hold-out, publish to the registry."""
-    from vision.train import TrainConfig, TrainError, train
+    """Train a defect detector offline, export ONNX, evaluate on the hold-out, publish to the registry.
 
+    ``--arch yolo`` learns whole frames (any data); ``--arch hybrid`` classifies and re-boxes the differences
+    against the golden template with a small crop CNN (needs templates; far better on DeepPCB, see
+    docs/benchmarks/vision.md). ``--time`` caps the training wall clock in hours for both.
+    """
+    from vision.train import DEFAULT_EPOCHS, TrainConfig, TrainError, train
+
+    if arch not in DEFAULT_EPOCHS:
+        _fail(f"--arch must be one of {', '.join(DEFAULT_EPOCHS)}, got {arch!r}")
+        return
     cfg = TrainConfig(
+        arch=arch,
         data=data,
         fmt=fmt,
         split=split,
-        epochs=epochs,
+        epochs=epochs if epochs is not None else DEFAULT_EPOCHS[arch],
         imgsz=imgsz,
         batch=batch,
         weights=weights,
@@ -60,7 +70,7 @@ def train_cmd(
         threads=threads,
         seed=seed,
     )
-    command = " ".join(shlex.quote(a) for a in ["lineguard", "train", *_argv_after("train")])
+    command = _command_line(ctx, "lineguard train")
     try:
         res = train(cfg, command=command)
     except (TrainError, ValueError) as e:
@@ -77,15 +87,21 @@ def eval_cmd(
     holdout_last: int = typer.Option(0, "--holdout-last", help="evaluate only the last N samples"),
     registry: Path = typer.Option(DEFAULT_REGISTRY, "--registry", help="registry for name references"),
     conf: float = typer.Option(0.001, "--conf", help="detector threshold (low: full PR curve for mAP)"),
-    prf_conf: float = typer.Option(0.25, "--prf-conf", help="operating threshold for P/R/F"),
+    prf_conf: float | None = typer.Option(
+        None, "--prf-conf", help="operating threshold for P/R/F (default: the model's, 0.5 hybrid / 0.25 yolo)"
+    ),
     threads: int = typer.Option(2, "--threads", help="onnxruntime intra-op threads"),
     limit: int | None = typer.Option(None, "--limit", help="evaluate at most N samples"),
 ) -> None:
-    """Evaluate an ONNX model: JSON with per-class and overall mAP50, mAP50-95, P/R/F (IoU>0.33), latency."""
+    """Evaluate a registry model (YOLO export or hybrid): JSON with per-class and overall mAP50, mAP50-95,
+    P/R/F (IoU>0.33), latency."""
     from vision.bench import run_one
+    from vision.detectors.load import operating_conf, resolve_model_dir
     from vision.train import TrainError
 
     try:
+        if prf_conf is None:
+            prf_conf = operating_conf(resolve_model_dir(model, registry))
         res = run_one("onnx", data, fmt, split, holdout_last, model, conf, prf_conf, threads, registry, limit)
     except (TrainError, LookupError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
@@ -94,6 +110,7 @@ def eval_cmd(
 
 
 def bench_vision_cmd(
+    ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="dataset directory"),
     fmt: str = typer.Option(..., "--format"),
     split: str | None = typer.Option(None, "--split"),
@@ -142,16 +159,31 @@ def bench_vision_cmd(
     if markdown is not None:
         import time
 
-        cmd = " ".join(shlex.quote(a) for a in ["lineguard", "bench", "vision", *_argv_after("vision")])
+        cmd = _command_line(ctx, "lineguard bench vision")
         rows = [markdown_row(r) for r in results if "skipped" not in r]
         with open(markdown, "a") as fh:
             fh.write(f"\n`{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\n{MD_HEADER}\n")
             fh.write("\n".join(rows) + "\n")
 
 
-def _argv_after(word: str) -> list[str]:
-    argv = sys.argv[1:]
-    return argv[argv.index(word) + 1 :] if word in argv else argv
+def _command_line(ctx: typer.Context, prefix: str) -> str:
+    """The running command as a reproducible shell line: ``prefix`` plus every option the caller set.
+
+    Rebuilt from click's parsed parameters rather than sys.argv, so it is right however the command was
+    invoked (console script, ``python -m``, a test runner) and lists options in one canonical form.
+    """
+    parts = [prefix]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name) if param.name else None
+        if source is None or source.name == "DEFAULT":
+            continue
+        value = ctx.params.get(param.name)
+        flag = max(param.opts, key=len)
+        if isinstance(value, bool):
+            parts.append(flag if value else f"--no-{flag.lstrip('-')}")
+        elif value is not None:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:

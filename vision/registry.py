@@ -10,6 +10,7 @@ Each version directory holds everything needed to run, audit and reproduce a mod
     data_hash         sha256 over the training samples (paths' contents and labels)
     train_command     the exact command line that produced it
     created           ISO-8601 UTC creation time
+    hybrid.json       only for two-stage hybrid models (vision.detectors.hybrid): model.onnx is then the crop CNN
 
 Versions are ``v1``, ``v2``, ... and ``latest`` resolves to the highest. No torch here: the edge
 runtime reads the registry.
@@ -172,6 +173,7 @@ def publish(
     train_command: str,
     metrics: dict[str, Any] | None = None,
     weights_path: Path | None = None,
+    extra_files: Iterable[Path] = (),
 ) -> ModelEntry:
     """Write a new version ``v<N+1>`` of ``name`` and return it.
 
@@ -193,6 +195,8 @@ def publish(
     shutil.copy2(onnx_path, tmp / MODEL_FILE)
     if weights_path is not None:
         shutil.copy2(weights_path, tmp / WEIGHTS_FILE)
+    for f in extra_files:  # kind-specific metadata, e.g. hybrid.json for a two-stage model
+        shutil.copy2(f, tmp / Path(f).name)
     (tmp / CLASSES_FILE).write_text("".join(f"{c}\n" for c in spec.class_names))
     spec.save(tmp)
     (tmp / METRICS_FILE).write_text(json.dumps(metrics or {}, indent=2, sort_keys=True) + "\n")

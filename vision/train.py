@@ -35,6 +35,9 @@ from vision.types import DEFECT_CLASSES, UNKNOWN_CLASS, Sample
 log = logging.getLogger("vision.train")
 
 FORMATS: tuple[str, ...] = ("deeppcb", "yolo", "voc", "coco")
+ARCHS: tuple[str, ...] = ("yolo", "hybrid")
+#: Epochs when --epochs is not given: YOLO learns whole frames slowly; the crop CNN sees ~40 crops a pair.
+DEFAULT_EPOCHS: dict[str, int] = {"yolo": 50, "hybrid": 12}
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,6 +66,9 @@ class TrainConfig:
     seed: int = 0
     patience: int = 100
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to ultralytics train()
+    #: "yolo": whole-frame ultralytics YOLO; "hybrid": template proposals + crop CNN (vision.train_hybrid),
+    #: for parts with a golden template. Both publish the same registry layout.
+    arch: str = "yolo"
 
 
 @dataclass(slots=True)
@@ -227,6 +233,14 @@ def build_yolo_dataset(
 def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
     """Run the whole pipeline and publish a registry version. Raises TrainError on bad input."""
     from vision import datasets
+
+    if cfg.arch not in ARCHS:
+        raise TrainError(f"--arch must be one of {', '.join(ARCHS)}, got {cfg.arch!r}")
+    if cfg.arch == "hybrid":
+        from vision.train_hybrid import train_registry
+
+        cmd = command or " ".join(shlex.quote(a) for a in ["lineguard", *sys.argv[1:]])
+        return train_registry(cfg, cmd)
 
     if cfg.imgsz % 32:
         raise TrainError(f"--imgsz must be a multiple of 32, got {cfg.imgsz}")

@@ -153,3 +153,66 @@ def test_edge_path_does_not_import_torch(tiny_model: Path, tmp_path: Path) -> No
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert res.returncode == 0, res.stderr
     assert int(res.stdout.strip()) > 0
+
+
+# ------------------------------------------------------------------------------ multi-pass proposals
+
+
+def _trace_pair() -> tuple[np.ndarray, np.ndarray]:
+    """A white 200x200 field with one dark vertical trace (DeepPCB convention: copper dark)."""
+    tmpl = np.full((200, 200), 255, np.uint8)
+    tmpl[10:190, 90:102] = 0
+    return tmpl.copy(), tmpl
+
+
+def test_proposals_find_a_dithered_bite_that_detect_erases() -> None:
+    from vision.detectors.template import TemplateDiffDetector
+
+    img, tmpl = _trace_pair()
+    # A bite the scan shows dithered: every other pixel of an 8x8 patch of copper is gone.
+    yy, xx = np.mgrid[100:108, 90:98]
+    img[yy[(yy + xx) % 2 == 0], xx[(yy + xx) % 2 == 0]] = 255
+    truth = Box(80, 90, 108, 118)
+    det = TemplateDiffDetector(min_confidence=0.0)
+    frame = Frame("t", 0, 0.0, img, tmpl)
+    assert all(d.box.iou(truth) <= 0.33 for d in det.detect(frame))  # the 3x3 opening erases the speckle
+    assert max(p.iou(truth) for p in det.proposals(frame)) > 0.33
+
+
+def test_proposals_cut_a_defect_loose_from_edge_slivers() -> None:
+    from vision.detectors.template import TemplateDiffDetector
+
+    img, tmpl = _trace_pair()
+    img[10:190, 102:105] = 0  # a rescan 3 px wider along the whole right edge: not a defect
+    img[96:106, 105:115] = 0  # a spur, 10x10 px, sticking out of that edge
+    truth = Box(95, 86, 125, 116)
+    det = TemplateDiffDetector(min_confidence=0.0)
+    frame = Frame("t", 0, 0.0, img, tmpl)
+    # detect() chains the spur to the 180-px sliver: one long box.
+    assert all(d.box.iou(truth) <= 0.33 for d in det.detect(frame))
+    assert max(p.iou(truth) for p in det.proposals(frame)) > 0.5
+
+
+def test_flip_tta_maps_offsets_back() -> None:
+    from vision.detectors.hybrid import unflip_deltas
+    from vision.train_hybrid import flip
+
+    rng = np.random.default_rng(0)
+    t = rng.normal(0, 0.2, (16, 4)).astype(np.float32)
+    x = np.zeros((16, 3, CROP, CROP), np.float32)
+    for h, v in ((True, False), (False, True), (True, True)):
+        moved = t.copy()
+        flip(x.copy(), moved, np.full(16, h), np.full(16, v), np.zeros(16, bool))
+        assert np.allclose(unflip_deltas(moved, h=h, v=v), t, atol=1e-6)
+
+
+def test_misregistered_template_differs_only_along_edges() -> None:
+    from vision.train_hybrid import misregister
+
+    b = make_board(11, 0)
+    m = misregister(b.template, np.random.default_rng(3))
+    diff = (m < 127) != (b.template < 127)
+    assert 0 < diff.mean() < 0.05
+    # Thin slivers, not a shifted board: after a 3x3 opening almost nothing is left.
+    opened = cv2.morphologyEx(diff.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    assert opened.sum() < 0.1 * diff.sum()

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from vision.detectors.template import TemplateDiffDetector
 from vision.stacking import to_gray
-from vision.types import DEFECT_CLASSES, Box, Detection, Frame, Image
+from vision.types import DEFECT_CLASSES, UNKNOWN_CLASS, Box, Detection, Frame, Image
 
 #: Crop side fed to the network, pixels.
 CROP = 64
@@ -33,7 +33,8 @@ CONTEXT = 1.6
 MIN_SIDE = 48
 #: Replicate-padding around the stacked image so crops at the border keep their size.
 _PAD = 160
-MODEL_FILE = "hybrid.onnx"
+#: The registry's file name: a hybrid version dir is a registry version dir plus META_FILE.
+MODEL_FILE = "model.onnx"
 META_FILE = "hybrid.json"
 #: Output class 0 is background; 1..6 are DEFECT_CLASSES.
 BACKGROUND = "background"
@@ -107,6 +108,16 @@ def decode_box(proposal: Box, delta: npt.NDArray[np.float32], shape: tuple[int, 
     return Box(x1, y1, max(x2, x1 + 2), max(y2, y1 + 2))
 
 
+def unflip_deltas(d: npt.NDArray[np.float32], *, h: bool, v: bool) -> npt.NDArray[np.float32]:
+    """Box offsets predicted on a flipped crop, mapped back to the unflipped crop (corners swap and negate)."""
+    x1, y1, x2, y2 = d[:, 0], d[:, 1], d[:, 2], d[:, 3]
+    if h:
+        x1, x2 = -x2, -x1
+    if v:
+        y1, y2 = -y2, -y1
+    return np.stack([x1, y1, x2, y2], axis=1)
+
+
 def _nms(dets: list[Detection], iou: float) -> list[Detection]:
     """Class-aware greedy NMS (proposals of one defect, split by stage 1, must not become two detections)."""
     keep: list[Detection] = []
@@ -157,6 +168,8 @@ class HybridDetector:
         secondary: float = 0.05,
         nms_iou: float = 0.5,
         threads: int = 1,
+        tta: int = 4,
+        unknown_pass: bool = True,
         proposer: TemplateDiffDetector | None = None,
     ) -> None:
         import onnxruntime as ort
@@ -173,6 +186,10 @@ class HybridDetector:
         # operating threshold >= 0.5 (two classes cannot both be above 0.5) and lifts AP where top-1 is wrong.
         self.secondary = secondary
         self.nms_iou = nms_iou
+        if not 1 <= tta <= 4:
+            raise ValueError(f"tta must be 1 (off) to 4 flipped views, got {tta}")
+        self.tta = tta
+        self.unknown_pass = unknown_pass
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -181,17 +198,25 @@ class HybridDetector:
         self.proposer = proposer or TemplateDiffDetector(min_confidence=0.0)
 
     def proposals(self, frame: Frame) -> list[Box]:
-        return [d.box for d in self.proposer.detect(frame)]
+        return self.proposer.proposals(frame)
 
     def score(self, frame: Frame, boxes: list[Box]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """(N, 1 + classes) softmax probabilities and (N, 4) box offsets for ``boxes`` in ``frame``."""
+        """(N, 1 + classes) softmax probabilities and (N, 4) box offsets for ``boxes`` in ``frame``.
+
+        With ``tta`` > 1 each crop is also scored flipped (horizontal, vertical, both): the six classes are
+        invariant to flips, so the outputs are mapped back and averaged (a cheap ensemble; crops are tiny).
+        """
         if frame.template is None:
             raise ValueError(f"{self.name}: frame {frame.camera}#{frame.seq} has no golden template")
-        crops = crop_batch(stacked_padded(frame.image, frame.template), boxes)
-        logits, deltas = self._session.run(None, {self._input: crops.astype(np.float32) / 255.0})
+        x = crop_batch(stacked_padded(frame.image, frame.template), boxes).astype(np.float32) / 255.0
+        views = [x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]][: self.tta]
+        logits, deltas = self._session.run(None, {self._input: np.ascontiguousarray(np.concatenate(views))})
         z = np.asarray(logits, dtype=np.float32)
         z = np.exp(z - z.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True), np.asarray(deltas, dtype=np.float32)
+        p = (z / z.sum(axis=1, keepdims=True)).reshape(len(views), len(boxes), -1)
+        d = np.asarray(deltas, dtype=np.float32).reshape(len(views), len(boxes), 4)
+        back = [unflip_deltas(d[i], h=i in (1, 3), v=i in (2, 3)) for i in range(len(views))]
+        return p.mean(axis=0), np.mean(back, axis=0).astype(np.float32)
 
     def detect(self, frame: Frame) -> list[Detection]:
         boxes = self.proposals(frame)
@@ -206,6 +231,10 @@ class HybridDetector:
                 conf = float(p[k + 1])
                 if (k == top or conf >= self.secondary) and conf >= self.min_confidence:
                     out.append(Detection(refined, c, round(conf, 4)))
+            if self.unknown_pass and p[0] < 0.5 and p[top + 1] < 0.5:
+                # Neither a scan difference nor any trained class with confidence: a change the model has
+                # not learnt. Reported so that it cannot pass silently (QA rules decide what to do with it).
+                out.append(Detection(refined, UNKNOWN_CLASS, round(1.0 - float(p[0]), 4)))
         return _nms(out, self.nms_iou)
 
 

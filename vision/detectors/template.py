@@ -42,6 +42,8 @@ from vision.types import DEFECT_CLASSES, UNKNOWN_CLASS, Box, Detection, Frame, I
 
 _BOX_PAD = 10  # best IoU with DeepPCB annotations (tuned on the training part, not the holdout)
 _BOX_MIN = 20
+#: Opening sides of ``TemplateDiffDetector.proposals``' cleaning passes (see there).
+PROPOSAL_PASSES: tuple[int, ...] = (3, 5)
 
 
 def _gray(img: Image) -> Image:
@@ -182,7 +184,8 @@ class TemplateDiffDetector:
 
     # ------------------------------------------------------------------------------------------- detect
 
-    def detect(self, frame: Frame) -> list[Detection]:
+    def _binarised(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+        """(test copper, template copper aligned onto the test), 0/1 uint8."""
         if frame.template is None:
             raise ValueError(f"{self.name}: frame {frame.camera}#{frame.seq} has no golden template")
         test_cu = self._copper(frame.image)
@@ -193,6 +196,40 @@ class TemplateDiffDetector:
         # pair differs in well under align_trigger of its pixels).
         if self.align and np.count_nonzero(test_cu != temp_cu) > self.align_trigger * test_cu.size:
             temp_cu = self._aligned(test_cu, temp_cu)
+        return test_cu, temp_cu
+
+    def proposals(self, frame: Frame, passes: tuple[int, ...] = PROPOSAL_PASSES) -> list[Box]:
+        """Candidate boxes (padded like ``detect``'s) for a second stage to classify; no classes, no scores.
+
+        One box set per cleaning pass in ``passes`` (opening side in px, after a 3x3 closing), concatenated:
+        duplicates are expected and left to the second stage's NMS. Why several passes: the 3x3 opening of
+        ``detect`` also erases defects that the binarised scan shows dithered (a speckled mousebite), and
+        keeps 2-px slivers along trace edges that chain a defect to its neighbours into one long box; the
+        closing re-fills the speckle and the 5x5 pass cuts the chains. On DeepPCB's training lines the
+        share of defects with a proposal at IoU > 0.33 goes from 0.984 (detect's boxes) to 0.995.
+        """
+        test_cu, temp_cu = self._binarised(frame)
+        raw = (test_cu & (1 - temp_cu), temp_cu & (1 - test_cu))
+        closed = [cv2.morphologyEx(m, cv2.MORPH_CLOSE, self._k3) for m in raw]
+        out: list[Box] = []
+        for k in passes:
+            kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
+            diff = np.zeros_like(test_cu)
+            for m in closed:
+                diff |= np.asarray(cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel), dtype=np.uint8)
+            n, lab, stats, _ = cv2.connectedComponentsWithStats(cv2.dilate(diff, self._kg), connectivity=8)
+            for i in range(1, n):
+                x, y, bw, bh, _ = (int(v) for v in stats[i])
+                d = diff[y : y + bh, x : x + bw] & (lab[y : y + bh, x : x + bw] == i)
+                if int(d.sum()) < self.min_area:
+                    continue
+                ys, xs = np.nonzero(d)
+                x0, y0 = x + int(xs.min()), y + int(ys.min())
+                out.append(self._pad_box(x0, y0, x + int(xs.max()) + 1 - x0, y + int(ys.max()) + 1 - y0, diff.shape))
+        return out
+
+    def detect(self, frame: Frame) -> list[Detection]:
+        test_cu, temp_cu = self._binarised(frame)
         added = test_cu & (1 - temp_cu)
         removed = temp_cu & (1 - test_cu)
         # Thickness evidence: the largest inscribed distance of the raw difference. Edge noise between two

@@ -7,7 +7,8 @@ Definitions used here, so figures are comparable with the literature:
   same-class ground truth with the highest IoU >= threshold. Precision is made monotone (each point takes
   the max precision at any higher recall) and sampled at the 101 recall points 0, 0.01, ..., 1; AP is
   their mean (a recall point beyond the reached recall counts as precision 0). Classes without ground truth
-  are left out of the mean. mAP50-95 averages AP over IoU thresholds 0.50, 0.55, ..., 0.95.
+  are left out of the mean. mAP50-95 averages AP over IoU thresholds 0.50, 0.55, ..., 0.95. ``map_deeppcb``
+  is the same AP with the DeepPCB matching rule (IoU > 0.33) instead of IoU >= 0.5.
 * DeepPCB (Tang et al., 2019, "On-line PCB Defect Detector On A New PCB Defect Dataset"): a detection is
   a true positive when its IoU with a same-class ground-truth box *exceeds* 0.33; precision = TP / detections,
   recall = TP / ground truths, F-score = 2PR / (P + R). Matching here is greedy by confidence, one ground
@@ -58,7 +59,12 @@ def match_image(
 
 
 def average_precision(
-    preds: Sequence[Sequence[Detection]], truths: Sequence[Sequence[Label]], cls: str, iou_thr: float
+    preds: Sequence[Sequence[Detection]],
+    truths: Sequence[Sequence[Label]],
+    cls: str,
+    iou_thr: float,
+    *,
+    strict: bool = False,
 ) -> float | None:
     """COCO 101-point interpolated AP of one class at one IoU threshold; None when the class has no truth."""
     _check_lengths(preds, truths)
@@ -70,7 +76,7 @@ def average_precision(
     for dets, ts in zip(preds, truths, strict=True):
         cd = [d for d in dets if d.cls == cls]
         ct = [t for t in ts if t.cls == cls]
-        m = match_image(cd, ct, iou_thr)
+        m = match_image(cd, ct, iou_thr, strict=strict)
         scores.extend(d.confidence for d in cd)
         hits.extend(j >= 0 for j in m)
     if not scores:
@@ -156,6 +162,8 @@ class DetectionReport:
     ap50_95: dict[str, float] = field(default_factory=dict)
     map50: float = 0.0
     map50_95: float = 0.0
+    #: mAP under the DeepPCB matching rule (IoU > 0.33), the rule of the paper's 98.6 % mAP.
+    map_deeppcb: float = 0.0
     prf: PRF = field(default_factory=lambda: PRF(0, 0, 0))
     per_class: dict[str, PRF] = field(default_factory=dict)
     agnostic: PRF = field(default_factory=lambda: PRF(0, 0, 0))
@@ -174,6 +182,7 @@ class DetectionReport:
         return {
             "map50": self.map50,
             "map50_95": self.map50_95,
+            "map_deeppcb": self.map_deeppcb,
             "ap50": self.ap50,
             "ap50_95": self.ap50_95,
             "deeppcb": d(self.prf),
@@ -194,15 +203,18 @@ def evaluate(
     _check_lengths(preds, truths)
     names = list(classes) if classes is not None else sorted({t.cls for ts in truths for t in ts})
     rep = DetectionReport()
+    ap_pcb: list[float] = []
     for c in names:
         aps = [average_precision(preds, truths, c, t) for t in COCO_IOUS]
         if aps[0] is None:
             continue
         rep.ap50[c] = float(aps[0])
         rep.ap50_95[c] = float(np.mean([a for a in aps if a is not None]))
+        ap_pcb.append(float(average_precision(preds, truths, c, pr_iou, strict=True) or 0.0))
     if rep.ap50:
         rep.map50 = float(np.mean(list(rep.ap50.values())))
         rep.map50_95 = float(np.mean(list(rep.ap50_95.values())))
+        rep.map_deeppcb = float(np.mean(ap_pcb))
     rep.prf, rep.per_class = precision_recall(preds, truths, iou_thr=pr_iou, classes=names)
     rep.agnostic, _ = precision_recall(preds, truths, iou_thr=pr_iou, same_class=False)
     return rep

@@ -281,6 +281,7 @@ def run_eval(
         "truth_boxes": sum(len(t) for t in truths),
         "map50": round(rep.map50, 4),
         "map50_95": round(rep.map50_95, 4),
+        "map_deeppcb": round(rep.map_deeppcb, 4),
         "ap50": {c: round(v, 4) for c, v in rep.ap50.items()},
     }
     for c in confs:

@@ -96,7 +96,7 @@ def test_flip_augmentation_moves_targets_with_the_crop(which: str) -> None:
 
 def test_missing_model_and_wrong_geometry_are_clear_errors(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    with pytest.raises(FileNotFoundError, match=r"hybrid\.onnx"):
+    with pytest.raises(FileNotFoundError, match=r"no hybrid ONNX model at .*model\.onnx"):
         HybridDetector(tmp_path)
     (tmp_path / META_FILE).write_text('{"classes": ["open"], "crop": 32, "context": 1.6, "min_side": 48}')
     with pytest.raises(ValueError, match="crop geometry"):

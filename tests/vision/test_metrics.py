@@ -90,3 +90,14 @@ def test_best_iou_wins_among_free_truths() -> None:
 def test_length_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="2 prediction lists for 1 images"):
         evaluate([[], []], [[]])
+
+
+def test_map_deeppcb_uses_the_looser_iou_rule() -> None:
+    from vision.metrics import evaluate
+
+    truth = [[Label(Box(0, 0, 100, 100), "open")]]
+    # IoU 0.4 with the truth: a hit under DeepPCB's IoU > 0.33, a miss at COCO's 0.5.
+    pred = [[Detection(Box(0, 0, 100, 40), "open", 0.9)]]
+    rep = evaluate(pred, truth, ["open"])
+    assert rep.map50 == 0.0 and rep.map_deeppcb == 1.0
+    assert rep.as_dict()["map_deeppcb"] == 1.0

@@ -26,9 +26,9 @@ def train_cmd(
     fmt: str = typer.Option(..., "--format", help="deeppcb | yolo | voc | coco"),
     split: str | None = typer.Option(None, "--split", help="split / list name, e.g. trainval"),
     arch: str = typer.Option("yolo", "--arch", help="yolo (whole frame) | hybrid (template proposals + crop CNN)"),
-    epochs: int | None = typer.Option(None, "--epochs", help="default: 50 for yolo, 12 for hybrid"),
+    epochs: int | None = typer.Option(None, "--epochs", help="default: 50 for yolo, 8 for hybrid"),
     imgsz: int = typer.Option(320, "--imgsz", help="square network input, multiple of 32"),
-    batch: int = typer.Option(16, "--batch"),
+    batch: int | None = typer.Option(None, "--batch", help="default: 16 images for yolo, 128 crops for hybrid"),
     weights: Path | None = typer.Option(None, "--weights", help="local .pt to start from (never downloads)"),
     model: str = typer.Option("yolo11n.yaml", "--model", help="model config when training from scratch"),
     holdout_last: int = typer.Option(0, "--holdout-last", help="hold out the last N samples for evaluation"),
@@ -46,7 +46,7 @@ def train_cmd(
     against the golden template with a small crop CNN (needs templates; far better on DeepPCB, see
     docs/benchmarks/vision.md). ``--time`` caps the training wall clock in hours for both.
     """
-    from vision.train import DEFAULT_EPOCHS, TrainConfig, TrainError, train
+    from vision.train import DEFAULT_BATCH, DEFAULT_EPOCHS, TrainConfig, TrainError, train
 
     if arch not in DEFAULT_EPOCHS:
         _fail(f"--arch must be one of {', '.join(DEFAULT_EPOCHS)}, got {arch!r}")
@@ -58,7 +58,7 @@ def train_cmd(
         split=split,
         epochs=epochs if epochs is not None else DEFAULT_EPOCHS[arch],
         imgsz=imgsz,
-        batch=batch,
+        batch=batch if batch is not None else DEFAULT_BATCH[arch],
         weights=weights,
         model=model,
         holdout_last=holdout_last,

@@ -37,7 +37,8 @@ log = logging.getLogger("vision.train")
 FORMATS: tuple[str, ...] = ("deeppcb", "yolo", "voc", "coco")
 ARCHS: tuple[str, ...] = ("yolo", "hybrid")
 #: Epochs when --epochs is not given: YOLO learns whole frames slowly; the crop CNN sees ~40 crops a pair.
-DEFAULT_EPOCHS: dict[str, int] = {"yolo": 50, "hybrid": 12}
+DEFAULT_EPOCHS: dict[str, int] = {"yolo": 50, "hybrid": 8}
+DEFAULT_BATCH: dict[str, int] = {"yolo": 16, "hybrid": 128}
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

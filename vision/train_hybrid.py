@@ -33,7 +33,7 @@ from vision.detectors.hybrid import (
     stacked_padded,
 )
 from vision.detectors.template import TemplateDiffDetector
-from vision.types import DEFECT_CLASSES, Box, Detection, Frame, Image, Label
+from vision.types import DEFECT_CLASSES, UNKNOWN_CLASS, Box, Detection, Frame, Image, Label
 
 if TYPE_CHECKING:
     from vision.train import TrainConfig, TrainResult
@@ -272,7 +272,8 @@ def run_eval(
     times: list[float] = []
     for k, (img, tmpl, _) in enumerate(pairs):
         t0 = time.perf_counter()
-        preds.append(det.detect(Frame("eval", k, 0.0, img, tmpl)))
+        # ``unknown`` belongs to no trained class: reported to the line, not scored (as in vision.bench).
+        preds.append([d for d in det.detect(Frame("eval", k, 0.0, img, tmpl)) if d.cls != UNKNOWN_CLASS])
         times.append((time.perf_counter() - t0) * 1000)
     truths = [lab for _, _, lab in pairs]
     rep = evaluate(preds, truths, DEFECT_CLASSES)
@@ -341,7 +342,7 @@ def train_registry(cfg: TrainConfig, command: str) -> TrainResult:
     minutes = cfg.time_hours * 60 if cfg.time_hours else float("inf")
     with tempfile.TemporaryDirectory(prefix="lineguard-hybrid-") as tmp:
         out = Path(tmp)
-        train(crops, ys, ts, out, epochs=cfg.epochs, minutes=minutes, batch=max(cfg.batch, 32), seed=cfg.seed,
+        train(crops, ys, ts, out, epochs=cfg.epochs, minutes=minutes, batch=cfg.batch, seed=cfg.seed,
               log=False, classes=classes, progress=True)
         train_seconds = time.monotonic() - t0
         spec = InputSpec(

@@ -166,7 +166,7 @@ class HybridDetector:
         *,
         min_confidence: float = 0.0,
         secondary: float = 0.05,
-        nms_iou: float = 0.5,
+        nms_iou: float = 0.3,
         threads: int = 1,
         tta: int = 4,
         unknown_pass: bool = True,
@@ -185,6 +185,9 @@ class HybridDetector:
         # Also report each other class above ``secondary`` at its own probability: costs nothing at an
         # operating threshold >= 0.5 (two classes cannot both be above 0.5) and lifts AP where top-1 is wrong.
         self.secondary = secondary
+        # 0.3, not the usual 0.5: the two proposal passes often box one defect twice, and the two refined
+        # boxes can still overlap by only 0.3-0.5 (a fragment and the whole); 0.3 was chosen on a held-out
+        # training group (77000), fewer duplicates, same recall.
         self.nms_iou = nms_iou
         if not 1 <= tta <= 4:
             raise ValueError(f"tta must be 1 (off) to 4 flipped views, got {tta}")

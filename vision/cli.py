@@ -186,8 +186,27 @@ def _command_line(ctx: typer.Context, prefix: str) -> str:
     return " ".join(parts)
 
 
+def synth_cmd(
+    out: Path = typer.Option(..., "--out", help="dataset directory to create or extend (DeepPCB layout)"),
+    n: int = typer.Option(400, "--n", help="number of board pairs"),
+    seed: int = typer.Option(0, "--seed", help="board i uses seed + i: same seed, same boards"),
+    good_fraction: float = typer.Option(0.05, "--good-fraction", help="share of defect-free parts"),
+    scan_noise: float = typer.Option(0.15, "--scan-noise", help="edge roughness between image and template"),
+    ext: str = typer.Option(".jpg", "--ext", help=".jpg (DeepPCB-like artefacts) or .png (lossless)"),
+) -> None:
+    """Generate synthetic PCB board pairs with the six DeepPCB defect classes, in DeepPCB layout."""
+    from vision.synth import write_dataset
+
+    if n <= 0 or not 0.0 <= good_fraction <= 1.0 or ext not in (".jpg", ".png"):
+        _fail("--n must be > 0, --good-fraction in [0, 1], --ext .jpg or .png")
+        return
+    samples = write_dataset(out, n, seed=seed, good_fraction=good_fraction, scan_noise=scan_noise, ext=ext)
+    typer.echo(json.dumps({"out": str(out), "pairs": len(samples), "defects": sum(len(s.labels) for s in samples)}))
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add vision's commands: ``train`` and ``eval`` to ``app``, ``vision`` to ``bench``."""
+    """Add vision's commands: ``train``, ``eval`` and ``synth`` to ``app``, ``vision`` to ``bench``."""
+    app.command("synth")(synth_cmd)
     app.command("train")(train_cmd)
     app.command("eval")(eval_cmd)
     bench.command("vision")(bench_vision_cmd)

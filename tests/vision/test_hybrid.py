@@ -216,3 +216,21 @@ def test_misregistered_template_differs_only_along_edges() -> None:
     # Thin slivers, not a shifted board: after a 3x3 opening almost nothing is left.
     opened = cv2.morphologyEx(diff.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     assert opened.sum() < 0.1 * diff.sum()
+
+
+def test_shipped_synthetic_hybrid_finds_and_names_defects_on_new_boards() -> None:
+    """The default model ships in vision/models (trained on generated boards only, seeds 2000-2319) and loads
+    by registry name with no registry of the user's; on unseen boards it must be nearly perfect."""
+    pytest.importorskip("onnxruntime")
+    from line_agent.runtime import load_detector
+    from vision.metrics import evaluate
+
+    det = load_detector("hybrid:pcb-synth-hybrid")
+    assert isinstance(det, HybridDetector) and det.name.startswith("hybrid:pcb-synth-hybrid")
+    boards = [make_board(70_000 + i, (3, 8), scan_noise=0.15) for i in range(12)]
+    preds = [det.detect(Frame("t", k, 0.0, b.image, b.template)) for k, b in enumerate(boards)]
+    rep = evaluate([[d for d in p if d.confidence >= 0.5] for p in preds], [b.labels for b in boards], DEFECT_CLASSES)
+    assert rep.prf.recall >= 0.9 and rep.prf.precision >= 0.9, rep.prf
+    # A good part: nothing to report.
+    good = make_board(70_500, 0, scan_noise=0.15)
+    assert [d for d in det.detect(Frame("t", 99, 0.0, good.image, good.template)) if d.confidence >= 0.5] == []

@@ -99,7 +99,7 @@ def examples(
         for t in [tmpl, *(misregister(tmpl, rng) for _ in range(misreg))]
     ]
     for k, (img, tmpl, labels) in enumerate(views):
-        props = proposer.proposals(Frame("train", k, 0.0, img, tmpl))
+        props, shift = proposer.proposals_and_shift(Frame("train", k, 0.0, img, tmpl))
         boxes: list[Box] = []
         for p in props:
             ious = [p.iou(t.box) for t in labels]
@@ -119,7 +119,7 @@ def examples(
                 ys.append(1 + classes.index(t.cls))
                 ts.append(encode_target(jb, t.box))
         if boxes:
-            crops.append(crop_batch(stacked_padded(img, tmpl), boxes))
+            crops.append(crop_batch(stacked_padded(img, tmpl, shift), boxes))
     if not crops:
         return np.zeros((0, 3, CROP, CROP), np.uint8), np.zeros(0, np.int64), np.zeros((0, 4), np.float32)
     return np.concatenate(crops), np.asarray(ys, dtype=np.int64), np.stack(ts).astype(np.float32)

@@ -60,10 +60,29 @@ def align_template(test: Image, template: Image, *, max_shift: int = 20, trigger
     return np.asarray(out, dtype=np.uint8)
 
 
-def stacked_padded(test: Image, template: Image) -> Image:
-    """(H + 2*_PAD, W + 2*_PAD, 3) uint8: test, aligned template, |diff|, replicate-padded."""
+def shift_template(template: Image, shift: tuple[int, int]) -> Image:
+    """The template moved by the integer (dx, dy) that aligns it onto the test, edges replicated."""
+    g = to_gray(template)
+    if shift == (0, 0):
+        return g
+    m = np.array([[1, 0, shift[0]], [0, 1, shift[1]]], dtype=np.float32)
+    out = cv2.warpAffine(g, m, (g.shape[1], g.shape[0]), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def stacked_padded(test: Image, template: Image, shift: tuple[int, int] | None = None) -> Image:
+    """(H + 2*_PAD, W + 2*_PAD, 3) uint8: test, aligned template, |diff|, replicate-padded.
+
+    ``shift``: the alignment stage 1 already found (``TemplateDiffDetector.proposals_and_shift``); the
+    detector and its training both pass it, so a frame is aligned once. None estimates it here.
+    """
     t = to_gray(test)
-    g = align_template(t, template)
+    if shift is None:
+        g = align_template(t, template)
+    else:
+        g = shift_template(template, shift)
+        if g.shape != t.shape:
+            raise ValueError(f"image {t.shape} and template {g.shape} differ in size")
     st = np.dstack([t, g, cv2.absdiff(t, g)])
     return np.asarray(cv2.copyMakeBorder(st, _PAD, _PAD, _PAD, _PAD, cv2.BORDER_REPLICATE), dtype=np.uint8)
 
@@ -203,15 +222,20 @@ class HybridDetector:
     def proposals(self, frame: Frame) -> list[Box]:
         return self.proposer.proposals(frame)
 
-    def score(self, frame: Frame, boxes: list[Box]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    def _crops(self, frame: Frame, boxes: list[Box], shift: tuple[int, int] | None) -> npt.NDArray[np.float32]:
+        if frame.template is None:
+            raise ValueError(f"{self.name}: frame {frame.camera}#{frame.seq} has no golden template")
+        return crop_batch(stacked_padded(frame.image, frame.template, shift), boxes).astype(np.float32) / 255.0
+
+    def score(
+        self, frame: Frame, boxes: list[Box], shift: tuple[int, int] | None = None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """(N, 1 + classes) softmax probabilities and (N, 4) box offsets for ``boxes`` in ``frame``.
 
         With ``tta`` > 1 each crop is also scored flipped (horizontal, vertical, both): the six classes are
         invariant to flips, so the outputs are mapped back and averaged (a cheap ensemble; crops are tiny).
         """
-        if frame.template is None:
-            raise ValueError(f"{self.name}: frame {frame.camera}#{frame.seq} has no golden template")
-        x = crop_batch(stacked_padded(frame.image, frame.template), boxes).astype(np.float32) / 255.0
+        x = self._crops(frame, boxes, shift)
         views = [x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]][: self.tta]
         logits, deltas = self._session.run(None, {self._input: np.ascontiguousarray(np.concatenate(views))})
         z = np.asarray(logits, dtype=np.float32)
@@ -222,10 +246,12 @@ class HybridDetector:
         return p.mean(axis=0), np.mean(back, axis=0).astype(np.float32)
 
     def detect(self, frame: Frame) -> list[Detection]:
-        boxes = self.proposals(frame)
+        if frame.template is None:
+            raise ValueError(f"{self.name}: frame {frame.camera}#{frame.seq} has no golden template")
+        boxes, shift = self.proposer.proposals_and_shift(frame)
         if not boxes:
             return []
-        probs, deltas = self.score(frame, boxes)
+        probs, deltas = self.score(frame, boxes, shift)
         out: list[Detection] = []
         for b, p, d in zip(boxes, probs, deltas, strict=True):
             refined = decode_box(b, d, frame.image.shape)

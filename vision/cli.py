@@ -123,6 +123,7 @@ def bench_vision_cmd(
     threads: int = typer.Option(2, "--threads"),
     limit: int | None = typer.Option(None, "--limit"),
     markdown: Path | None = typer.Option(None, "--markdown", help="append a results table to this file"),
+    tta: int | None = typer.Option(None, "--tta", help="hybrid models: flipped views averaged, 1-4 (default 4)"),
 ) -> None:
     """Accuracy, p50/p99 latency, frames/s and peak RSS per detector, each in its own process."""
     import importlib.util
@@ -141,6 +142,8 @@ def bench_vision_cmd(
         common += ["--split", split]
     if limit:
         common += ["--limit", str(limit)]
+    if tta is not None:
+        common += ["--tta", str(tta)]
     results = []
     for k in kinds:
         args = list(common)

@@ -215,12 +215,17 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     bench.command("vision")(bench_vision_cmd)
 
 
-def main() -> None:
+def build_app() -> typer.Typer:
+    """vision's commands on an app of their own (``python -m vision.cli``; tests drive it with CliRunner)."""
     app = typer.Typer(add_completion=False, no_args_is_help=True)
     bench = typer.Typer(no_args_is_help=True)
     register(app, bench)
     app.add_typer(bench, name="bench")
-    app()
+    return app
+
+
+def main() -> None:
+    build_app()()
 
 
 if __name__ == "__main__":

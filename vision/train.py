@@ -156,6 +156,23 @@ def load_samples(data: Path, fmt: str, split: str | None = None) -> list[Sample]
     return samples
 
 
+def load_split(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    """(samples to train on, the last ``cfg.holdout_last`` held out); TrainError on bad data or an empty fit."""
+    from vision import datasets
+
+    samples = load_samples(cfg.data, cfg.fmt, cfg.split)
+    if cfg.holdout_last:
+        try:
+            fit, held = datasets.split_holdout(samples, cfg.holdout_last)
+        except ValueError as e:
+            raise TrainError(str(e)) from e
+    else:
+        fit, held = list(samples), []
+    if not fit:
+        raise TrainError("no samples left to train on after the hold-out")
+    return fit, held
+
+
 def class_names_for(samples: Sequence[Sample]) -> tuple[str, ...]:
     """Output classes: DeepPCB's six in their fixed order when the data uses only those, else sorted."""
     seen = {lab.cls for s in samples for lab in s.labels}
@@ -233,7 +250,6 @@ def build_yolo_dataset(
 
 def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
     """Run the whole pipeline and publish a registry version. Raises TrainError on bad input."""
-    from vision import datasets
 
     if cfg.arch not in ARCHS:
         raise TrainError(f"--arch must be one of {', '.join(ARCHS)}, got {cfg.arch!r}")
@@ -247,16 +263,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
         raise TrainError(f"--imgsz must be a multiple of 32, got {cfg.imgsz}")
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         raise TrainError(f"weights file not found: {cfg.weights} (only local weights are used, never downloads)")
-    samples = load_samples(cfg.data, cfg.fmt, cfg.split)
-    if cfg.holdout_last:
-        try:
-            fit, held = datasets.split_holdout(samples, cfg.holdout_last)
-        except ValueError as e:
-            raise TrainError(str(e)) from e
-    else:
-        fit, held = list(samples), []
-    if not fit:
-        raise TrainError("no samples left to train on after the hold-out")
+    fit, held = load_split(cfg)
     classes = class_names_for(fit)
     spec = InputSpec(
         size=cfg.imgsz,

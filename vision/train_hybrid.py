@@ -308,23 +308,13 @@ def train_registry(cfg: TrainConfig, command: str) -> TrainResult:
 
     import torch
 
-    from vision import datasets
     from vision.bench import evaluate
     from vision.registry import hash_samples, publish
     from vision.stacking import InputSpec
-    from vision.train import TrainError, TrainResult, class_names_for, load_samples
+    from vision.train import TrainError, TrainResult, class_names_for, load_split
 
-    samples = load_samples(cfg.data, cfg.fmt, cfg.split)
-    if cfg.holdout_last:
-        try:
-            fit, held = datasets.split_holdout(samples, cfg.holdout_last)
-        except ValueError as e:
-            raise TrainError(str(e)) from e
-    else:
-        fit, held = list(samples), []
-    if not fit:
-        raise TrainError("no samples left to train on after the hold-out")
-    no_template = [s.sample_id or str(s.image_path) for s in samples if s.template_path is None]
+    fit, held = load_split(cfg)
+    no_template = [s.sample_id or str(s.image_path) for s in (*fit, *held) if s.template_path is None]
     if no_template:
         raise TrainError(
             f"--arch hybrid needs a golden template for every sample; {len(no_template)} have none "

@@ -18,10 +18,9 @@ import pytest
 if importlib.util.find_spec("torch") is None or importlib.util.find_spec("ultralytics") is None:
     pytest.skip("training tests need torch + ultralytics (pip install 'lineguard[train]')", allow_module_level=True)
 
-import typer
 from typer.testing import CliRunner
 
-from vision.cli import register
+from vision.cli import build_app
 from vision.detectors.onnx import OnnxDetector
 from vision.registry import REQUIRED_FILES, resolve
 from vision.synth import make_board, write_dataset
@@ -29,12 +28,6 @@ from vision.types import DEFECT_CLASSES, Frame
 
 runner = CliRunner()
 
-
-def _app() -> typer.Typer:
-    app, bench = typer.Typer(), typer.Typer()
-    register(app, bench)
-    app.add_typer(bench, name="bench")
-    return app
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +39,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     args = ["train", "--data", str(data), "--format", "deeppcb", "--epochs", "1", "--imgsz", "160",
             "--batch", "8", "--holdout-last", "4", "--out", str(reg), "--name", "tiny",
             "--cache-dir", str(root / "cache")]
-    r = runner.invoke(_app(), args)
+    r = runner.invoke(build_app(), args)
     assert r.exit_code == 0, r.output[-3000:]
     return data, reg
 
@@ -88,7 +81,7 @@ def test_onnx_detector_runs_and_matches_torch(trained: tuple[Path, Path]) -> Non
 
 def test_eval_json_on_trained_model(trained: tuple[Path, Path]) -> None:
     data, reg = trained
-    r = runner.invoke(_app(), ["eval", "--data", str(data), "--format", "deeppcb", "--model", "tiny",
+    r = runner.invoke(build_app(), ["eval", "--data", str(data), "--format", "deeppcb", "--model", "tiny",
                                "--registry", str(reg), "--holdout-last", "4"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
@@ -105,7 +98,7 @@ def test_second_version_and_cache_reuse(trained: tuple[Path, Path], tmp_path: Pa
     args = ["train", "--data", str(data), "--format", "deeppcb", "--epochs", "1", "--imgsz", "160",
             "--batch", "8", "--out", str(reg), "--name", "tiny", "--weights", str(w),
             "--cache-dir", str(tmp_path / "cache")]
-    r = runner.invoke(_app(), args)
+    r = runner.invoke(build_app(), args)
     assert r.exit_code == 0, r.output[-3000:]
     e = resolve(reg, "tiny")
     assert e.version == "v2"

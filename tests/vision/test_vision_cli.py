@@ -10,21 +10,13 @@ import json
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from vision.cli import register
+from vision.cli import build_app
 from vision.synth import write_dataset
 
 runner = CliRunner()
 
-
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    bench = typer.Typer()
-    register(app, bench)
-    app.add_typer(bench, name="bench")
-    return app
 
 
 @pytest.fixture(scope="module")
@@ -35,27 +27,27 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_commands_are_registered() -> None:
-    app = _app()
+    app = build_app()
     for args in (["train", "--help"], ["eval", "--help"], ["bench", "vision", "--help"]):
         r = runner.invoke(app, args)
         assert r.exit_code == 0, (args, r.output)
 
 
 def test_train_missing_data_dir(tmp_path: Path) -> None:
-    r = runner.invoke(_app(), ["train", "--data", str(tmp_path / "nope"), "--format", "deeppcb"])
+    r = runner.invoke(build_app(), ["train", "--data", str(tmp_path / "nope"), "--format", "deeppcb"])
     assert r.exit_code == 2
     assert "data directory not found" in r.output and "nope" in r.output
 
 
 def test_train_wrong_format(synth: Path) -> None:
-    r = runner.invoke(_app(), ["train", "--data", str(synth), "--format", "pascal"])
+    r = runner.invoke(build_app(), ["train", "--data", str(synth), "--format", "pascal"])
     assert r.exit_code == 2
     assert "unknown dataset format 'pascal'" in r.output and "deeppcb, yolo, voc, coco" in r.output
 
 
 def test_train_wrong_layout(tmp_path: Path) -> None:
     (tmp_path / "junk.txt").write_text("this is not a list file\n")
-    r = runner.invoke(_app(), ["train", "--data", str(tmp_path), "--format", "deeppcb"])
+    r = runner.invoke(build_app(), ["train", "--data", str(tmp_path), "--format", "deeppcb"])
     assert r.exit_code == 2
     assert "cannot load deeppcb dataset" in r.output
 
@@ -63,7 +55,7 @@ def test_train_wrong_layout(tmp_path: Path) -> None:
 def test_train_empty_labels(tmp_path: Path) -> None:
     d = tmp_path / "good-only"
     write_dataset(d, 3, seed=1, n_defects=0, progress=False)  # good parts only: no labels at all
-    r = runner.invoke(_app(), ["train", "--data", str(d), "--format", "deeppcb", "--imgsz", "160",
+    r = runner.invoke(build_app(), ["train", "--data", str(d), "--format", "deeppcb", "--imgsz", "160",
                                "--out", str(tmp_path / "reg"), "--cache-dir", str(tmp_path / "cache")])
     assert r.exit_code == 2
     assert "carry no labels" in r.output
@@ -71,17 +63,17 @@ def test_train_empty_labels(tmp_path: Path) -> None:
 
 
 def test_train_bad_imgsz_and_weights(synth: Path, tmp_path: Path) -> None:
-    r = runner.invoke(_app(), ["train", "--data", str(synth), "--format", "deeppcb", "--imgsz", "300"])
+    r = runner.invoke(build_app(), ["train", "--data", str(synth), "--format", "deeppcb", "--imgsz", "300"])
     assert r.exit_code == 2 and "multiple of 32" in r.output
-    r = runner.invoke(_app(), ["train", "--data", str(synth), "--format", "deeppcb",
+    r = runner.invoke(build_app(), ["train", "--data", str(synth), "--format", "deeppcb",
                                "--weights", str(tmp_path / "x.pt")])
     assert r.exit_code == 2 and "weights file not found" in r.output
-    r = runner.invoke(_app(), ["train", "--data", str(synth), "--format", "deeppcb", "--holdout-last", "99"])
+    r = runner.invoke(build_app(), ["train", "--data", str(synth), "--format", "deeppcb", "--holdout-last", "99"])
     assert r.exit_code == 2 and "cannot hold out 99 of 6" in r.output
 
 
 def test_eval_prints_metrics_json(synth: Path) -> None:
-    r = runner.invoke(_app(), ["eval", "--data", str(synth), "--format", "deeppcb", "--model", "pcb-synth",
+    r = runner.invoke(build_app(), ["eval", "--data", str(synth), "--format", "deeppcb", "--model", "pcb-synth",
                                "--holdout-last", "4"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
@@ -96,14 +88,14 @@ def test_eval_prints_metrics_json(synth: Path) -> None:
 
 
 def test_eval_unknown_model(synth: Path, tmp_path: Path) -> None:
-    r = runner.invoke(_app(), ["eval", "--data", str(synth), "--format", "deeppcb", "--model", "no-such",
+    r = runner.invoke(build_app(), ["eval", "--data", str(synth), "--format", "deeppcb", "--model", "no-such",
                                "--registry", str(tmp_path)])
     assert r.exit_code == 2 and "no-such" in r.output
 
 
 def test_bench_vision_json_and_markdown(synth: Path, tmp_path: Path) -> None:
     md = tmp_path / "bench.md"
-    r = runner.invoke(_app(), ["bench", "vision", "--data", str(synth), "--format", "deeppcb",
+    r = runner.invoke(build_app(), ["bench", "vision", "--data", str(synth), "--format", "deeppcb",
                                "--detectors", "onnx,template,yolo", "--markdown", str(md), "--threads", "1"])
     assert r.exit_code == 0, r.output
     res = {x["kind"]: x for x in json.loads(r.stdout)}
@@ -119,7 +111,7 @@ def test_bench_vision_json_and_markdown(synth: Path, tmp_path: Path) -> None:
 
 
 def test_bench_vision_bad_detector(synth: Path) -> None:
-    r = runner.invoke(_app(), ["bench", "vision", "--data", str(synth), "--format", "deeppcb",
+    r = runner.invoke(build_app(), ["bench", "vision", "--data", str(synth), "--format", "deeppcb",
                                "--detectors", "onnx,magic"])
     assert r.exit_code == 2 and "unknown detector 'magic'" in r.output
 
@@ -130,7 +122,7 @@ def test_synth_writes_a_reproducible_dataset(tmp_path: Path) -> None:
 
     hashes = []
     for d in ("a", "b"):
-        r = runner.invoke(_app(), ["synth", "--out", str(tmp_path / d), "--n", "3", "--seed", "42"])
+        r = runner.invoke(build_app(), ["synth", "--out", str(tmp_path / d), "--n", "3", "--seed", "42"])
         assert r.exit_code == 0, r.output
         line = r.output[r.output.index('{"out"') :].splitlines()[0]  # the progress bar shares the output
         assert json.loads(line)["pairs"] == 3
@@ -138,5 +130,5 @@ def test_synth_writes_a_reproducible_dataset(tmp_path: Path) -> None:
         assert len(samples) == 3 and all(s.template_path is not None for s in samples)
         hashes.append(hash_samples(samples))
     assert hashes[0] == hashes[1]  # same seed, same bytes: a shipped model's data_hash can be re-derived
-    r = runner.invoke(_app(), ["synth", "--out", str(tmp_path / "c"), "--n", "0"])
+    r = runner.invoke(build_app(), ["synth", "--out", str(tmp_path / "c"), "--n", "0"])
     assert r.exit_code == 2 and "--n must be > 0" in r.output

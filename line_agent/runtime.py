@@ -36,17 +36,18 @@ log = logging.getLogger(__name__)
 
 
 def load_detector(spec: str, registry: Path | None = None) -> Detector:
-    """``template``, ``onnx:<path | registry name>`` or ``hybrid:<model dir>`` -> a Detector (no torch)."""
+    """``template``, ``onnx:<path | registry name>`` or ``hybrid:<path | registry name>`` -> a Detector (no torch).
+
+    A registry name is looked up in ``registry``, then in the shipped models (vision/models)."""
     if spec == "template":
         from vision.detectors.template import TemplateDiffDetector
 
         return TemplateDiffDetector()
     if spec.startswith("onnx:"):
+        from vision.detectors.load import is_hybrid, load_model, resolve_model_dir
         from vision.detectors.onnx import OnnxDetector
 
         ref = spec[len("onnx:"):]
-        from vision.detectors.load import is_hybrid, load_model, resolve_model_dir
-
         # A registry name may hold a hybrid model: run it as one rather than feeding it whole frames.
         if is_hybrid(resolve_model_dir(ref, registry)):
             return load_model(ref, registry)

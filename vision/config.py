@@ -63,7 +63,8 @@ class CameraConfig(BaseModel):
     def _detector(cls, v: str) -> str:
         if v != "template" and not any(v.startswith(p) and len(v) > len(p) for p in ("onnx:", "hybrid:")):
             raise ValueError(
-                f"detector {v!r}: expected 'template', 'onnx:<path or registry name>' or 'hybrid:<model dir>'"
+                f"detector {v!r}: expected 'template', 'onnx:<path or registry name>' "
+                "or 'hybrid:<path or registry name>'"
             )
         return v
 

@@ -81,5 +81,8 @@ def test_detector_specs_load_or_fail_clearly(tmp_path: Path) -> None:
     assert load_detector("onnx:pcb-synth").name.startswith("onnx:pcb-synth")  # the shipped model
     with pytest.raises(FileNotFoundError, match="no hybrid ONNX model"):
         load_detector(f"hybrid:{tmp_path}")
+    with pytest.raises(LookupError, match="'no-such-model' is neither a path nor a registry entry"):
+        load_detector("hybrid:no-such-model", registry=tmp_path)
+    assert load_detector("hybrid:pcb-synth-hybrid").name.startswith("hybrid:pcb-synth-hybrid")  # shipped
     with pytest.raises(ValueError, match="unknown detector spec"):
         load_detector("magic")

@@ -125,7 +125,7 @@ def test_camera_config_errors(tmp_path: Path) -> None:
         CameraConfig(name="x", source="ftp://host/cam")
     with pytest.raises(ValidationError, match="expected 'template', 'onnx:"):
         CameraConfig(name="x", source="usb://0", detector="yolo")
-    with pytest.raises(ValidationError, match="'hybrid:<model dir>'"):
+    with pytest.raises(ValidationError, match="'hybrid:<path or registry name>'"):
         CameraConfig(name="x", source="usb://0", detector="hybrid:")
     assert CameraConfig(name="x", source="usb://0", detector="hybrid:/models/h1").detector == "hybrid:/models/h1"
     assert CameraConfig(name="x", source="usb://0", detector="onnx:pcb-synth@3").detector == "onnx:pcb-synth@3"

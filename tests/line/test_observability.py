@@ -76,7 +76,9 @@ def test_every_listed_metric_is_scraped_and_moves(tmp_path: Path) -> None:
         second = {**_scrape(api, TOKEN), **_scrape(ingest)}
     finally:
         proc.terminate()
-        proc.wait(60)
+        # Shutdown order and timing are tests/line of their own (SIGINT/SIGKILL); under a full suite on 2
+        # cores the demo's orderly stop (children, database flush) has taken over 60 s once.
+        proc.wait(180)
     missing = [m for m in LISTED if m not in second]
     assert not missing, f"missing metrics: {missing}"
     for m in ("lineguard_frames_total", "lineguard_inference_latency_seconds_count",

@@ -54,12 +54,12 @@ def load_detector(spec: str, registry: Path | None = None) -> Detector:
         return OnnxDetector.load(ref, registry=registry)
     if spec.startswith("hybrid:"):
         from vision.detectors.hybrid import HybridDetector
-        from vision.detectors.load import load_model
+        from vision.detectors.load import load_model, split_options
 
-        ref = spec[len("hybrid:"):]
+        ref, opts = split_options(spec[len("hybrid:"):])  # e.g. hybrid:pcb-synth-hybrid?tta=1
         if not Path(ref).exists():  # a registry name; a missing directory fails below with its path
-            return load_model(ref, registry)
-        return HybridDetector(Path(ref))
+            return load_model(ref, registry, **opts)
+        return HybridDetector(Path(ref), **opts)
     raise ValueError(f"unknown detector spec {spec!r}")
 
 

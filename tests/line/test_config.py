@@ -76,6 +76,7 @@ def test_settings_from_env_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_detector_specs_load_or_fail_clearly(tmp_path: Path) -> None:
     from line_agent.runtime import load_detector
+    from vision.detectors.hybrid import HybridDetector
 
     assert load_detector("template").name == "template-diff"
     assert load_detector("onnx:pcb-synth").name.startswith("onnx:pcb-synth")  # the shipped model
@@ -84,5 +85,7 @@ def test_detector_specs_load_or_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(LookupError, match="'no-such-model' is neither a path nor a registry entry"):
         load_detector("hybrid:no-such-model", registry=tmp_path)
     assert load_detector("hybrid:pcb-synth-hybrid").name.startswith("hybrid:pcb-synth-hybrid")  # shipped
+    fast = load_detector("hybrid:pcb-synth-hybrid?tta=1")
+    assert isinstance(fast, HybridDetector) and fast.tta == 1 and load_detector("hybrid:pcb-synth-hybrid").tta == 4
     with pytest.raises(ValueError, match="unknown detector spec"):
         load_detector("magic")

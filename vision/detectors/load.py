@@ -65,3 +65,21 @@ def operating_conf(model_dir: Path) -> float:
     """The confidence a model is meant to run at when nobody says otherwise: 0.5 for a hybrid (its class
     probability beats background and all other classes together), 0.25 for a YOLO export (ultralytics' own)."""
     return 0.5 if is_hybrid(model_dir) else 0.25
+
+
+def split_options(ref: str) -> tuple[str, dict[str, Any]]:
+    """``name?tta=1`` -> (``name``, {"tta": 1}): options a line config may set on a hybrid detector.
+
+    Only ``tta`` (flipped views averaged, 1-4; 1 is fastest, 4 the default and most accurate) for now;
+    anything else is a ValueError naming it, so a typo in a line's YAML fails at check-config.
+    """
+    base, _, query = ref.partition("?")
+    opts: dict[str, Any] = {}
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key != "tta":
+            raise ValueError(f"detector option {key!r} unknown; expected tta=1..4")
+        if value not in ("1", "2", "3", "4"):
+            raise ValueError(f"detector option tta={value!r}: expected 1, 2, 3 or 4 flipped views")
+        opts["tta"] = int(value)
+    return base, opts

@@ -44,22 +44,15 @@ def load_detector(spec: str, registry: Path | None = None) -> Detector:
 
         return TemplateDiffDetector()
     if spec.startswith("onnx:"):
-        from vision.detectors.load import is_hybrid, load_model, resolve_model_dir
-        from vision.detectors.onnx import OnnxDetector
+        from vision.detectors.load import load_model
 
-        ref = spec[len("onnx:"):]
-        # A registry name may hold a hybrid model: run it as one rather than feeding it whole frames.
-        if is_hybrid(resolve_model_dir(ref, registry)):
-            return load_model(ref, registry)
-        return OnnxDetector.load(ref, registry=registry)
+        # The directory says which kind it holds: a registry name may be a hybrid model.
+        return load_model(spec[len("onnx:"):], registry)
     if spec.startswith("hybrid:"):
-        from vision.detectors.hybrid import HybridDetector
         from vision.detectors.load import load_model, split_options
 
         ref, opts = split_options(spec[len("hybrid:"):])  # e.g. hybrid:pcb-synth-hybrid?tta=1
-        if not Path(ref).exists():  # a registry name; a missing directory fails below with its path
-            return load_model(ref, registry, **opts)
-        return HybridDetector(Path(ref), **opts)
+        return load_model(ref, registry, hybrid=True, **opts)
     raise ValueError(f"unknown detector spec {spec!r}")
 
 

@@ -115,7 +115,7 @@ def build_detector(kind: str, model: str | None, *, conf: float, threads: int,
 
         # A registry model of either kind: whole-frame YOLO export or two-stage hybrid.
         if model:
-            extra = {"tta": tta} if tta is not None else {}
+            extra: dict[str, Any] = {"tta": tta} if tta is not None else {}
             return load_model(model, registry, conf=conf, threads=threads, unknown_pass=False, **extra)
         return OnnxDetector.default(conf=conf, threads=threads, unknown_pass=False)
     if kind == "template":

@@ -199,7 +199,7 @@ class HybridDetector:
             raise FileNotFoundError(f"no hybrid ONNX model at {path}")
         self.meta = HybridMeta.load(model_dir)
         self.classes = self.meta.classes
-        self.name = f"hybrid:{model_dir.name}"
+        self.name = f"hybrid:{model_dir.parent.name}-{model_dir.name}"  # <name>-<version> in a registry
         self.min_confidence = min_confidence
         # Also report each other class above ``secondary`` at its own probability: costs nothing at an
         # operating threshold >= 0.5 (two classes cannot both be above 0.5) and lifts AP where top-1 is wrong.

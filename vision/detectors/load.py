@@ -21,10 +21,8 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 def resolve_model_dir(ref: str | Path, registry: Path | None = None) -> Path:
     """The version directory ``ref`` names; LookupError listing where it was looked for."""
     p = Path(ref)
-    if p.is_file() and p.suffix == ".onnx":
-        return p.parent
-    if p.is_dir():
-        return p
+    if p.exists():  # a path is taken as given; a wrong one fails where its files are read, naming them
+        return p.parent if p.is_file() and p.suffix == ".onnx" else p
     name, version = parse_ref(str(ref))
     errors = []
     for reg in [r for r in (registry, MODELS_DIR) if r is not None]:
@@ -41,24 +39,25 @@ def is_hybrid(model_dir: Path) -> bool:
     return (Path(model_dir) / META_FILE).is_file()
 
 
-def load_model(ref: str | Path, registry: Path | None = None, *, conf: float | None = None,
-               threads: int = 1, **kwargs: Any) -> Detector:
-    """A HybridDetector or an OnnxDetector for ``ref``; ``conf`` is the detector's own floor (None: its default)."""
+def load_model(ref: str | Path, registry: Path | None = None, *, hybrid: bool | None = None,
+               conf: float | None = None, threads: int | None = None, **kwargs: Any) -> Detector:
+    """A HybridDetector or an OnnxDetector for ``ref``, as its directory says (``hybrid`` True/False insists on a
+    kind, so a directory missing its files fails with the right message). ``conf`` and ``threads``: None keeps
+    the detector's own default."""
     d = resolve_model_dir(ref, registry)
-    name = f"{d.parent.name}-{d.name}"
-    if is_hybrid(d):
+    if threads is not None:
+        kwargs["threads"] = threads
+    if is_hybrid(d) if hybrid is None else hybrid:
         from vision.detectors.hybrid import HybridDetector
 
         if conf is not None:
             kwargs["min_confidence"] = conf
-        det = HybridDetector(d, threads=threads, **kwargs)
-        det.name = f"hybrid:{name}"
-        return det
+        return HybridDetector(d, **kwargs)
     from vision.detectors.onnx import OnnxDetector
 
     if conf is not None:
         kwargs["conf"] = conf
-    return OnnxDetector.from_dir(d, threads=threads, name=f"onnx:{name}", **kwargs)
+    return OnnxDetector.from_dir(d, **kwargs)
 
 
 def operating_conf(model_dir: Path) -> float:

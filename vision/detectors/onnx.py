@@ -21,14 +21,13 @@ import numpy as np
 import numpy.typing as npt
 
 from vision.detectors.base import Detector
-from vision.registry import MODEL_FILE, parse_ref, resolve
+from vision.detectors.load import MODELS_DIR, resolve_model_dir
+from vision.registry import MODEL_FILE, resolve
 from vision.stacking import InputSpec, prepare
 from vision.types import UNKNOWN_CLASS, Box, Detection, Frame
 
 log = logging.getLogger("vision.detectors.onnx")
 
-#: Shipped default models live here, in registry layout (<name>/<version>/).
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_MODEL = "pcb-synth"
 
 
@@ -122,17 +121,7 @@ class OnnxDetector:
 
         Registry references are looked up in ``registry`` first, then in the shipped models.
         """
-        p = Path(ref)
-        if p.exists():
-            return cls.from_dir(p, **kwargs)
-        name, version = parse_ref(str(ref))
-        errors = []
-        for reg in [r for r in (registry, MODELS_DIR) if r is not None]:
-            try:
-                return cls.from_registry(reg, name, version, **kwargs)
-            except LookupError as e:
-                errors.append(str(e))
-        raise LookupError(f"model {ref!r} is neither a path nor a registry entry: " + "; ".join(errors))
+        return cls.from_dir(resolve_model_dir(ref, registry), **kwargs)
 
     # ---------------------------------------------------------------------------------- inference
 

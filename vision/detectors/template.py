@@ -97,11 +97,6 @@ class TemplateDiffDetector:
         out = cv2.warpAffine(temp, m, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
         return np.asarray(out, dtype=np.uint8)
 
-    def _aligned(self, test: np.ndarray, temp: np.ndarray) -> np.ndarray:
-        """The template shifted onto the test by ``_shift``."""
-        sx, sy = self._shift(test, temp)
-        return temp if (sx, sy) == (0, 0) else self._shifted(temp, sx, sy)
-
     def _shift(self, test: np.ndarray, temp: np.ndarray) -> tuple[int, int]:
         """Integer (dx, dy) that moves the template onto the test; (0, 0) when no real, plausible shift.
 
@@ -189,13 +184,8 @@ class TemplateDiffDetector:
 
     # ------------------------------------------------------------------------------------------- detect
 
-    def _binarised(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
-        """(test copper, template copper aligned onto the test), 0/1 uint8."""
-        test_cu, temp_cu, _ = self._binarised_shift(frame)
-        return test_cu, temp_cu
-
-    def _binarised_shift(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-        """``_binarised`` plus the integer shift applied to the template."""
+    def _binarised(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """(test copper, template copper aligned onto the test, the integer shift applied to it), 0/1 uint8."""
         if frame.template is None:
             raise ValueError(f"{self.name}: frame {frame.camera}#{frame.seq} has no golden template")
         test_cu = self._copper(frame.image)
@@ -229,7 +219,7 @@ class TemplateDiffDetector:
         Also returns the integer shift that aligned the template, so a second stage cuts its crops from
         the same alignment instead of estimating it again.
         """
-        test_cu, temp_cu, shift = self._binarised_shift(frame)
+        test_cu, temp_cu, shift = self._binarised(frame)
         raw = (test_cu & (1 - temp_cu), temp_cu & (1 - test_cu))
         closed = [cv2.morphologyEx(m, cv2.MORPH_CLOSE, self._k3) for m in raw]
         out: list[Box] = []
@@ -255,7 +245,7 @@ class TemplateDiffDetector:
         return out, shift
 
     def detect(self, frame: Frame) -> list[Detection]:
-        test_cu, temp_cu = self._binarised(frame)
+        test_cu, temp_cu, _ = self._binarised(frame)
         added = test_cu & (1 - temp_cu)
         removed = temp_cu & (1 - test_cu)
         # Thickness evidence: the largest inscribed distance of the raw difference. Edge noise between two

@@ -3,11 +3,13 @@
     python -m vision.train_hybrid train --data ../shared/datasets/deeppcb --out var/hybrid/v1
     python -m vision.train_hybrid eval  --data ../shared/datasets/deeppcb --model var/hybrid/v1 --part holdout
 
-Training pairs are the first 800 lines of DeepPCB trainval minus the last ``--val`` of them, which are kept
-for choosing the operating threshold; the 200-line holdout is only read by ``eval --part holdout``.
+Training pairs are the first 800 lines of DeepPCB trainval minus board group ``--val-group``, kept for
+validation; the 200-line holdout is only read by ``eval --part holdout``.
 Targets: every stage-1 proposal is matched to the ground truth (IoU >= POS_IOU -> that truth's class and
-box; best IoU < NEG_IOU -> background; in between ignored), and each truth box is added ``jitter`` times,
-shifted and rescaled, as an extra positive so the regressor sees more than stage 1's typical error.
+box; best IoU < NEG_IOU, or a fragment lying FRAG_INSIDE within a truth box -> background; otherwise
+ignored), and each truth box is added ``jitter`` times, shifted and rescaled, as an extra positive so the
+regressor sees more than stage 1's typical error. Each pair is seen again with a misregistered template
+(``misregister``) and, on that copy, extra defects drawn as dotted strokes (``dotted_strokes``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ if TYPE_CHECKING:
 
 POS_IOU = 0.3
 NEG_IOU = 0.1
+#: A proposal below POS_IOU lying at least this much inside a truth box is a *fragment* of that defect (a piece
+#: that stage 1 cut off a dotted or ragged change): background, so stage 2 learns to keep only whole-defect boxes.
+FRAG_INSIDE = 0.7
+#: Dotted-stroke defects drawn, on average, on each misregistered copy (``dotted_strokes``) by ``train_registry``.
+DOTS = 1.0
 #: Operating confidence for P/R/F: a proposal is reported as its class when the CNN gives that class >= 0.5,
 #: i.e. more than background and every other class together. Fixed before any holdout run, never tuned on it.
 OPERATING_CONF = 0.5
@@ -77,27 +84,119 @@ def misregister(tmpl: Image, rng: np.random.Generator) -> Image:
     return np.asarray(out, dtype=np.uint8)
 
 
+#: Classes a dotted stroke can stand for, with where it lies: (ink is copper?, starts at a copper edge?).
+_STROKE_KINDS: dict[str, tuple[bool, bool]] = {
+    "spurious_copper": (True, False),  # dark dots on bare laminate, touching nothing
+    "spur": (True, True),  # dark dots growing out of a copper edge
+    "pin_hole": (False, False),  # bare dots inside copper, touching no edge
+    "mousebite": (False, True),  # bare dots eating in from a copper edge
+}
+
+
+def _stroke(rng: np.random.Generator, start: tuple[float, float], heading: float, length: int) -> list[tuple[int, int]]:
+    """A smooth random path (x, y) of ``length`` one-pixel steps: the heading wanders a little each step."""
+    x, y = start
+    turn = 0.0
+    pts: list[tuple[int, int]] = []
+    for _ in range(length):
+        turn = 0.85 * turn + rng.normal(0.0, 0.1)
+        heading += turn
+        x, y = x + float(np.cos(heading)), y + float(np.sin(heading))
+        pts.append((round(x), round(y)))
+    return pts
+
+
+def dotted_strokes(
+    img: Image,
+    copper: npt.NDArray[np.uint8],
+    labels: list[Label],
+    rng: np.random.Generator,
+    n: int,
+    classes: tuple[str, ...] = DEFECT_CLASSES,
+) -> tuple[Image, list[Label]]:
+    """``img`` with up to ``n`` new defects drawn as dotted strokes (chains of 3x3 crosses 2-4 px apart, most
+    touching), and the labels including them. ``copper`` is the test's copper mask (1 = copper); only kinds
+    named in ``classes`` are drawn (none for a dataset whose classes are not DeepPCB's).
+
+    Some boards show defects as dotted strokes (a scratch, an etched or drawn mark); stage 1 cuts such a chain
+    into pieces as well as boxing it whole, and stage 2 must learn that the whole chain is the defect and each
+    piece is not. The class follows from where the stroke lies (``_STROKE_KINDS``); a stroke that would touch
+    another defect, the frame border or the wrong side of an edge is not drawn."""
+    kinds = [k for k in _STROKE_KINDS if k in classes]
+    if not kinds or n <= 0:
+        return img, labels
+    out = img.copy()
+    h, w = img.shape[:2]
+    dist_in = cv2.distanceTransform(copper, cv2.DIST_L2, 3)
+    dist_out = cv2.distanceTransform(1 - copper, cv2.DIST_L2, 3)
+    busy = np.zeros((h, w), np.uint8)
+    for t in labels:
+        busy[max(0, int(t.box.y1) - 8) : int(t.box.y2) + 8, max(0, int(t.box.x1) - 8) : int(t.box.x2) + 8] = 1
+    dark, light = int(np.percentile(img, 2)), int(np.percentile(img, 98))
+    new: list[Label] = []
+    edge = np.argwhere((dist_out > 0) & (dist_out < 1.5))  # bare pixels next to copper, (y, x)
+    for _ in range(n):
+        cls = str(rng.choice(kinds))
+        ink_copper, from_edge = _STROKE_KINDS[cls]
+        # Inside copper for bare-ink strokes, on bare laminate for copper-ink ones.
+        clear = dist_in if not ink_copper else dist_out
+        for _attempt in range(40):
+            if from_edge and len(edge):
+                y0, x0 = (int(v) for v in edge[rng.integers(len(edge))])
+                gy, gx = np.gradient(clear[max(0, y0 - 2) : y0 + 3, max(0, x0 - 2) : x0 + 3].astype(np.float32))
+                heading = float(np.arctan2(gy.mean(), gx.mean())) + rng.normal(0.0, 0.3)
+            else:
+                y0, x0 = int(rng.integers(10, h - 10)), int(rng.integers(10, w - 10))
+                heading = float(rng.uniform(0, 2 * np.pi))
+            pts = _stroke(rng, (x0, y0), heading, int(rng.integers(20, 100)))
+            xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+            if xs.min() < 4 or ys.min() < 4 or xs.max() >= w - 4 or ys.max() >= h - 4:
+                continue
+            depth = clear[ys, xs]
+            # The stroke must stay clear of the other side (3 px), except its first steps when it grows from an edge.
+            body = depth[6:] if from_edge else depth
+            if body.size == 0 or body.min() < 3.0 or busy[ys, xs].any():
+                continue
+            gap = int(rng.choice((2, 3, 3, 4)))
+            colour = dark if ink_copper else light
+            for x, y in pts[::gap]:
+                for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
+                    out[y + dy, x + dx] = colour
+            box = Box(float(xs.min() - 8), float(ys.min() - 8), float(xs.max() + 9), float(ys.max() + 9))
+            box = Box(max(0.0, box.x1), max(0.0, box.y1), min(float(w), box.x2), min(float(h), box.y2))
+            new.append(Label(box, cls))
+            busy[max(0, int(box.y1) - 8) : int(box.y2) + 8, max(0, int(box.x1) - 8) : int(box.x2) + 8] = 1
+            break
+    return out, [*labels, *new]
+
+
 def examples(
     pairs: list[tuple[Image, Image, list[Label]]],
     *,
     jitter: int = 3,
     misreg: int = 0,
+    dots: float = 0.0,
+    frag_inside: float = 0.0,
     seed: int = 0,
     classes: tuple[str, ...] = DEFECT_CLASSES,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """Crops (N, 3, CROP, CROP), class ids (0 = background, -1 = ignore) and box targets (N, 4).
 
-    Each pair is used as it is and ``misreg`` more times with a misregistered template (``misregister``)."""
+    Each pair is used as it is and ``misreg`` more times with a misregistered template (``misregister``); in
+    those extra copies ``dots`` dotted-stroke defects are drawn on average (``dotted_strokes``)."""
     rng = np.random.default_rng(seed)
     proposer = TemplateDiffDetector(min_confidence=0.0)
     crops: list[npt.NDArray[np.uint8]] = []
     ys: list[int] = []
     ts: list[npt.NDArray[np.float32]] = []
-    views = [
-        (img, t, labels)
-        for img, tmpl, labels in pairs
-        for t in [tmpl, *(misregister(tmpl, rng) for _ in range(misreg))]
-    ]
+    views: list[tuple[Image, Image, list[Label]]] = []
+    for img, tmpl, labels in pairs:
+        views.append((img, tmpl, labels))
+        for _ in range(misreg):
+            test, lab = img, labels
+            if dots > 0:
+                test, lab = dotted_strokes(img, proposer._copper(img), labels, rng, int(rng.poisson(dots)), classes)
+            views.append((test, misregister(tmpl, rng), lab))
     for k, (img, tmpl, labels) in enumerate(views):
         props, shift = proposer.proposals_and_shift(Frame("train", k, 0.0, img, tmpl))
         boxes: list[Box] = []
@@ -109,7 +208,8 @@ def examples(
                 ys.append(1 + classes.index(labels[j].cls))
                 ts.append(encode_target(p, labels[j].box))
             else:
-                ys.append(0 if best < NEG_IOU else -1)
+                frag = frag_inside and any(p.intersection(t.box) >= frag_inside * p.area for t in labels)
+                ys.append(0 if best < NEG_IOU or frag else -1)
                 ts.append(np.zeros(4, dtype=np.float32))
             boxes.append(p)
         for t in labels:
@@ -326,21 +426,39 @@ def train_registry(cfg: TrainConfig, command: str) -> TrainResult:
     t0 = time.monotonic()
     pairs = [(_read(s.image_path), _read(s.template_path), s.labels) for s in fit]
     misreg = int(cfg.extra.get("misreg", 1))
-    crops, ys, ts = examples(pairs, misreg=misreg, seed=cfg.seed, classes=classes)
+    crops, ys, ts = examples(pairs, misreg=misreg, dots=DOTS, frag_inside=FRAG_INSIDE, seed=cfg.seed, classes=classes)
     if not (ys > 0).any():
         raise TrainError("no labelled defects in the training samples: nothing to learn")
     minutes = cfg.time_hours * 60 if cfg.time_hours else float("inf")
     with tempfile.TemporaryDirectory(prefix="lineguard-hybrid-") as tmp:
         out = Path(tmp)
-        train(crops, ys, ts, out, epochs=cfg.epochs, minutes=minutes, batch=cfg.batch, seed=cfg.seed,
-              log=False, classes=classes, progress=True)
+        train(
+            crops,
+            ys,
+            ts,
+            out,
+            epochs=cfg.epochs,
+            minutes=minutes,
+            batch=cfg.batch,
+            seed=cfg.seed,
+            log=False,
+            classes=classes,
+            progress=True,
+        )
         train_seconds = time.monotonic() - t0
         spec = InputSpec(
             size=CROP,
             stacking="diff",
             class_names=classes,
             no_template_fallback="refused: the hybrid detector needs a golden template",
-            extra={"arch": "hybrid", "trained_on": cfg.fmt, "holdout_last": cfg.holdout_last, "misreg": misreg},
+            extra={
+                "arch": "hybrid",
+                "trained_on": cfg.fmt,
+                "holdout_last": cfg.holdout_last,
+                "misreg": misreg,
+                "dots": DOTS,
+                "frag_inside": FRAG_INSIDE,
+            },
         )
         metrics: dict[str, Any] = {
             "arch": "hybrid",
@@ -350,9 +468,17 @@ def train_registry(cfg: TrainConfig, command: str) -> TrainResult:
             "heldout_samples": len(held),
             "epochs_requested": cfg.epochs,
         }
-        entry = publish(cfg.out, cfg.name, onnx_path=out / MODEL_FILE, spec=spec, data_hash=hash_samples(fit),
-                        train_command=command, metrics=metrics, weights_path=out / "weights.pt",
-                        extra_files=[out / META_FILE])
+        entry = publish(
+            cfg.out,
+            cfg.name,
+            onnx_path=out / MODEL_FILE,
+            spec=spec,
+            data_hash=hash_samples(fit),
+            train_command=command,
+            metrics=metrics,
+            weights_path=out / "weights.pt",
+            extra_files=[out / META_FILE],
+        )
     if held:
         det = HybridDetector(entry.path, threads=cfg.threads)
         metrics["heldout"] = evaluate(det, held, prf_conf=OPERATING_CONF)
@@ -392,6 +518,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--part", choices=("train", "val", "holdout"), default="val")
     ap.add_argument("--val-group", default=None, help="board group held out of training for validation, e.g. 77000")
     ap.add_argument("--misreg", type=int, default=1, help="extra copies of each pair with a misregistered template")
+    ap.add_argument("--dots", type=float, default=0.0, help="dotted-stroke defects drawn per extra copy, on average")
+    ap.add_argument("--frag", type=float, default=0.0, help="fragments (this much inside a truth box) -> background")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tta", type=int, default=4, help="flipped views averaged at inference (1 = off)")
     ap.add_argument("--epochs", type=int, default=8)
@@ -404,7 +532,13 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
         t0 = time.time()
-        crops, ys, ts = examples(_pairs(args.data, "train", args.val_group), misreg=args.misreg, seed=args.seed)
+        crops, ys, ts = examples(
+            _pairs(args.data, "train", args.val_group),
+            misreg=args.misreg,
+            dots=args.dots,
+            frag_inside=args.frag,
+            seed=args.seed,
+        )
         counts = {c: int((ys == i).sum()) for i, c in enumerate(("background", *DEFECT_CLASSES))}
         print(f"{len(ys)} examples ({int((ys < 0).sum())} ignored) {counts} in {time.time() - t0:.0f}s", flush=True)
         train(crops, ys, ts, args.out, epochs=args.epochs, minutes=args.minutes, seed=args.seed)

@@ -234,3 +234,72 @@ def test_shipped_synthetic_hybrid_finds_and_names_defects_on_new_boards() -> Non
     # A good part: nothing to report.
     good = make_board(70_500, 0, scan_noise=0.15)
     assert [d for d in det.detect(Frame("t", 99, 0.0, good.image, good.template)) if d.confidence >= 0.5] == []
+
+
+def test_dotted_strokes_land_where_their_class_says() -> None:
+    from vision.detectors.template import TemplateDiffDetector
+    from vision.train_hybrid import dotted_strokes
+
+    b = make_board(31, 3)
+    copper = TemplateDiffDetector()._copper(b.image)
+    img, labels = dotted_strokes(b.image, copper, b.labels, np.random.default_rng(4), 12)
+    new = labels[len(b.labels) :]
+    assert labels[: len(b.labels)] == b.labels and len(new) >= 4  # some tries find no room: not drawn
+    changed = np.abs(img.astype(np.int16) - b.image.astype(np.int16)) > 64
+    for t in new:
+        x1, y1, x2, y2 = (int(v) for v in (t.box.x1, t.box.y1, t.box.x2, t.box.y2))
+        inside = changed[y1:y2, x1:x2]
+        assert inside.sum() >= 15, t  # a chain of crosses, not a speck
+        ink_copper = t.cls in ("spurious_copper", "spur")
+        # Copper ink goes on bare laminate, bare ink into copper: the change flips the pixels' side.
+        assert (copper[y1:y2, x1:x2][inside] == (0 if ink_copper else 1)).mean() > 0.9, t
+        if t.cls in ("spurious_copper", "pin_hole"):  # free-standing: clear of every edge
+            ring = cv2.dilate(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            assert (copper[y1:y2, x1:x2][ring] == (0 if ink_copper else 1)).all(), t
+        # New defects keep away from the board's own.
+        assert all(t.box.iou(o.box) == 0 for o in b.labels)
+    # Only the pixels of the new boxes changed.
+    mask = np.zeros_like(changed)
+    for t in new:
+        mask[int(t.box.y1) : int(t.box.y2), int(t.box.x1) : int(t.box.x2)] = True
+    assert not changed[~mask].any()
+    # A dataset with other class names gets nothing drawn.
+    same, lab = dotted_strokes(b.image, copper, b.labels, np.random.default_rng(4), 5, ("scratch",))
+    assert same is b.image and lab == b.labels
+
+
+def test_fragments_of_a_dotted_defect_train_as_background() -> None:
+    from vision.detectors.template import TemplateDiffDetector
+    from vision.train_hybrid import FRAG_INSIDE, examples
+    from vision.types import Label
+
+    # A dotted mark whose dots are further apart than stage 1's grouping radius: boxed piece by piece.
+    b = make_board(8, 0)
+    img = b.image.copy()
+    for y in range(200, 340, 12):
+        img[y : y + 4, 300:304] = 0
+    truth = Label(Box(290, 190, 314, 346), "spurious_copper")
+    props = TemplateDiffDetector().proposals(Frame("t", 0, 0.0, img, b.template))
+    pieces = [p for p in props if p.iou(truth.box) < 0.3 and p.intersection(truth.box) >= FRAG_INSIDE * p.area]
+    assert pieces, props
+    pairs = [(img, b.template, [truth])]
+    _, y_off, _ = examples(pairs, jitter=0)
+    _, y_on, _ = examples(pairs, jitter=0, frag_inside=FRAG_INSIDE)
+    assert (y_on == 0).sum() > (y_off == 0).sum()  # the pieces became background ...
+    assert (y_on > 0).sum() == (y_off > 0).sum()  # ... and no positive was lost
+
+
+def test_pieces_inside_a_confident_whole_box_are_dropped() -> None:
+    from vision.detectors.hybrid import _drop_nested
+    from vision.types import Detection
+
+    whole = Detection(Box(100, 100, 200, 140), "spurious_copper", 0.9)
+    pieces = [Detection(Box(105 + 30 * i, 105, 125 + 30 * i, 135), "spur", 0.99) for i in range(3)]
+    apart = Detection(Box(300, 300, 330, 330), "open", 0.8)
+    edge = Detection(Box(180, 120, 230, 160), "short", 0.95)  # overlaps the whole box, not inside it
+    kept = _drop_nested([*pieces, whole, apart, edge], 0.7, 0.5)
+    assert set(kept) == {whole, apart, edge}
+    # An unsure big box suppresses nothing; 1.0 turns the rule off.
+    weak = Detection(whole.box, "spurious_copper", 0.3)
+    assert set(_drop_nested([*pieces, weak], 0.7, 0.5)) == {*pieces, weak}
+    assert _drop_nested([*pieces, whole], 1.0, 0.5) == [*pieces, whole]

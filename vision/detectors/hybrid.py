@@ -146,6 +146,24 @@ def _nms(dets: list[Detection], iou: float) -> list[Detection]:
     return keep
 
 
+def _drop_nested(dets: list[Detection], inside: float, floor: float) -> list[Detection]:
+    """Drop a detection lying ``inside`` or more (share of its own area) within a larger detection of any class
+    that has at least ``floor`` confidence.
+
+    Stage 1 boxes a dotted or ragged defect whole *and* in pieces; each piece overlaps the whole by little IoU,
+    so NMS keeps both, and every piece is a false positive. Largest first, so a confident whole box wins over
+    its pieces whatever their scores. Safe because defects do not nest: of DeepPCB's 5,670 training boxes,
+    5 lie half or more inside another."""
+    if inside >= 1.0:
+        return dets
+    keep: list[Detection] = []
+    for d in sorted(dets, key=lambda x: -x.box.area):
+        area = d.box.area
+        if not any(k.confidence >= floor and d.box.intersection(k.box) >= inside * area for k in keep):
+            keep.append(d)
+    return keep
+
+
 @dataclass(frozen=True, slots=True)
 class HybridMeta:
     """What the exported stage-2 model needs at run time, saved next to it as hybrid.json."""
@@ -189,6 +207,9 @@ class HybridDetector:
         threads: int = 1,
         tta: int = 4,
         unknown_pass: bool = True,
+        nested: float = 0.7,
+        nested_floor: float = 0.5,
+        tta_settled: float = 1.0,
         proposer: TemplateDiffDetector | None = None,
     ) -> None:
         import onnxruntime as ort
@@ -211,7 +232,13 @@ class HybridDetector:
         if not 1 <= tta <= 4:
             raise ValueError(f"tta must be 1 (off) to 4 flipped views, got {tta}")
         self.tta = tta
+        # Flipped views only for proposals whose plain-view top probability is under this (1.0 = all of them).
+        self.tta_settled = tta_settled
         self.unknown_pass = unknown_pass
+        # Pieces of a defect inside its confident whole box are dropped (``_drop_nested``; 1.0 turns it off).
+        # 0.7 and 0.5 were checked on a held-out training design (77000): F 0.988 -> 0.989, mAP unchanged.
+        self.nested = nested
+        self.nested_floor = nested_floor
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -234,14 +261,27 @@ class HybridDetector:
 
         With ``tta`` > 1 each crop is also scored flipped (horizontal, vertical, both): the six classes are
         invariant to flips, so the outputs are mapped back and averaged (a cheap ensemble; crops are tiny).
+        With ``tta_settled`` < 1 only the proposals the plain view is less sure of than that get the flips.
         """
         x = self._crops(frame, boxes, shift)
-        views = [x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]][: self.tta]
+        if self.tta == 1 or self.tta_settled >= 1.0:
+            return self._run(x, self.tta)
+        # Only proposals the plain view leaves unsettled get the flipped views: most proposals are clearly
+        # background or clearly one class, and averaging cannot change those much.
+        p, d = self._run(x, 1)
+        todo = np.flatnonzero(p.max(axis=1) < self.tta_settled)
+        if len(todo):
+            p[todo], d[todo] = self._run(x[todo], self.tta)
+        return p, d
+
+    def _run(self, x: npt.NDArray[np.float32], n_views: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Mean softmax and mean un-flipped offsets over the first ``n_views`` flips of crops ``x``."""
+        views = [x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]][:n_views]
         logits, deltas = self._session.run(None, {self._input: np.ascontiguousarray(np.concatenate(views))})
         z = np.asarray(logits, dtype=np.float32)
         z = np.exp(z - z.max(axis=1, keepdims=True))
-        p = (z / z.sum(axis=1, keepdims=True)).reshape(len(views), len(boxes), -1)
-        d = np.asarray(deltas, dtype=np.float32).reshape(len(views), len(boxes), 4)
+        p = (z / z.sum(axis=1, keepdims=True)).reshape(len(views), len(x), -1)
+        d = np.asarray(deltas, dtype=np.float32).reshape(len(views), len(x), 4)
         back = [unflip_deltas(d[i], h=i in (1, 3), v=i in (2, 3)) for i in range(len(views))]
         return p.mean(axis=0), np.mean(back, axis=0).astype(np.float32)
 
@@ -264,7 +304,7 @@ class HybridDetector:
                 # Neither a scan difference nor any trained class with confidence: a change the model has
                 # not learnt. Reported so that it cannot pass silently (QA rules decide what to do with it).
                 out.append(Detection(refined, UNKNOWN_CLASS, round(1.0 - float(p[0]), 4)))
-        return _nms(out, self.nms_iou)
+        return _drop_nested(_nms(out, self.nms_iou), self.nested, self.nested_floor)
 
 
 def load_hybrid(model_dir: Path, **kwargs: Any) -> HybridDetector:

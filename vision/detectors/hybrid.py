@@ -207,7 +207,7 @@ class HybridDetector:
         threads: int = 1,
         tta: int = 4,
         unknown_pass: bool = True,
-        nested: float = 0.7,
+        nested: float = 1.0,
         nested_floor: float = 0.5,
         tta_settled: float = 1.0,
         proposer: TemplateDiffDetector | None = None,
@@ -235,8 +235,9 @@ class HybridDetector:
         # Flipped views only for proposals whose plain-view top probability is under this (1.0 = all of them).
         self.tta_settled = tta_settled
         self.unknown_pass = unknown_pass
-        # Pieces of a defect inside its confident whole box are dropped (``_drop_nested``; 1.0 turns it off).
-        # 0.7 and 0.5 were checked on a held-out training design (77000): F 0.988 -> 0.989, mAP unchanged.
+        # Pieces of a defect inside a confident whole box can be dropped (``_drop_nested``, e.g. nested=0.7);
+        # off by default: on a held-out training design (77000) it was neutral for a model trained without
+        # fragment targets and cost 1-2 true positives for one trained with them (docs/benchmarks/vision.md).
         self.nested = nested
         self.nested_floor = nested_floor
         opts = ort.SessionOptions()

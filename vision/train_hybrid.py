@@ -163,24 +163,23 @@ def dotted_strokes(
                 # Nearly straight, so it crosses to the far edge instead of curling back to the near one.
                 if end is None or np.hypot(pts[end - 1][0] - x0, pts[end - 1][1] - y0) < 0.8 * end:
                     continue
-                pts = pts[:end]
+                hit, pts = pts[end], pts[:end]
             else:
                 pts = _stroke(rng, (x0, y0), heading, int(rng.integers(20, 140)))
             xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
             if xs.min() < 4 or ys.min() < 4 or xs.max() >= w - 4 or ys.max() >= h - 4:
                 continue
             if run == "across" and ink_copper:
-                # A short joins two copper parts: the ones beside its first and its last dot must differ.
-                a = parts[max(0, ys[0] - 2) : ys[0] + 3, max(0, xs[0] - 2) : xs[0] + 3].max()
-                ex, ey = pts[-1][0] + int(np.sign(xs[-1] - xs[-2])), pts[-1][1] + int(np.sign(ys[-1] - ys[-2]))
-                b = parts[max(0, ey - 2) : ey + 3, max(0, ex - 2) : ex + 3].max()
-                if a == 0 or b == 0 or a == b:
+                # A short joins two copper parts: the one its first dot touches (only one) and the one it ran into.
+                touched = set(np.unique(parts[ys[0] - 1 : ys[0] + 2, xs[0] - 1 : xs[0] + 2])) - {0}
+                if len(touched) != 1 or parts[hit[1], hit[0]] in touched:
                     continue
             depth = clear[ys, xs]
-            # Clear of the other side by 3 px, except the first steps of an edge stroke (an "across" stroke
+            # Clear of the other side, except the first steps of an edge stroke (an "across" stroke
             # has left the medium only at its ends, by construction).
             body = depth if run == "free" else depth[6:] if run == "edge" else depth[:1]
-            if body.size == 0 or (run != "across" and body.min() < 3.0) or busy[ys, xs].any():
+            margin = 4.0 if run == "free" else 3.0  # a free stroke's crosses must not touch the other side
+            if body.size == 0 or (run != "across" and body.min() < margin) or busy[ys, xs].any():
                 continue
             gap = int(rng.choice((2, 3, 3, 4)))
             colour = dark if ink_copper else light

@@ -107,7 +107,8 @@ def peak_rss_mb() -> float:
 
 
 def build_detector(kind: str, model: str | None, *, conf: float, threads: int,
-                   registry: Path | None = None, tta: int | None = None) -> Detector:
+                   registry: Path | None = None, tta: int | None = None,
+                   tta_settled: float | None = None) -> Detector:
     """Instantiate one detector kind; ``model`` is a path or registry ref (onnx) or a .pt / model dir (yolo)."""
     if kind == "onnx":
         from vision.detectors.load import load_model
@@ -116,6 +117,8 @@ def build_detector(kind: str, model: str | None, *, conf: float, threads: int,
         # A registry model of either kind: whole-frame YOLO export or two-stage hybrid.
         if model:
             extra: dict[str, Any] = {"tta": tta} if tta is not None else {}
+            if tta_settled is not None:
+                extra["tta_settled"] = tta_settled
             return load_model(model, registry, conf=conf, threads=threads, unknown_pass=False, **extra)
         return OnnxDetector.default(conf=conf, threads=threads, unknown_pass=False)
     if kind == "template":
@@ -133,7 +136,7 @@ def build_detector(kind: str, model: str | None, *, conf: float, threads: int,
 
 def run_one(kind: str, data: Path, fmt: str, split: str | None, holdout_last: int, model: str | None,
             conf: float, prf_conf: float, threads: int, registry: Path | None, limit: int | None,
-            tta: int | None = None) -> dict[str, Any]:
+            tta: int | None = None, tta_settled: float | None = None) -> dict[str, Any]:
     """Load data, build one detector, evaluate it; adds peak RSS and whether torch got imported."""
     from vision.train import load_samples
 
@@ -142,7 +145,8 @@ def run_one(kind: str, data: Path, fmt: str, split: str | None, holdout_last: in
         samples = samples[-holdout_last:]
     if limit:
         samples = samples[:limit]
-    det = build_detector(kind, model, conf=conf, threads=threads, registry=registry, tta=tta)
+    det = build_detector(kind, model, conf=conf, threads=threads, registry=registry, tta=tta,
+                         tta_settled=tta_settled)
     res = evaluate(det, samples, prf_conf=prf_conf)
     res["kind"] = kind
     res["threads"] = threads
@@ -195,9 +199,11 @@ def _main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--tta", type=int, default=None, help="hybrid models: flipped views averaged (1-4)")
+    ap.add_argument("--tta-settled", type=float, default=None,
+                    help="hybrid models: flipped views only below this plain-view probability")
     a = ap.parse_args(argv)
     res = run_one(a.kind, a.data, a.format, a.split, a.holdout_last, a.model, a.conf, a.prf_conf,
-                  a.threads, a.registry, a.limit, a.tta)
+                  a.threads, a.registry, a.limit, a.tta, a.tta_settled)
     print(json.dumps(res))
 
 

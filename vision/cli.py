@@ -124,6 +124,9 @@ def bench_vision_cmd(
     limit: int | None = typer.Option(None, "--limit"),
     markdown: Path | None = typer.Option(None, "--markdown", help="append a results table to this file"),
     tta: int | None = typer.Option(None, "--tta", help="hybrid models: flipped views averaged, 1-4 (default 4)"),
+    tta_settled: float | None = typer.Option(
+        None, "--tta-settled", help="hybrid models: flipped views only for proposals the plain view is less sure of"
+    ),
 ) -> None:
     """Accuracy, p50/p99 latency, frames/s and peak RSS per detector, each in its own process."""
     import importlib.util
@@ -144,6 +147,8 @@ def bench_vision_cmd(
         common += ["--limit", str(limit)]
     if tta is not None:
         common += ["--tta", str(tta)]
+    if tta_settled is not None:
+        common += ["--tta-settled", str(tta_settled)]
     results = []
     for k in kinds:
         args = list(common)

@@ -87,5 +87,7 @@ def test_detector_specs_load_or_fail_clearly(tmp_path: Path) -> None:
     assert load_detector("hybrid:pcb-synth-hybrid").name.startswith("hybrid:pcb-synth-hybrid")  # shipped
     fast = load_detector("hybrid:pcb-synth-hybrid?tta=1")
     assert isinstance(fast, HybridDetector) and fast.tta == 1 and load_detector("hybrid:pcb-synth-hybrid").tta == 4
+    adaptive = load_detector("hybrid:pcb-synth-hybrid?settled=0.95")
+    assert isinstance(adaptive, HybridDetector) and adaptive.tta == 4 and adaptive.tta_settled == 0.95
     with pytest.raises(ValueError, match="unknown detector spec"):
         load_detector("magic")

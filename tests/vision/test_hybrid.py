@@ -307,3 +307,17 @@ def test_pieces_inside_a_confident_whole_box_are_dropped() -> None:
     weak = Detection(whole.box, "spurious_copper", 0.3)
     assert set(_drop_nested([*pieces, weak], 0.7, 0.5)) == {*pieces, weak}
     assert _drop_nested([*pieces, whole], 1.0, 0.5) == [*pieces, whole]
+
+
+def test_adaptive_tta_flips_only_the_unsettled_proposals(tiny_model: Path) -> None:
+    b = make_board(610, 6, scan_noise=0.15)
+    frame = Frame("t", 0, 0.0, b.image, b.template)
+    boxes, shift = HybridDetector(tiny_model).proposer.proposals_and_shift(frame)
+    plain = HybridDetector(tiny_model, tta=1).score(frame, boxes, shift)
+    full = HybridDetector(tiny_model, tta=4).score(frame, boxes, shift)
+    adaptive = HybridDetector(tiny_model, tta=4, tta_settled=0.9).score(frame, boxes, shift)
+    settled = plain[0].max(axis=1) >= 0.9
+    assert settled.any() and (~settled).any()  # the board has both kinds, or the test shows nothing
+    for got, p, f in zip(adaptive, plain, full, strict=True):
+        assert np.allclose(got[settled], p[settled], atol=1e-5)
+        assert np.allclose(got[~settled], f[~settled], atol=1e-5)

@@ -69,16 +69,27 @@ def operating_conf(model_dir: Path) -> float:
 def split_options(ref: str) -> tuple[str, dict[str, Any]]:
     """``name?tta=1`` -> (``name``, {"tta": 1}): options a line config may set on a hybrid detector.
 
-    Only ``tta`` (flipped views averaged, 1-4; 1 is fastest, 4 the default and most accurate) for now;
-    anything else is a ValueError naming it, so a typo in a line's YAML fails at check-config.
+    ``tta``: flipped views averaged, 1-4 (1 fastest, 4 the default and most accurate); ``settled``: give the
+    flipped views only to proposals the plain view is less sure of than this (0 < settled <= 1; 1 = all, the
+    default), e.g. ``name?settled=0.95``. Anything else is a ValueError naming it, so a typo in a line's YAML
+    fails at check-config.
     """
     base, _, query = ref.partition("?")
     opts: dict[str, Any] = {}
     for item in filter(None, query.split("&")):
         key, _, value = item.partition("=")
-        if key != "tta":
-            raise ValueError(f"detector option {key!r} unknown; expected tta=1..4")
-        if value not in ("1", "2", "3", "4"):
-            raise ValueError(f"detector option tta={value!r}: expected 1, 2, 3 or 4 flipped views")
-        opts["tta"] = int(value)
+        if key == "tta":
+            if value not in ("1", "2", "3", "4"):
+                raise ValueError(f"detector option tta={value!r}: expected 1, 2, 3 or 4 flipped views")
+            opts["tta"] = int(value)
+        elif key == "settled":
+            try:
+                settled = float(value)
+            except ValueError:
+                settled = -1.0
+            if not 0.0 < settled <= 1.0:
+                raise ValueError(f"detector option settled={value!r}: expected a probability in (0, 1]")
+            opts["tta_settled"] = settled
+        else:
+            raise ValueError(f"detector option {key!r} unknown; expected tta=1..4 or settled=0..1")
     return base, opts

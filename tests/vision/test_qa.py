@@ -133,7 +133,7 @@ def test_camera_config_errors(tmp_path: Path) -> None:
         CameraConfig(name="x", source="usb://0", detector="hybrid:h1?tta=9")
     ok = "hybrid:h1?tta=4&settled=0.95"
     assert CameraConfig(name="x", source="usb://0", detector=ok).detector == ok
-    with pytest.raises(ValidationError, match="settled='1.5'"):
+    with pytest.raises(ValidationError, match=r"settled='1\.5'"):
         CameraConfig(name="x", source="usb://0", detector="hybrid:h1?settled=1.5")
     with pytest.raises(ValidationError, match="settled='most'"):
         CameraConfig(name="x", source="usb://0", detector="hybrid:h1?settled=most")

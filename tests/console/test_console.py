@@ -8,6 +8,7 @@ Screenshots go to test-artifacts/console/.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -194,8 +195,14 @@ def test_console_end_to_end(console: dict[str, Any]) -> None:
     page.select_option("#gallery-filter [name=cls]", "short")
     page.select_option("#gallery-filter [name=decision]", "reject")
     page.click("#gallery-filter button[type=submit]")
-    page.wait_for_function("document.getElementById('gallery-count').textContent.length > 0")
-    time.sleep(0.3)
+    # Wait for the filtered page itself: the unfiltered gallery is still shown until the reply lands (a fixed
+    # sleep lost that race on a loaded machine). A filter that does not filter times out here.
+    filtered = ("() => { const c = [...document.querySelectorAll('#gallery .thumb .cap')].map(e => e.textContent);"
+                " return c.length > 0 && c.every(t => t.includes('reject') && t.includes('short')); }")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    with contextlib.suppress(PlaywrightTimeout):  # on a timeout, the assert below shows what the page holds
+        page.wait_for_function(filtered, timeout=15000)
     caps = page.locator("#gallery .thumb .cap").all_text_contents()
     assert caps and all("reject" in t and "short" in t for t in caps), caps
     page.wait_for_selector("#gallery .thumb img")

@@ -307,6 +307,9 @@ def test_pieces_inside_a_confident_whole_box_are_dropped() -> None:
     weak = Detection(whole.box, "spurious_copper", 0.3)
     assert set(_drop_nested([*pieces, weak], 0.7, 0.5)) == {*pieces, weak}
     assert _drop_nested([*pieces, whole], 1.0, 0.5) == [*pieces, whole]
+    # One proposal's other-class twin (the same box) stays: NMS keeps it on purpose, for AP.
+    twin = Detection(whole.box, "short", 0.2)
+    assert set(_drop_nested([whole, twin], 0.7, 0.5)) == {whole, twin}
 
 
 def test_adaptive_tta_flips_only_the_unsettled_proposals(tiny_model: Path) -> None:

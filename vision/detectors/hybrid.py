@@ -147,19 +147,23 @@ def _nms(dets: list[Detection], iou: float) -> list[Detection]:
 
 
 def _drop_nested(dets: list[Detection], inside: float, floor: float) -> list[Detection]:
-    """Drop a detection lying ``inside`` or more (share of its own area) within a larger detection of any class
-    that has at least ``floor`` confidence.
+    """Drop a detection lying ``inside`` or more (share of its own area) within a detection of any class at least
+    half as large again that has ``floor`` confidence or more.
 
     Stage 1 boxes a dotted or ragged defect whole *and* in pieces; each piece overlaps the whole by little IoU,
     so NMS keeps both, and every piece is a false positive. Largest first, so a confident whole box wins over
-    its pieces whatever their scores. Safe because defects do not nest: of DeepPCB's 5,670 training boxes,
-    5 lie half or more inside another."""
+    its pieces whatever their scores. Defects rarely nest (of DeepPCB's 5,670 training boxes, 5 lie half or
+    more inside another), but a confident box around two defects does swallow them: hence off by default.
+    The size margin keeps one proposal's other-class twins (same box), which NMS keeps on purpose."""
     if inside >= 1.0:
         return dets
     keep: list[Detection] = []
     for d in sorted(dets, key=lambda x: -x.box.area):
         area = d.box.area
-        if not any(k.confidence >= floor and d.box.intersection(k.box) >= inside * area for k in keep):
+        if not any(
+            k.confidence >= floor and k.box.area >= 1.5 * area and d.box.intersection(k.box) >= inside * area
+            for k in keep
+        ):
             keep.append(d)
     return keep
 
@@ -232,6 +236,8 @@ class HybridDetector:
         if not 1 <= tta <= 4:
             raise ValueError(f"tta must be 1 (off) to 4 flipped views, got {tta}")
         self.tta = tta
+        if not 0.0 < tta_settled <= 1.0:
+            raise ValueError(f"tta_settled must be a probability in (0, 1], got {tta_settled}")
         # Flipped views only for proposals whose plain-view top probability is under this (1.0 = all of them).
         self.tta_settled = tta_settled
         self.unknown_pass = unknown_pass

@@ -139,13 +139,17 @@ def dotted_strokes(
         busy[max(0, int(t.box.y1) - 8) : int(t.box.y2) + 8, max(0, int(t.box.x1) - 8) : int(t.box.x2) + 8] = 1
     dark, light = int(np.percentile(img, 2)), int(np.percentile(img, 98))
     _, parts = cv2.connectedComponents(copper, connectivity=8)
+    # Medium pixels on its edge, (y, x), per medium; found once, the first time a stroke needs them.
+    edge_starts: dict[bool, npt.NDArray[np.intp]] = {}
     new: list[Label] = []
     for _ in range(n):
         cls = str(rng.choice(kinds))
         ink_copper, run = _STROKE_KINDS[cls]
         # The medium the stroke is drawn on: copper for bare ink, bare laminate for copper ink.
         clear = dist_in if not ink_copper else dist_out
-        starts = np.argwhere((clear > 0) & (clear < 1.5))  # medium pixels on its edge, (y, x)
+        if run != "free" and ink_copper not in edge_starts:
+            edge_starts[ink_copper] = np.argwhere((clear > 0) & (clear < 1.5))
+        starts = edge_starts.get(ink_copper, np.zeros((0, 2), np.intp))
         for _attempt in range(40):
             if run != "free" and len(starts):
                 y0, x0 = (int(v) for v in starts[rng.integers(len(starts))])
@@ -216,10 +220,11 @@ def examples(
     views: list[tuple[Image, Image, list[Label]]] = []
     for img, tmpl, labels in pairs:
         views.append((img, tmpl, labels))
+        copper = proposer._copper(img) if misreg and dots > 0 else None
         for _ in range(misreg):
             test, lab = img, labels
-            if dots > 0:
-                test, lab = dotted_strokes(img, proposer._copper(img), labels, rng, int(rng.poisson(dots)), classes)
+            if copper is not None:
+                test, lab = dotted_strokes(img, copper, labels, rng, int(rng.poisson(dots)), classes)
             views.append((test, misregister(tmpl, rng), lab))
     for k, (img, tmpl, labels) in enumerate(views):
         props, shift = proposer.proposals_and_shift(Frame("train", k, 0.0, img, tmpl))

@@ -324,3 +324,13 @@ def test_adaptive_tta_flips_only_the_unsettled_proposals(tiny_model: Path) -> No
     for got, p, f in zip(adaptive, plain, full, strict=True):
         assert np.allclose(got[settled], p[settled], atol=1e-5)
         assert np.allclose(got[~settled], f[~settled], atol=1e-5)
+
+
+def test_adaptive_tta_threshold_must_be_a_probability() -> None:
+    pytest.importorskip("onnxruntime")
+    from vision.detectors.load import MODELS_DIR, resolve_model_dir
+
+    shipped = resolve_model_dir("pcb-synth-hybrid", MODELS_DIR)
+    for bad in (0.0, -0.2, 1.5):
+        with pytest.raises(ValueError, match="tta_settled must be a probability"):
+            HybridDetector(shipped, tta_settled=bad)

@@ -114,9 +114,14 @@ def build_detector(kind: str, model: str | None, *, conf: float, threads: int,
         from vision.detectors.load import load_model
         from vision.detectors.onnx import OnnxDetector
 
-        # A registry model of either kind: whole-frame YOLO export or two-stage hybrid.
+        # A registry model of either kind: whole-frame YOLO export or two-stage hybrid; a hybrid's options may
+        # ride on the reference as in a line's YAML (``name?look=0``).
         if model:
-            extra: dict[str, Any] = {"tta": tta} if tta is not None else {}
+            from vision.detectors.load import split_options
+
+            model, extra = split_options(model)
+            if tta is not None:
+                extra["tta"] = tta
             if tta_settled is not None:
                 extra["tta_settled"] = tta_settled
             return load_model(model, registry, conf=conf, threads=threads, unknown_pass=False, **extra)

@@ -82,7 +82,9 @@ def train_cmd(
 def eval_cmd(
     data: Path = typer.Option(..., "--data", help="dataset directory"),
     fmt: str = typer.Option(..., "--format", help="deeppcb | yolo | voc | coco"),
-    model: str = typer.Option(..., "--model", help="model dir / .onnx, or registry name[@version]"),
+    model: str = typer.Option(
+        ..., "--model", help="model dir / .onnx, or registry name[@version]; hybrid options as in a line YAML (?look=0)"
+    ),
     split: str | None = typer.Option(None, "--split"),
     holdout_last: int = typer.Option(0, "--holdout-last", help="evaluate only the last N samples"),
     registry: Path = typer.Option(DEFAULT_REGISTRY, "--registry", help="registry for name references"),
@@ -96,12 +98,12 @@ def eval_cmd(
     """Evaluate a registry model (YOLO export or hybrid): JSON with per-class and overall mAP50, mAP50-95,
     P/R/F (IoU>0.33), latency."""
     from vision.bench import run_one
-    from vision.detectors.load import operating_conf, resolve_model_dir
+    from vision.detectors.load import operating_conf, resolve_model_dir, split_options
     from vision.train import TrainError
 
     try:
         if prf_conf is None:
-            prf_conf = operating_conf(resolve_model_dir(model, registry))
+            prf_conf = operating_conf(resolve_model_dir(split_options(model)[0], registry))
         res = run_one("onnx", data, fmt, split, holdout_last, model, conf, prf_conf, threads, registry, limit)
     except (TrainError, LookupError, FileNotFoundError, ValueError) as e:
         _fail(str(e))

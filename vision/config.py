@@ -64,7 +64,7 @@ class CameraConfig(BaseModel):
         if v != "template" and not any(v.startswith(p) and len(v) > len(p) for p in ("onnx:", "hybrid:")):
             raise ValueError(
                 f"detector {v!r}: expected 'template', 'onnx:<path or registry name>' "
-                "or 'hybrid:<path or registry name>[?tta=1..4&settled=0..1]'"
+                "or 'hybrid:<path or registry name>[?tta=1..4&settled=0..1&look=0/1]'"
             )
         if v.startswith("hybrid:"):
             from vision.detectors.load import split_options

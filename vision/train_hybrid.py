@@ -34,7 +34,7 @@ from vision.detectors.hybrid import (
     encode_target,
     stacked_padded,
 )
-from vision.detectors.template import TemplateDiffDetector
+from vision.detectors.template import PROPOSAL_PASSES, TemplateDiffDetector
 from vision.types import DEFECT_CLASSES, UNKNOWN_CLASS, Box, Detection, Frame, Image, Label
 
 if TYPE_CHECKING:
@@ -207,6 +207,7 @@ def examples(
     frag_inside: float = 0.0,
     seed: int = 0,
     classes: tuple[str, ...] = DEFECT_CLASSES,
+    passes: tuple[tuple[int, int], ...] = PROPOSAL_PASSES,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """Crops (N, 3, CROP, CROP), class ids (0 = background, -1 = ignore) and box targets (N, 4).
 
@@ -227,7 +228,7 @@ def examples(
                 test, lab = dotted_strokes(img, copper, labels, rng, int(rng.poisson(dots)), classes)
             views.append((test, misregister(tmpl, rng), lab))
     for k, (img, tmpl, labels) in enumerate(views):
-        props, shift = proposer.proposals_and_shift(Frame("train", k, 0.0, img, tmpl))
+        props, shift = proposer.proposals_and_shift(Frame("train", k, 0.0, img, tmpl), passes)
         boxes: list[Box] = []
         for p in props:
             ious = [p.iou(t.box) for t in labels]
@@ -309,6 +310,7 @@ def train(
     log: bool = True,
     classes: tuple[str, ...] = DEFECT_CLASSES,
     progress: bool = False,
+    passes: tuple[tuple[int, int], ...] = PROPOSAL_PASSES,
 ) -> Path:
     """Train on the examples, export ONNX + metadata to ``out``; stops early at ``minutes``."""
     import torch
@@ -364,10 +366,12 @@ def train(
             break
     if bar is not None:
         bar.close()
-    return export(model, out, classes)
+    return export(model, out, classes, passes)
 
 
-def export(model, out: Path, classes: tuple[str, ...] = DEFECT_CLASSES) -> Path:  # type: ignore[no-untyped-def]
+def export(  # type: ignore[no-untyped-def]
+    model, out: Path, classes: tuple[str, ...] = DEFECT_CLASSES, passes: tuple[tuple[int, int], ...] = PROPOSAL_PASSES
+) -> Path:
     """ONNX (dynamic batch) + hybrid.json into ``out``; weights.pt beside it for later fine-tuning."""
     import torch
 
@@ -385,7 +389,7 @@ def export(model, out: Path, classes: tuple[str, ...] = DEFECT_CLASSES) -> Path:
         opset_version=17,
         dynamo=False,
     )
-    HybridMeta(classes=tuple(classes)).save(out)
+    HybridMeta(classes=tuple(classes), passes=passes).save(out)
     return out / MODEL_FILE
 
 
@@ -550,11 +554,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dots", type=float, default=0.0, help="dotted-stroke defects drawn per extra copy, on average")
     ap.add_argument("--frag", type=float, default=0.0, help="fragments (this much inside a truth box) -> background")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--passes", default=None, help="stage-1 proposal passes, e.g. 3x3,5x3,3x9 (side x radius)")
     ap.add_argument("--tta", type=int, default=4, help="flipped views averaged at inference (1 = off)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = ap.parse_args(argv)
+    passes = PROPOSAL_PASSES
+    if args.passes:
+        passes = tuple((int(k), int(g)) for k, g in (p.split("x") for p in args.passes.split(",")))
     cv2.setNumThreads(args.threads)
     if args.cmd == "train":
         import torch
@@ -567,10 +575,11 @@ def main(argv: list[str] | None = None) -> None:
             dots=args.dots,
             frag_inside=args.frag,
             seed=args.seed,
+            passes=passes,
         )
         counts = {c: int((ys == i).sum()) for i, c in enumerate(("background", *DEFECT_CLASSES))}
         print(f"{len(ys)} examples ({int((ys < 0).sum())} ignored) {counts} in {time.time() - t0:.0f}s", flush=True)
-        train(crops, ys, ts, args.out, epochs=args.epochs, minutes=args.minutes, seed=args.seed)
+        train(crops, ys, ts, args.out, epochs=args.epochs, minutes=args.minutes, seed=args.seed, passes=passes)
         print(f"exported to {args.out}", flush=True)
         if args.val_group:
             det = HybridDetector(args.out, threads=args.threads, tta=args.tta)

@@ -334,3 +334,87 @@ def test_adaptive_tta_threshold_must_be_a_probability() -> None:
     for bad in (0.0, -0.2, 1.5):
         with pytest.raises(ValueError, match="tta_settled must be a probability"):
             HybridDetector(shipped, tta_settled=bad)
+
+
+def test_a_wide_grouping_pass_boxes_a_sparse_dotted_defect_whole() -> None:
+    from vision.detectors.template import PROPOSAL_PASSES, TemplateDiffDetector
+
+    # Dots 4 px wide, 8 px apart: further than the default passes' grouping radius (3) can bridge.
+    b = make_board(8, 0)
+    img = b.image.copy()
+    for y in range(200, 340, 12):
+        img[y : y + 4, 300:304] = 0
+    truth = Box(290, 190, 314, 346)
+    frame = Frame("t", 0, 0.0, img, b.template)
+    det = TemplateDiffDetector(min_confidence=0.0)
+    assert max(p.iou(truth) for p in det.proposals(frame)) < 0.3
+    wide = det.proposals(frame, (*PROPOSAL_PASSES, (3, 9)))
+    assert max(p.iou(truth) for p in wide) > 0.5
+    # The default passes' boxes are all still there: the wide pass only adds.
+    assert set(det.proposals(frame)) <= set(wide)
+
+
+def test_model_metadata_carries_its_proposal_passes(tmp_path: Path) -> None:
+    from vision.detectors.template import PROPOSAL_PASSES
+
+    HybridMeta(passes=((3, 3), (5, 3), (3, 9))).save(tmp_path)
+    assert HybridMeta.load(tmp_path).passes == ((3, 3), (5, 3), (3, 9))
+    # A file from before the field existed: trained on the default passes.
+    (tmp_path / META_FILE).write_text('{"classes": ["open"], "crop": 64, "context": 1.6, "min_side": 48}')
+    assert HybridMeta.load(tmp_path).passes == PROPOSAL_PASSES
+    for bad in ("[]", "[[3]]", "[[0, 3]]"):
+        text = '{"classes": ["open"], "crop": 64, "context": 1.6, "min_side": 48, "passes": ' + bad + "}"
+        (tmp_path / META_FILE).write_text(text)
+        with pytest.raises(ValueError, match="passes must be"):
+            HybridMeta.load(tmp_path)
+
+
+def test_detector_proposes_with_the_passes_its_model_was_trained_on(tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    wide = tmp_path / "wide"
+    shutil.copytree(tiny_model, wide)
+    meta = HybridMeta.load(wide)
+    HybridMeta(meta.classes, passes=((3, 3), (5, 3), (3, 9))).save(wide)
+    b = make_board(8, 0)
+    img = b.image.copy()
+    for y in range(200, 340, 12):
+        img[y : y + 4, 300:304] = 0
+    frame = Frame("t", 0, 0.0, img, b.template)
+    det, det_wide = HybridDetector(tiny_model), HybridDetector(wide)
+    assert det.proposals(frame) == det.proposer.proposals(frame, meta.passes)
+    assert det_wide.proposals(frame) == det.proposer.proposals(frame, ((3, 3), (5, 3), (3, 9)))
+    assert len(det_wide.proposals(frame)) > len(det.proposals(frame))
+
+
+def test_second_look_rescores_likely_defects_around_their_refined_boxes(tiny_model: Path) -> None:
+    from vision.detectors.hybrid import LOOK_BACKGROUND, decode_box
+
+    b = make_board(611, 6, scan_noise=0.15)
+    frame = Frame("t", 0, 0.0, b.image, b.template)
+    once = HybridDetector(tiny_model, second_look=False, unknown_pass=False)
+    twice = HybridDetector(tiny_model, unknown_pass=False)
+    boxes, shift = once.proposer.proposals_and_shift(frame)
+    p1, d1 = once.score(frame, boxes, shift)
+    refined = [decode_box(bx, d, frame.image.shape) for bx, d in zip(boxes, d1, strict=True)]
+    live = [i for i in range(len(boxes)) if p1[i, 0] < LOOK_BACKGROUND]
+    assert live and len(live) < len(boxes)  # likely defects and clear background both, or this shows nothing
+    p2, d2 = once.score(frame, [refined[i] for i in live], shift)
+    # Expected: each live proposal's box is the mean of its first and second refined boxes, its class
+    # probabilities the mean of both looks; the rest unchanged.
+    want = {}
+    for j, i in enumerate(live):
+        a, c = refined[i], decode_box(refined[i], d2[j], frame.image.shape)
+        mean = ((a.x1 + c.x1) / 2, (a.y1 + c.y1) / 2, (a.x2 + c.x2) / 2, (a.y2 + c.y2) / 2)
+        probs = (p1[i] + p2[j]) / 2
+        top = int(np.argmax(probs[1:]))
+        want[mean] = (twice.classes[top], float(probs[top + 1]))
+    got = twice.detect(frame)
+    looked = [d for d in got if (d.box.x1, d.box.y1, d.box.x2, d.box.y2) in want]
+    assert looked, got
+    for d in looked:
+        cls, conf = want[(d.box.x1, d.box.y1, d.box.x2, d.box.y2)]
+        if d.cls == cls:
+            assert d.confidence == pytest.approx(conf, abs=1e-4)
+    # The look moves boxes: the detections differ from the single look's.
+    assert {d.box for d in got} != {d.box for d in once.detect(frame)}

@@ -125,7 +125,7 @@ def test_camera_config_errors(tmp_path: Path) -> None:
         CameraConfig(name="x", source="ftp://host/cam")
     with pytest.raises(ValidationError, match="expected 'template', 'onnx:"):
         CameraConfig(name="x", source="usb://0", detector="yolo")
-    with pytest.raises(ValidationError, match=r"'hybrid:<path or registry name>\[\?tta=1..4&settled=0..1\]'"):
+    with pytest.raises(ValidationError, match=r"'hybrid:<path or registry name>\[\?tta=1..4&settled=0..1&look=0/1\]'"):
         CameraConfig(name="x", source="usb://0", detector="hybrid:")
     assert CameraConfig(name="x", source="usb://0", detector="hybrid:/models/h1").detector == "hybrid:/models/h1"
     assert CameraConfig(name="x", source="usb://0", detector="hybrid:h1?tta=1").detector == "hybrid:h1?tta=1"
@@ -137,6 +137,9 @@ def test_camera_config_errors(tmp_path: Path) -> None:
         CameraConfig(name="x", source="usb://0", detector="hybrid:h1?settled=1.5")
     with pytest.raises(ValidationError, match="settled='most'"):
         CameraConfig(name="x", source="usb://0", detector="hybrid:h1?settled=most")
+    assert CameraConfig(name="x", source="usb://0", detector="hybrid:h1?look=0").detector == "hybrid:h1?look=0"
+    with pytest.raises(ValidationError, match="look='yes'"):
+        CameraConfig(name="x", source="usb://0", detector="hybrid:h1?look=yes")
     with pytest.raises(ValidationError, match="option 'views' unknown"):
         CameraConfig(name="x", source="usb://0", detector="hybrid:h1?views=2")
     assert CameraConfig(name="x", source="usb://0", detector="onnx:pcb-synth@3").detector == "onnx:pcb-synth@3"

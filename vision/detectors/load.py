@@ -71,8 +71,9 @@ def split_options(ref: str) -> tuple[str, dict[str, Any]]:
 
     ``tta``: flipped views averaged, 1-4 (1 fastest, 4 the default and most accurate); ``settled``: give the
     flipped views only to proposals the plain view is less sure of than this (0 < settled <= 1; 1 = all, the
-    default), e.g. ``name?settled=0.95``. Anything else is a ValueError naming it, so a typo in a line's YAML
-    fails at check-config.
+    default), e.g. ``name?settled=0.95``; ``look``: 1 (default) gives each likely defect a second look around
+    its refined box, 0 skips it (faster, less accurate boxes). Anything else is a ValueError naming it, so a
+    typo in a line's YAML fails at check-config.
     """
     base, _, query = ref.partition("?")
     opts: dict[str, Any] = {}
@@ -90,6 +91,10 @@ def split_options(ref: str) -> tuple[str, dict[str, Any]]:
             if not 0.0 < settled <= 1.0:
                 raise ValueError(f"detector option settled={value!r}: expected a probability in (0, 1]")
             opts["tta_settled"] = settled
+        elif key == "look":
+            if value not in ("0", "1"):
+                raise ValueError(f"detector option look={value!r}: expected 0 (off) or 1 (second look, the default)")
+            opts["second_look"] = value == "1"
         else:
-            raise ValueError(f"detector option {key!r} unknown; expected tta=1..4 or settled=0..1")
+            raise ValueError(f"detector option {key!r} unknown; expected tta=1..4, settled=0..1 or look=0/1")
     return base, opts

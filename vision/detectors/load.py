@@ -70,8 +70,8 @@ def split_options(ref: str) -> tuple[str, dict[str, Any]]:
     """``name?tta=1`` -> (``name``, {"tta": 1}): options a line config may set on a hybrid detector.
 
     ``tta``: flipped views averaged, 1-4 (1 fastest, 4 the default and most accurate); ``settled``: give the
-    flipped views only to proposals the plain view is less sure of than this (0 < settled <= 1; 1 = all, the
-    default), e.g. ``name?settled=0.95``; ``look``: 1 (default) gives each likely defect a second look around
+    flipped views only to proposals the plain view is less sure of than this (0 < settled <= 1; 0.95 the
+    default, 1 = all), e.g. ``name?settled=1``; ``look``: 1 (default) gives each likely defect a second look around
     its refined box, 0 skips it (faster, less accurate boxes). Anything else is a ValueError naming it, so a
     typo in a line's YAML fails at check-config.
     """

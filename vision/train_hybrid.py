@@ -198,6 +198,77 @@ def dotted_strokes(
     return out, [*labels, *new]
 
 
+def channel_fills(
+    img: Image,
+    copper: npt.NDArray[np.uint8],
+    labels: list[Label],
+    rng: np.random.Generator,
+    n: int,
+    classes: tuple[str, ...] = DEFECT_CLASSES,
+) -> tuple[Image, list[Label]]:
+    """``img`` with up to ``n`` solid defects that run *along* a narrow feature, and the labels including them:
+    a stretch of a narrow clearance (<= 8 px) filled with copper where it then joins two copper parts (short),
+    or a stretch of a narrow trace etched away where it then splits the trace (open).
+
+    The dotted strokes cross features; a defect can also follow one for tens of pixels (an unetched clearance
+    channel, a trace lost over a length). Stage 1 boxes those whole, but they look like the long thin scan
+    slivers that training calls background, so the model needs examples. A fill that would touch another
+    defect or the frame border, or not change the topology, is not drawn."""
+    kinds = [c for c in ("short", "open") if c in classes]
+    if not kinds or n <= 0:
+        return img, labels
+    out = img.copy()
+    h, w = img.shape[:2]
+    k9 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
+    narrow = {
+        "short": np.argwhere(cv2.morphologyEx(copper, cv2.MORPH_CLOSE, k9) & (1 - copper)),  # thin clearance
+        "open": np.argwhere(copper & (1 - cv2.morphologyEx(copper, cv2.MORPH_OPEN, k9))),  # thin copper
+    }
+    busy = np.zeros((h, w), np.uint8)
+    for t in labels:
+        busy[max(0, int(t.box.y1) - 8) : int(t.box.y2) + 8, max(0, int(t.box.x1) - 8) : int(t.box.x2) + 8] = 1
+    dark, light = int(np.percentile(img, 2)), int(np.percentile(img, 98))
+    cu = copper.copy()
+    new: list[Label] = []
+    for _ in range(n):
+        cls = str(rng.choice(kinds))
+        pts = narrow[cls]
+        for _attempt in range(40):
+            if not len(pts):
+                break
+            y0, x0 = (int(v) for v in pts[rng.integers(len(pts))])
+            r = int(rng.integers(10, 36))
+            y1, y2, x1, x2 = y0 - r, y0 + r + 1, x0 - r, x0 + r + 1
+            if y1 < 12 or x1 < 12 or y2 > h - 12 or x2 > w - 12 or busy[y1:y2, x1:x2].any():
+                continue
+            win = cu[y1 - 8 : y2 + 8, x1 - 8 : x2 + 8]
+            medium = (1 - win) if cls == "short" else win  # what gets filled / etched: laminate or copper
+            thin = medium & (1 - cv2.morphologyEx(medium, cv2.MORPH_OPEN, k9))
+            disk = np.zeros_like(win)
+            cv2.circle(disk, (x0 - x1 + 8, y0 - y1 + 8), r, 1, -1)
+            _, comp = cv2.connectedComponents(thin & disk, connectivity=8)
+            seg = (comp == comp[y0 - y1 + 8, x0 - x1 + 8]) & (comp > 0)
+            if seg.sum() < 40:
+                continue
+            after = win.copy()
+            after[seg] = 1 if cls == "short" else 0
+            # A short joins copper parts, an open splits one: count the window's copper parts before and after.
+            before_n = cv2.connectedComponents(win, connectivity=8)[0]
+            after_n = cv2.connectedComponents(after, connectivity=8)[0]
+            if (cls == "short" and after_n >= before_n) or (cls == "open" and after_n <= before_n):
+                continue
+            ys, xs = np.nonzero(seg)
+            ys, xs = ys + y1 - 8, xs + x1 - 8
+            out[ys, xs] = dark if cls == "short" else light
+            cu[ys, xs] = 1 if cls == "short" else 0
+            box = Box(float(xs.min() - 8), float(ys.min() - 8), float(xs.max() + 9), float(ys.max() + 9))
+            box = Box(max(0.0, box.x1), max(0.0, box.y1), min(float(w), box.x2), min(float(h), box.y2))
+            new.append(Label(box, cls))
+            busy[max(0, int(box.y1) - 8) : int(box.y2) + 8, max(0, int(box.x1) - 8) : int(box.x2) + 8] = 1
+            break
+    return out, [*labels, *new]
+
+
 def examples(
     pairs: list[tuple[Image, Image, list[Label]]],
     *,
@@ -207,12 +278,14 @@ def examples(
     frag_inside: float = 0.0,
     seed: int = 0,
     classes: tuple[str, ...] = DEFECT_CLASSES,
+    fills: float = 0.0,
     passes: tuple[tuple[int, int], ...] = PROPOSAL_PASSES,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """Crops (N, 3, CROP, CROP), class ids (0 = background, -1 = ignore) and box targets (N, 4).
 
     Each pair is used as it is and ``misreg`` more times with a misregistered template (``misregister``); in
-    those extra copies ``dots`` dotted-stroke defects are drawn on average (``dotted_strokes``)."""
+    those extra copies ``dots`` dotted-stroke defects (``dotted_strokes``) and ``fills`` solid defects along
+    narrow features (``channel_fills``) are drawn on average."""
     rng = np.random.default_rng(seed)
     proposer = TemplateDiffDetector(min_confidence=0.0)
     crops: list[npt.NDArray[np.uint8]] = []
@@ -221,11 +294,13 @@ def examples(
     views: list[tuple[Image, Image, list[Label]]] = []
     for img, tmpl, labels in pairs:
         views.append((img, tmpl, labels))
-        copper = proposer._copper(img) if misreg and dots > 0 else None
+        copper = proposer._copper(img) if misreg and (dots > 0 or fills > 0) else None
         for _ in range(misreg):
             test, lab = img, labels
-            if copper is not None:
+            if copper is not None and dots > 0:
                 test, lab = dotted_strokes(img, copper, labels, rng, int(rng.poisson(dots)), classes)
+            if copper is not None and fills > 0:
+                test, lab = channel_fills(test, copper, lab, rng, int(rng.poisson(fills)), classes)
             views.append((test, misregister(tmpl, rng), lab))
     for k, (img, tmpl, labels) in enumerate(views):
         props, shift = proposer.proposals_and_shift(Frame("train", k, 0.0, img, tmpl), passes)
@@ -552,6 +627,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--val-group", default=None, help="board group held out of training for validation, e.g. 77000")
     ap.add_argument("--misreg", type=int, default=1, help="extra copies of each pair with a misregistered template")
     ap.add_argument("--dots", type=float, default=0.0, help="dotted-stroke defects drawn per extra copy, on average")
+    ap.add_argument("--fills", type=float, default=0.0, help="channel fills / trace cuts per extra copy, on average")
     ap.add_argument("--frag", type=float, default=0.0, help="fragments (this much inside a truth box) -> background")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--passes", default=None, help="stage-1 proposal passes, e.g. 3x3,5x3,3x9 (side x radius)")
@@ -575,6 +651,7 @@ def main(argv: list[str] | None = None) -> None:
             dots=args.dots,
             frag_inside=args.frag,
             seed=args.seed,
+            fills=args.fills,
             passes=passes,
         )
         counts = {c: int((ys == i).sum()) for i, c in enumerate(("background", *DEFECT_CLASSES))}

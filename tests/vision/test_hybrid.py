@@ -418,3 +418,29 @@ def test_second_look_rescores_likely_defects_around_their_refined_boxes(tiny_mod
             assert d.confidence == pytest.approx(conf, abs=1e-4)
     # The look moves boxes: the detections differ from the single look's.
     assert {d.box for d in got} != {d.box for d in once.detect(frame)}
+
+
+def _two_traces() -> tuple[np.ndarray, np.ndarray]:
+    """Two dark 6-px traces 6 px apart on a white field, and their copper mask (1 = copper)."""
+    img = np.full((200, 200), 255, np.uint8)
+    img[20:180, 80:86] = 0
+    img[20:180, 92:98] = 0
+    return img, (img < 128).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("cls", "parts"), [("short", 1), ("open", 3)])
+def test_channel_fills_join_or_split_copper_as_their_class_says(cls: str, parts: int) -> None:
+    from vision.train_hybrid import channel_fills
+
+    img, copper = _two_traces()
+    for seed in range(5):
+        out, labels = channel_fills(img, copper, [], np.random.default_rng(seed), 1, (cls,))
+        assert [lab.cls for lab in labels] == [cls]
+        after = (out < 128).astype(np.uint8)
+        assert cv2.connectedComponents(after, connectivity=8)[0] - 1 == parts  # two traces before
+        ys, xs = np.nonzero(out != img)
+        box = labels[0].box
+        assert box.x1 <= xs.min() and xs.max() < box.x2 and box.y1 <= ys.min() and ys.max() < box.y2
+        assert ys.max() - ys.min() >= 10  # runs along the feature, not across it
+    # Only the dataset's own classes are drawn.
+    assert channel_fills(img, copper, [], np.random.default_rng(0), 3, ("spur",))[1] == []

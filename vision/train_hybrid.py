@@ -220,10 +220,9 @@ def channel_fills(
     out = img.copy()
     h, w = img.shape[:2]
     k9 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
-    narrow = {
-        "short": np.argwhere(cv2.morphologyEx(copper, cv2.MORPH_CLOSE, k9) & (1 - copper)),  # thin clearance
-        "open": np.argwhere(copper & (1 - cv2.morphologyEx(copper, cv2.MORPH_OPEN, k9))),  # thin copper
-    }
+    closed = np.asarray(cv2.morphologyEx(copper, cv2.MORPH_CLOSE, k9), dtype=np.uint8)
+    opened = np.asarray(cv2.morphologyEx(copper, cv2.MORPH_OPEN, k9), dtype=np.uint8)
+    narrow = {"short": np.argwhere(closed & (1 - copper)), "open": np.argwhere(copper & (1 - opened))}
     busy = np.zeros((h, w), np.uint8)
     for t in labels:
         busy[max(0, int(t.box.y1) - 8) : int(t.box.y2) + 8, max(0, int(t.box.x1) - 8) : int(t.box.x2) + 8] = 1
@@ -243,7 +242,7 @@ def channel_fills(
                 continue
             win = cu[y1 - 8 : y2 + 8, x1 - 8 : x2 + 8]
             medium = (1 - win) if cls == "short" else win  # what gets filled / etched: laminate or copper
-            thin = medium & (1 - cv2.morphologyEx(medium, cv2.MORPH_OPEN, k9))
+            thin = medium & (1 - np.asarray(cv2.morphologyEx(medium, cv2.MORPH_OPEN, k9), dtype=np.uint8))
             disk = np.zeros_like(win)
             cv2.circle(disk, (x0 - x1 + 8, y0 - y1 + 8), r, 1, -1)
             _, comp = cv2.connectedComponents(thin & disk, connectivity=8)

@@ -353,14 +353,13 @@ class HybridDetector:
                 out.append(Detection(box, UNKNOWN_CLASS, round(1.0 - float(p[0]), 4)))
         return _drop_nested(_nms(out, self.nms_iou), self.nested, self.nested_floor)
 
-
     def _look_again(
         self, padded: Image, shape: tuple[int, ...], refined: list[Box], probs: npt.NDArray[np.float32]
     ) -> None:
         """Score the crops around the refined boxes of the proposals that are not clearly background; average
-        both looks into ``refined`` and ``probs`` (in place). One look more at most: applied a
-        second time the offsets overshoot (mAP50-95 fell on the validation design), and the mean of the two
-        boxes is steadier than either."""
+        both looks into ``refined`` and ``probs`` (in place). One look more at most: applied a second time the
+        offsets overshoot (mAP50-95 fell on the validation design), and the mean of the two boxes is steadier
+        than either."""
         live = np.flatnonzero(probs[:, 0] < LOOK_BACKGROUND)
         if not len(live):
             return

@@ -85,6 +85,7 @@ class Heartbeat:
         # Beyond this age (set it to the PLC's watchdog time) the PLC may be in safe state.
         self.stale_after_s = stale_after_s if stale_after_s is not None else 5 * period_s
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def age_s(self) -> float | None:
         """Seconds since the last heartbeat the PLC confirmed (None: none yet)."""
@@ -96,14 +97,28 @@ class Heartbeat:
 
     def start(self) -> None:
         if not self.running:
+            self._stopping = False
             self._task = asyncio.get_running_loop().create_task(self._run(), name="plc-heartbeat")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop beating; returns within about ``timeout_s`` whatever the driver does.
+
+        One ``cancel()`` is not enough: a cancellation that lands inside a driver call can be swallowed on
+        the way out (Python 3.11's ``asyncio.wait_for`` returns the inner result when it completes in the same
+        step as the cancel, gh-86296), and the loop then goes on beating. Seen in a shutdown that hung for
+        minutes. So the loop also checks a flag, and the task is cancelled again until it ends."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        deadline = time.monotonic() + timeout_s
+        while not task.done() and time.monotonic() < deadline:
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        if not task.done():
+            log.error("heartbeat task did not stop within %.1f s; left behind", timeout_s)
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("heartbeat task ended with %r", task.exception())
 
     async def beat(self) -> None:
         # 1..65535: never 0, so a freshly restarted PLC (register 0) always sees a change.
@@ -114,7 +129,7 @@ class Heartbeat:
 
     async def _run(self) -> None:
         next_at = time.monotonic()
-        while True:
+        while not self._stopping:
             try:
                 await self.beat()
             except (PlcUnavailable, WriteNotConfirmed) as exc:

@@ -96,6 +96,29 @@ _STROKE_KINDS: dict[str, tuple[bool, str]] = {
 }
 
 
+def _mark_busy(busy: npt.NDArray[np.uint8], box: Box, margin: int = 8) -> None:
+    """Mark ``box`` and ``margin`` px around it as taken: a drawn defect must not touch another one."""
+    busy[max(0, int(box.y1) - margin) : int(box.y2) + margin, max(0, int(box.x1) - margin) : int(box.x2) + margin] = 1
+
+
+def _busy_mask(labels: list[Label], shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
+    busy = np.zeros(shape[:2], np.uint8)
+    for t in labels:
+        _mark_busy(busy, t.box)
+    return busy
+
+
+def _drawn_box(xs: npt.NDArray[np.intp], ys: npt.NDArray[np.intp], shape: tuple[int, ...]) -> Box:
+    """The label box of a drawn defect's pixels: 8 px of margin (DeepPCB's boxes are loose), inside the frame."""
+    h, w = shape[:2]
+    return Box(
+        max(0.0, float(xs.min() - 8)),
+        max(0.0, float(ys.min() - 8)),
+        min(float(w), float(xs.max() + 9)),
+        min(float(h), float(ys.max() + 9)),
+    )
+
+
 def _stroke(
     rng: np.random.Generator, start: tuple[float, float], heading: float, length: int, wander: float = 0.1
 ) -> list[tuple[int, int]]:
@@ -134,9 +157,7 @@ def dotted_strokes(
     h, w = img.shape[:2]
     dist_in = cv2.distanceTransform(copper, cv2.DIST_L2, 3)
     dist_out = cv2.distanceTransform(1 - copper, cv2.DIST_L2, 3)
-    busy = np.zeros((h, w), np.uint8)
-    for t in labels:
-        busy[max(0, int(t.box.y1) - 8) : int(t.box.y2) + 8, max(0, int(t.box.x1) - 8) : int(t.box.x2) + 8] = 1
+    busy = _busy_mask(labels, img.shape)
     dark, light = int(np.percentile(img, 2)), int(np.percentile(img, 98))
     _, parts = cv2.connectedComponents(copper, connectivity=8)
     # Medium pixels on its edge, (y, x), per medium; found once, the first time a stroke needs them.
@@ -190,10 +211,9 @@ def dotted_strokes(
             for x, y in pts[::gap]:
                 for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
                     out[y + dy, x + dx] = colour
-            box = Box(float(xs.min() - 8), float(ys.min() - 8), float(xs.max() + 9), float(ys.max() + 9))
-            box = Box(max(0.0, box.x1), max(0.0, box.y1), min(float(w), box.x2), min(float(h), box.y2))
+            box = _drawn_box(xs, ys, img.shape)
             new.append(Label(box, cls))
-            busy[max(0, int(box.y1) - 8) : int(box.y2) + 8, max(0, int(box.x1) - 8) : int(box.x2) + 8] = 1
+            _mark_busy(busy, box)
             break
     return out, [*labels, *new]
 
@@ -223,9 +243,7 @@ def channel_fills(
     closed = np.asarray(cv2.morphologyEx(copper, cv2.MORPH_CLOSE, k9), dtype=np.uint8)
     opened = np.asarray(cv2.morphologyEx(copper, cv2.MORPH_OPEN, k9), dtype=np.uint8)
     narrow = {"short": np.argwhere(closed & (1 - copper)), "open": np.argwhere(copper & (1 - opened))}
-    busy = np.zeros((h, w), np.uint8)
-    for t in labels:
-        busy[max(0, int(t.box.y1) - 8) : int(t.box.y2) + 8, max(0, int(t.box.x1) - 8) : int(t.box.x2) + 8] = 1
+    busy = _busy_mask(labels, img.shape)
     dark, light = int(np.percentile(img, 2)), int(np.percentile(img, 98))
     cu = copper.copy()
     new: list[Label] = []
@@ -260,10 +278,9 @@ def channel_fills(
             ys, xs = ys + y1 - 8, xs + x1 - 8
             out[ys, xs] = dark if cls == "short" else light
             cu[ys, xs] = 1 if cls == "short" else 0
-            box = Box(float(xs.min() - 8), float(ys.min() - 8), float(xs.max() + 9), float(ys.max() + 9))
-            box = Box(max(0.0, box.x1), max(0.0, box.y1), min(float(w), box.x2), min(float(h), box.y2))
+            box = _drawn_box(xs, ys, img.shape)
             new.append(Label(box, cls))
-            busy[max(0, int(box.y1) - 8) : int(box.y2) + 8, max(0, int(box.x1) - 8) : int(box.x2) + 8] = 1
+            _mark_busy(busy, box)
             break
     return out, [*labels, *new]
 
@@ -614,6 +631,17 @@ def _pairs(data: Path, part: str, val_group: str | None) -> list[tuple[Image, Im
     return [(_read(s.image_path), _read(s.template_path), s.labels) for s in chosen[part]]
 
 
+def _passes_arg(text: str) -> tuple[tuple[int, int], ...]:
+    """``3x3,5x3`` -> ((3, 3), (5, 3)): (opening side, grouping radius) per pass, each >= 1."""
+    try:
+        passes = tuple((int(k), int(g)) for k, g in (p.split("x") for p in text.split(",")))
+    except ValueError:
+        passes = ()
+    if not passes or min(min(p) for p in passes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected side x radius per pass, e.g. 3x3,5x3 (each >= 1)")
+    return passes
+
+
 def main(argv: list[str] | None = None) -> None:
     import os
 
@@ -629,15 +657,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fills", type=float, default=0.0, help="channel fills / trace cuts per extra copy, on average")
     ap.add_argument("--frag", type=float, default=0.0, help="fragments (this much inside a truth box) -> background")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--passes", default=None, help="stage-1 proposal passes, e.g. 3x3,5x3,3x9 (side x radius)")
+    ap.add_argument(
+        "--passes", type=_passes_arg, default=PROPOSAL_PASSES, help="stage-1 proposal passes, e.g. 3x3,5x3,3x9"
+    )
     ap.add_argument("--tta", type=int, default=4, help="flipped views averaged at inference (1 = off)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = ap.parse_args(argv)
-    passes = PROPOSAL_PASSES
-    if args.passes:
-        passes = tuple((int(k), int(g)) for k, g in (p.split("x") for p in args.passes.split(",")))
+    passes = args.passes
     cv2.setNumThreads(args.threads)
     if args.cmd == "train":
         import torch

@@ -444,3 +444,14 @@ def test_channel_fills_join_or_split_copper_as_their_class_says(cls: str, parts:
         assert ys.max() - ys.min() >= 10  # runs along the feature, not across it
     # Only the dataset's own classes are drawn.
     assert channel_fills(img, copper, [], np.random.default_rng(0), 3, ("spur",))[1] == []
+
+
+def test_training_cli_refuses_malformed_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vision.train_hybrid import _passes_arg, main
+
+    assert _passes_arg("3x3,5x3,3x9") == ((3, 3), (5, 3), (3, 9))
+    for bad in ("3-3", "3x", "0x3", ""):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", "--data", str(tmp_path), "--passes", bad])
+        assert exc.value.code == 2
+        assert "expected side x radius per pass" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from vision.detectors.base import Detector
 from vision.stacking import read_gray
-from vision.types import UNKNOWN_CLASS, Detection, Frame, Sample
+from vision.types import UNKNOWN_CLASS, Detection, Frame, Label, Sample
 
 DETECTOR_KINDS: tuple[str, ...] = ("onnx", "template", "yolo")
 
@@ -39,6 +40,41 @@ def _pct(xs: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs, dtype=np.float64), q)) if xs else float("nan")
 
 
+@dataclass(slots=True)
+class DetectionRun:
+    """What a detector returned on each sample (``unknown`` detections apart) and how long each frame took."""
+
+    samples: Sequence[Sample]
+    preds: list[list[Detection]]
+    latency_ms: list[float]
+    unknown: int
+
+    @property
+    def truths(self) -> list[list[Label]]:
+        return [list(s.labels) for s in self.samples]
+
+
+def detect_all(detector: Detector, samples: Sequence[Sample], *, warmup: int = 3) -> DetectionRun:
+    """Run ``detector`` over ``samples`` (after ``warmup`` untimed frames), timing each ``detect``."""
+    if not samples:
+        raise ValueError("no samples to evaluate")
+    if warmup:
+        f0 = sample_frame(samples[0])
+        for _ in range(warmup):
+            detector.detect(f0)
+    preds: list[list[Detection]] = []
+    lat_ms: list[float] = []
+    n_unknown = 0
+    for i, s in enumerate(samples):
+        f = sample_frame(s, i)
+        t0 = time.perf_counter()
+        dets = detector.detect(f)
+        lat_ms.append((time.perf_counter() - t0) * 1000.0)
+        n_unknown += sum(d.cls == UNKNOWN_CLASS for d in dets)
+        preds.append([d for d in dets if d.cls != UNKNOWN_CLASS])
+    return DetectionRun(samples=samples, preds=preds, latency_ms=lat_ms, unknown=n_unknown)
+
+
 def evaluate(
     detector: Detector,
     samples: Sequence[Sample],
@@ -47,41 +83,30 @@ def evaluate(
     classes: Sequence[str] | None = None,
     warmup: int = 3,
 ) -> dict[str, Any]:
-    """Run ``detector`` over ``samples`` and score it.
+    """Run ``detector`` over ``samples`` and score it (``detect_all`` then ``score``)."""
+    names = list(classes) if classes is not None else list(detector.classes)
+    return score(detector.name, detect_all(detector, samples, warmup=warmup), names, prf_conf=prf_conf)
 
-    mAP uses every detection the detector returns (build it with a low confidence threshold for a
-    proper PR curve); P/R/F use only detections with confidence >= ``prf_conf``, which is the
-    operating point a line would run at. ``unknown`` detections are counted apart: they belong to
-    no trained class.
+
+def score(name: str, run: DetectionRun, classes: Sequence[str], *, prf_conf: float) -> dict[str, Any]:
+    """Accuracy and speed of one run.
+
+    mAP uses every detection the detector returned (build it with a low confidence threshold for a proper
+    PR curve); P/R/F use only detections with confidence >= ``prf_conf``, which is the operating point a
+    line would run at. ``unknown`` detections are counted apart: they belong to no trained class.
     """
     from vision import metrics
 
-    if not samples:
-        raise ValueError("no samples to evaluate")
-    names = list(classes) if classes is not None else list(detector.classes)
-    frames = (sample_frame(s, i) for i, s in enumerate(samples))
-    if warmup:
-        f0 = sample_frame(samples[0])
-        for _ in range(warmup):
-            detector.detect(f0)
-    preds: list[list[Detection]] = []
-    truths = []
-    lat_ms: list[float] = []
-    n_unknown = 0
-    for s, f in zip(samples, frames, strict=True):
-        t0 = time.perf_counter()
-        dets = detector.detect(f)
-        lat_ms.append((time.perf_counter() - t0) * 1000.0)
-        n_unknown += sum(d.cls == UNKNOWN_CLASS for d in dets)
-        preds.append([d for d in dets if d.cls != UNKNOWN_CLASS])
-        truths.append(list(s.labels))
-    rep = metrics.evaluate(preds, truths, names).as_dict()
-    at_conf = [[d for d in p if d.confidence >= prf_conf] for p in preds]
+    names = list(classes)
+    truths = run.truths
+    rep = metrics.evaluate(run.preds, truths, names).as_dict()
+    at_conf = [[d for d in p if d.confidence >= prf_conf] for p in run.preds]
     op = metrics.evaluate(at_conf, truths, names).as_dict()
+    lat_ms = run.latency_ms
     total_s = sum(lat_ms) / 1000.0
     return {
-        "detector": detector.name,
-        "images": len(samples),
+        "detector": name,
+        "images": len(run.samples),
         "map50": rep["map50"],
         "map50_95": rep["map50_95"],
         "map_deeppcb": rep["map_deeppcb"],
@@ -95,9 +120,9 @@ def evaluate(
         "deeppcb": op["deeppcb"],
         "per_class": op["per_class"],
         "agnostic": op["agnostic"],
-        "unknown_detections": n_unknown,
+        "unknown_detections": run.unknown,
         "latency_ms": {"p50": _pct(lat_ms, 50), "p99": _pct(lat_ms, 99), "mean": float(np.mean(lat_ms))},
-        "fps": len(samples) / total_s if total_s > 0 else float("nan"),
+        "fps": len(run.samples) / total_s if total_s > 0 else float("nan"),
     }
 
 
@@ -141,8 +166,11 @@ def build_detector(kind: str, model: str | None, *, conf: float, threads: int,
 
 def run_one(kind: str, data: Path, fmt: str, split: str | None, holdout_last: int, model: str | None,
             conf: float, prf_conf: float, threads: int, registry: Path | None, limit: int | None,
-            tta: int | None = None, tta_settled: float | None = None) -> dict[str, Any]:
-    """Load data, build one detector, evaluate it; adds peak RSS and whether torch got imported."""
+            tta: int | None = None, tta_settled: float | None = None,
+            report: Path | None = None) -> dict[str, Any]:
+    """Load data, build one detector, evaluate it; adds peak RSS and whether torch got imported.
+
+    ``report``: also write the plots and error list of ``vision.report`` to that directory."""
     from vision.train import load_samples
 
     samples = load_samples(data, fmt, split)
@@ -152,12 +180,17 @@ def run_one(kind: str, data: Path, fmt: str, split: str | None, holdout_last: in
         samples = samples[:limit]
     det = build_detector(kind, model, conf=conf, threads=threads, registry=registry, tta=tta,
                          tta_settled=tta_settled)
-    res = evaluate(det, samples, prf_conf=prf_conf)
+    run = detect_all(det, samples)
+    res = score(det.name, run, list(det.classes), prf_conf=prf_conf)
     res["kind"] = kind
     res["threads"] = threads
     res["conf"] = conf
     res["peak_rss_mb"] = peak_rss_mb()
     res["torch_imported"] = "torch" in sys.modules
+    if report is not None:
+        from vision.report import write_report
+
+        res["report"] = write_report(report, run, list(det.classes), prf_conf=prf_conf, metrics=res)
     return res
 
 

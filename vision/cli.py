@@ -94,9 +94,12 @@ def eval_cmd(
     ),
     threads: int = typer.Option(2, "--threads", help="onnxruntime intra-op threads"),
     limit: int | None = typer.Option(None, "--limit", help="evaluate at most N samples"),
+    report: Path | None = typer.Option(
+        None, "--report", help="also write PR curves, an error list and an error gallery to this directory"
+    ),
 ) -> None:
     """Evaluate a registry model (YOLO export or hybrid): JSON with per-class and overall mAP50, mAP50-95,
-    P/R/F (IoU>0.33), latency."""
+    P/R/F (IoU>0.33), latency. With --report: pr.png, errors.csv, errors.png, metrics.json."""
     from vision.bench import run_one
     from vision.detectors.load import operating_conf, resolve_model_dir, split_options
     from vision.train import TrainError
@@ -104,8 +107,9 @@ def eval_cmd(
     try:
         if prf_conf is None:
             prf_conf = operating_conf(resolve_model_dir(split_options(model)[0], registry))
-        res = run_one("onnx", data, fmt, split, holdout_last, model, conf, prf_conf, threads, registry, limit)
-    except (TrainError, LookupError, FileNotFoundError, ValueError) as e:
+        res = run_one("onnx", data, fmt, split, holdout_last, model, conf, prf_conf, threads, registry, limit,
+                      report=report)
+    except (TrainError, LookupError, FileNotFoundError, ValueError, OSError) as e:
         _fail(str(e))
         return
     typer.echo(json.dumps(res, indent=2))

@@ -58,15 +58,46 @@ def match_image(
     return result
 
 
-def average_precision(
+@dataclass(frozen=True, slots=True)
+class PRCurve:
+    """One class's ranked detections at one matching rule: what AP and a precision-recall plot are made of.
+
+    Arrays follow descending confidence: ``scores[i]`` is the i-th detection's confidence, ``recall[i]`` and
+    ``precision[i]`` the rates over the first i + 1 detections (raw precision, not the monotone envelope).
+    """
+
+    n_truth: int
+    scores: np.ndarray
+    recall: np.ndarray
+    precision: np.ndarray
+
+    def at(self, confidence: float) -> tuple[float, float]:
+        """(precision, recall) keeping detections with confidence >= ``confidence``: an operating point."""
+        k = int(np.count_nonzero(self.scores >= confidence))
+        if k == 0:
+            return 0.0, 0.0
+        return float(self.precision[k - 1]), float(self.recall[k - 1])
+
+    def average_precision(self) -> float:
+        """COCO 101-point interpolated AP (see the module docstring)."""
+        if not len(self.scores):
+            return 0.0
+        envelope = np.maximum.accumulate(self.precision[::-1])[::-1]  # monotone envelope
+        idx = np.searchsorted(self.recall, _RECALL_POINTS, side="left")
+        sampled = np.where(idx < len(envelope), envelope[np.minimum(idx, len(envelope) - 1)], 0.0)
+        return float(sampled.mean())
+
+
+def pr_curve(
     preds: Sequence[Sequence[Detection]],
     truths: Sequence[Sequence[Label]],
     cls: str,
     iou_thr: float,
     *,
     strict: bool = False,
-) -> float | None:
-    """COCO 101-point interpolated AP of one class at one IoU threshold; None when the class has no truth."""
+) -> PRCurve | None:
+    """The ranked detections of class ``cls`` matched at ``iou_thr`` (``strict``: IoU must exceed it); None
+    when the class has no truth."""
     _check_lengths(preds, truths)
     n_gt = sum(1 for ts in truths for t in ts if t.cls == cls)
     if n_gt == 0:
@@ -79,17 +110,28 @@ def average_precision(
         m = match_image(cd, ct, iou_thr, strict=strict)
         scores.extend(d.confidence for d in cd)
         hits.extend(j >= 0 for j in m)
-    if not scores:
-        return 0.0
-    order = np.argsort(-np.asarray(scores), kind="mergesort")
-    tp = np.cumsum(np.asarray(hits, dtype=np.float64)[order])
-    fp = np.cumsum(1.0 - np.asarray(hits, dtype=np.float64)[order])
-    recall = tp / n_gt
-    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    precision = np.maximum.accumulate(precision[::-1])[::-1]  # monotone envelope
-    idx = np.searchsorted(recall, _RECALL_POINTS, side="left")
-    sampled = np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0)
-    return float(sampled.mean())
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    hit = np.asarray(hits, dtype=np.float64)[order]
+    tp, fp = np.cumsum(hit), np.cumsum(1.0 - hit)
+    return PRCurve(
+        n_truth=n_gt,
+        scores=np.asarray(scores, dtype=np.float64)[order],
+        recall=tp / n_gt,
+        precision=tp / np.maximum(tp + fp, np.finfo(np.float64).eps),
+    )
+
+
+def average_precision(
+    preds: Sequence[Sequence[Detection]],
+    truths: Sequence[Sequence[Label]],
+    cls: str,
+    iou_thr: float,
+    *,
+    strict: bool = False,
+) -> float | None:
+    """COCO 101-point interpolated AP of one class at one IoU threshold; None when the class has no truth."""
+    curve = pr_curve(preds, truths, cls, iou_thr, strict=strict)
+    return None if curve is None else curve.average_precision()
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,11 @@ def train_cmd(
     epochs: int | None = typer.Option(None, "--epochs", help="default: 50 for yolo, 8 for hybrid"),
     imgsz: int = typer.Option(320, "--imgsz", help="square network input, multiple of 32"),
     batch: int | None = typer.Option(None, "--batch", help="default: 16 images for yolo, 128 crops for hybrid"),
-    weights: Path | None = typer.Option(None, "--weights", help="local .pt to start from (never downloads)"),
+    weights: Path | None = typer.Option(
+        None,
+        "--weights",
+        help="start from local weights, never downloads: yolo a .pt; hybrid a model dir (e.g. var/registry/pcb/v2)",
+    ),
     model: str = typer.Option("yolo11n.yaml", "--model", help="model config when training from scratch"),
     holdout_last: int = typer.Option(0, "--holdout-last", help="hold out the last N samples for evaluation"),
     out: Path = typer.Option(DEFAULT_REGISTRY, "--out", help="registry directory"),
@@ -180,6 +184,76 @@ def bench_vision_cmd(
             fh.write("\n".join(rows) + "\n")
 
 
+def bench_adapt_cmd(
+    ctx: typer.Context,
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    fmt: str = typer.Option(..., "--format", help="deeppcb | yolo | voc | coco"),
+    split: str | None = typer.Option(None, "--split"),
+    design: str = typer.Option(
+        ..., "--design", help="the line's board design: samples whose id contains this (DeepPCB: the group, 44000)"
+    ),
+    model: str = typer.Option(..., "--model", help="hybrid model to adapt: dir or registry name[@version]"),
+    registry: Path = typer.Option(DEFAULT_REGISTRY, "--registry", help="registry for name references"),
+    counts: str = typer.Option("0,5,10,20", "--counts", help="labelled boards to fine-tune on, comma-separated"),
+    eval_last: int = typer.Option(..., "--eval-last", help="the design's last N boards: evaluated, never trained on"),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="one fine-tune per seed (which boards, training order)"),
+    epochs: int = typer.Option(8, "--epochs"),
+    threads: int = typer.Option(2, "--threads"),
+    work: Path | None = typer.Option(None, "--work", help="keep feedback datasets and models here (default: temp)"),
+    plot: Path | None = typer.Option(None, "--plot", help="write the learning curve as a PNG"),
+    markdown: Path | None = typer.Option(None, "--markdown", help="append a results table to this file"),
+) -> None:
+    """How many boards must the line's operators label before a hybrid model fits a new design? Fine-tunes
+    on k boards of the design (through the feedback dataset and `train --weights`), scores its next boards."""
+    import time
+
+    from vision.adapt import CURVES, learning_curve, plot_curve, summary
+    from vision.detectors.load import resolve_model_dir
+    from vision.train import TrainError, load_samples
+
+    try:
+        ks = [int(x) for x in counts.split(",") if x.strip()]
+        sd = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"--counts and --seeds take comma-separated integers, got {counts!r} / {seeds!r}")
+        return
+    try:
+        model_dir = resolve_model_dir(model, registry)
+        samples = [s for s in load_samples(data, fmt, split) if design in (s.sample_id or str(s.image_path))]
+        if not samples:
+            raise ValueError(f"no samples of design {design!r} in {data}")
+        points = learning_curve(
+            samples,
+            model_dir,
+            ks,
+            eval_last=eval_last,
+            seeds=sd or [0],
+            epochs=epochs,
+            threads=threads,
+            work=work,
+            on_point=lambda p: typer.echo(json.dumps(p.as_dict()), err=True),
+        )
+    except (TrainError, LookupError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+        return
+    rows = summary(points)
+    result = {"model": str(model_dir), "design": design, "boards": len(samples), "eval_boards": eval_last,
+              "curve": rows, "runs": [p.as_dict() for p in points]}
+    if plot is not None:
+        plot_curve(plot, points, title=f"{model_dir.parent.name}/{model_dir.name} adapted to design {design}")
+        result["plot"] = str(plot)
+    typer.echo(json.dumps(result, indent=2))
+    if markdown is not None:
+        cmd = _command_line(ctx, "lineguard bench adapt")
+        with open(markdown, "a") as fh:
+            fh.write(f"\n`{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\n")
+            fh.write("| boards labelled | runs | mAP50 mean (min-max) | mAP IoU>0.33 | F IoU>0.33 | fine-tune s |\n")
+            fh.write("|---|---|---|---|---|---|\n")
+            for r in rows:
+                cells = [f"{r[m]['mean']:.3f} ({r[m]['min']:.3f}-{r[m]['max']:.3f})" for m, _ in CURVES]
+                fh.write(f"| {r['boards']} | {r['runs']} | {' | '.join(cells)} | {r['train_seconds_mean']:.0f} |\n")
+
+
 def _command_line(ctx: typer.Context, prefix: str) -> str:
     """The running command as a reproducible shell line: ``prefix`` plus every option the caller set.
 
@@ -219,11 +293,12 @@ def synth_cmd(
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add vision's commands: ``train``, ``eval`` and ``synth`` to ``app``, ``vision`` to ``bench``."""
+    """Add vision's commands: ``train``, ``eval`` and ``synth`` to ``app``, ``vision`` and ``adapt`` to ``bench``."""
     app.command("synth")(synth_cmd)
     app.command("train")(train_cmd)
     app.command("eval")(eval_cmd)
     bench.command("vision")(bench_vision_cmd)
+    bench.command("adapt")(bench_adapt_cmd)
 
 
 def build_app() -> typer.Typer:

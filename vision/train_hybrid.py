@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,51 @@ DOTS = 1.5
 #: Operating confidence for P/R/F: a proposal is reported as its class when the CNN gives that class >= 0.5,
 #: i.e. more than background and every other class together. Fixed before any holdout run, never tuned on it.
 OPERATING_CONF = 0.5
+#: Peak learning rate when starting from trained weights (``--weights``), relative to training from scratch. Adam
+#: moves every weight by about the learning rate in its first steps whatever the gradient, so a few batches from a
+#: handful of boards at the from-scratch rate undo a trained network: one epoch on four synthetic boards at a third
+#: of it took a model's mAP50 from 0.95 to 0.77; at a tenth it stayed, and ten DeepPCB boards of a new design
+#: still lifted that design as much as at a third (docs/benchmarks/vision.md, "adapting to a new design").
+FINETUNE_LR_SCALE = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class StartWeights:
+    """Trained stage-2 weights to fine-tune from, with what the model they belong to was trained on."""
+
+    path: Path
+    state: dict[str, Any]
+    classes: tuple[str, ...]
+    passes: tuple[tuple[int, int], ...]
+
+
+def load_start(weights: Path, data_classes: tuple[str, ...]) -> StartWeights:
+    """The weights behind ``lineguard train --arch hybrid --weights``: a hybrid model directory (a registry
+    version: weights.pt + hybrid.json) or a weights.pt beside its hybrid.json. The model's class order and
+    proposal passes are kept, so the fine-tuned network answers in the same terms; data with a class the model
+    has no output for is refused (train from scratch for new classes). ValueError on anything unusable."""
+    import torch
+
+    weights = Path(weights)
+    pt = weights / "weights.pt" if weights.is_dir() else weights
+    if not pt.is_file():
+        raise ValueError(f"weights file not found: {pt} (only local weights are used, never downloads)")
+    try:
+        meta = HybridMeta.load(pt.parent)
+    except FileNotFoundError:
+        raise ValueError(
+            f"{pt.parent} has no {META_FILE}: hybrid weights need the metadata they were exported with "
+            "(pass the model's directory, e.g. var/registry/<name>/v3)"
+        ) from None
+    new = sorted(set(data_classes) - set(meta.classes))
+    if new:
+        raise ValueError(f"the data has classes the model {pt.parent} was not trained on: {new} ({meta.classes})")
+    try:
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+        build_model(len(meta.classes)).load_state_dict(state)
+    except Exception as e:  # unpickling errors, missing keys and shape mismatches all mean: not these weights
+        raise ValueError(f"{pt} is not a hybrid stage-2 network for {len(meta.classes)} classes: {e}") from e
+    return StartWeights(pt, state, meta.classes, meta.passes)
 
 
 def _read(path: Path | None) -> Image:
@@ -402,8 +448,10 @@ def train(
     classes: tuple[str, ...] = DEFECT_CLASSES,
     progress: bool = False,
     passes: tuple[tuple[int, int], ...] = PROPOSAL_PASSES,
+    start: StartWeights | None = None,
 ) -> Path:
-    """Train on the examples, export ONNX + metadata to ``out``; stops early at ``minutes``."""
+    """Train on the examples, export ONNX + metadata to ``out``; stops early at ``minutes``. ``start``: begin
+    from those weights (same classes), at FINETUNE_LR_SCALE of the learning rate."""
     import torch
     import torch.nn.functional as F
 
@@ -412,9 +460,15 @@ def train(
     keep = ys >= 0
     crops, ys, ts = crops[keep], ys[keep], ts[keep]
     model = build_model(len(classes))
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    lr = 1.0
+    if start is not None:
+        if start.classes != tuple(classes):
+            raise ValueError(f"start weights are for classes {start.classes}, training asks for {tuple(classes)}")
+        model.load_state_dict(start.state)
+        lr = FINETUNE_LR_SCALE
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3 * lr, weight_decay=1e-4)
     steps = epochs * max(1, -(-len(ys) // batch))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3 * lr, total_steps=steps, pct_start=0.15)
     t0 = time.time()
     step = 0
     bar = None
@@ -545,12 +599,23 @@ def train_registry(cfg: TrainConfig, command: str) -> TrainResult:
             f"(first: {no_template[0]}). Use --arch yolo for data without templates."
         )
     classes = class_names_for(fit)
+    start = None
+    passes = PROPOSAL_PASSES
+    if cfg.weights is not None:
+        try:
+            start = load_start(cfg.weights, classes)
+        except ValueError as e:
+            raise TrainError(str(e)) from e
+        # The fine-tuned network keeps the outputs and the proposals of the one it starts from.
+        classes, passes = start.classes, start.passes
     torch.set_num_threads(max(1, cfg.threads))
     cv2.setNumThreads(max(1, cfg.threads))
     t0 = time.monotonic()
     pairs = [(_read(s.image_path), _read(s.template_path), s.labels) for s in fit]
     misreg = int(cfg.extra.get("misreg", 1))
-    crops, ys, ts = examples(pairs, misreg=misreg, dots=DOTS, frag_inside=FRAG_INSIDE, seed=cfg.seed, classes=classes)
+    crops, ys, ts = examples(
+        pairs, misreg=misreg, dots=DOTS, frag_inside=FRAG_INSIDE, seed=cfg.seed, classes=classes, passes=passes
+    )
     if not (ys > 0).any():
         raise TrainError("no labelled defects in the training samples: nothing to learn")
     minutes = cfg.time_hours * 60 if cfg.time_hours else float("inf")
@@ -568,6 +633,8 @@ def train_registry(cfg: TrainConfig, command: str) -> TrainResult:
             log=False,
             classes=classes,
             progress=True,
+            passes=passes,
+            start=start,
         )
         train_seconds = time.monotonic() - t0
         spec = InputSpec(
@@ -582,6 +649,7 @@ def train_registry(cfg: TrainConfig, command: str) -> TrainResult:
                 "misreg": misreg,
                 "dots": DOTS,
                 "frag_inside": FRAG_INSIDE,
+                "fine_tuned_from": str(start.path) if start is not None else None,
             },
         )
         metrics: dict[str, Any] = {
@@ -591,6 +659,7 @@ def train_registry(cfg: TrainConfig, command: str) -> TrainResult:
             "train_crops": int((ys >= 0).sum()),
             "heldout_samples": len(held),
             "epochs_requested": cfg.epochs,
+            "fine_tuned_from": str(start.path) if start is not None else None,
         }
         entry = publish(
             cfg.out,

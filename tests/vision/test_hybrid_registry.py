@@ -85,3 +85,79 @@ def test_hybrid_refuses_data_without_templates(tmp_path: Path) -> None:
 def test_unknown_arch_is_refused(tmp_path: Path) -> None:
     r = runner.invoke(build_app(), ["train", "--arch", "rcnn", "--data", str(tmp_path), "--format", "deeppcb"])
     assert r.exit_code == 2 and "--arch must be one of yolo, hybrid" in r.output
+
+
+def _heldout_map50(data: Path, reg: Path, ref: str) -> float:
+    r = runner.invoke(build_app(), ["eval", "--data", str(data), "--format", "deeppcb", "--holdout-last", "4",
+                                    "--model", ref, "--registry", str(reg)])
+    assert r.exit_code == 0, r.output[-2000:]
+    return float(json.loads(r.output)["map50"])
+
+
+def test_fine_tune_starts_from_the_given_weights(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """`train --arch hybrid --weights <model dir>`: one epoch on four new boards keeps what the model knew; the
+    same epoch from scratch does not (so the weights were really loaded)."""
+    data, reg = trained
+    few = tmp_path / "few"
+    write_dataset(few, 4, seed=700, progress=False, scan_noise=0.15)
+    base = resolve(reg, "hyb")
+    common = ["train", "--arch", "hybrid", "--data", str(few), "--format", "deeppcb", "--epochs", "1",
+              "--out", str(reg), "--threads", "2"]
+    r = runner.invoke(build_app(), [*common, "--name", "hyb-ft", "--weights", str(base.path)])
+    assert r.exit_code == 0, r.output[-3000:]
+    ft = resolve(reg, "hyb-ft")
+    assert ft.metrics()["fine_tuned_from"] == str(base.path / "weights.pt")
+    assert ft.spec().extra["fine_tuned_from"] == str(base.path / "weights.pt")
+    r = runner.invoke(build_app(), [*common, "--name", "hyb-scratch"])
+    assert r.exit_code == 0, r.output[-3000:]
+    m_base = _heldout_map50(data, reg, "hyb")
+    m_ft = _heldout_map50(data, reg, "hyb-ft")
+    m_scratch = _heldout_map50(data, reg, "hyb-scratch")
+    assert m_ft >= m_base - 0.15, (m_base, m_ft, m_scratch)
+    assert m_ft >= m_scratch + 0.2, (m_ft, m_scratch)
+
+
+def test_fine_tune_refuses_unusable_weights(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from vision.train_hybrid import load_start
+
+    data, reg = trained
+    base = resolve(reg, "hyb").path
+    args = ["train", "--arch", "hybrid", "--data", str(data), "--format", "deeppcb", "--epochs", "1",
+            "--out", str(tmp_path / "reg"), "--weights"]
+    r = runner.invoke(build_app(), [*args, str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and "weights file not found" in r.output
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(base / "weights.pt", bare / "weights.pt")
+    r = runner.invoke(build_app(), [*args, str(bare / "weights.pt")])
+    assert r.exit_code == 2 and f"has no {META_FILE}" in r.output
+    shutil.copy(base / META_FILE, bare / META_FILE)
+    (bare / "weights.pt").write_bytes(b"not a state dict")
+    r = runner.invoke(build_app(), [*args, str(bare)])
+    assert r.exit_code == 2 and "is not a hybrid stage-2 network" in r.output
+    with pytest.raises(ValueError, match="scratch"):
+        load_start(base, ("open", "scratch"))
+
+
+def test_bench_adapt_learning_curve(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, reg = trained
+    plot, md = tmp_path / "curve.png", tmp_path / "adapt.md"
+    args = ["bench", "adapt", "--data", str(data), "--format", "deeppcb", "--design", "group90000", "--model", "hyb",
+            "--registry", str(reg), "--eval-last", "3", "--epochs", "1", "--threads", "2"]
+    r = runner.invoke(build_app(), [*args, "--counts", "0,2", "--seeds", "0,1", "--plot", str(plot),
+                                    "--markdown", str(md)])
+    assert r.exit_code == 0, r.output[-3000:]
+    res = json.loads(r.stdout)
+    assert [(c["boards"], c["runs"]) for c in res["curve"]] == [(0, 1), (2, 2)]
+    assert res["boards"] == 24 and res["eval_boards"] == 3
+    runs = res["runs"]
+    assert len(runs) == 3 and runs[0]["train_seconds"] == 0.0 and all(p["train_seconds"] > 0 for p in runs[1:])
+    assert plot.is_file() and plot.stat().st_size > 10_000
+    table = md.read_text()
+    assert "lineguard bench adapt" in table and "| 2 | 2 |" in table
+    r = runner.invoke(build_app(), [*args, "--counts", "0,99"])
+    assert r.exit_code == 2 and "outside 0..21" in r.output
+    r = runner.invoke(build_app(), [*args, "--design", "no-such-design"])
+    assert r.exit_code == 2 and "no samples of design" in r.output

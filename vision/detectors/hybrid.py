@@ -86,7 +86,7 @@ def stacked_padded(test: Image, template: Image, shift: tuple[int, int] | None =
         g = shift_template(template, shift)
         if g.shape != t.shape:
             raise ValueError(f"image {t.shape} and template {g.shape} differ in size")
-    st = np.dstack([t, g, cv2.absdiff(t, g)])
+    st = cv2.merge([t, g, cv2.absdiff(t, g)])  # same bytes as np.dstack, half the time
     return np.asarray(cv2.copyMakeBorder(st, _PAD, _PAD, _PAD, _PAD, cv2.BORDER_REPLICATE), dtype=np.uint8)
 
 

@@ -156,7 +156,7 @@ def plot_curve(path: Path, points: Sequence[AdaptPoint], title: str = "") -> Non
     ax.set_ylabel("score on the line's next boards")
     ax.set_xticks(ks)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -32,7 +32,7 @@ def train_cmd(
     weights: Path | None = typer.Option(
         None,
         "--weights",
-        help="start from local weights, never downloads: yolo a .pt; hybrid a model dir (e.g. var/registry/pcb/v2)",
+        help="start from local weights, never downloads: yolo a .pt; hybrid a model dir or name (pcb-synth-hybrid)",
     ),
     model: str = typer.Option("yolo11n.yaml", "--model", help="model config when training from scratch"),
     holdout_last: int = typer.Option(0, "--holdout-last", help="hold out the last N samples for evaluation"),

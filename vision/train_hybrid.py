@@ -602,8 +602,16 @@ def train_registry(cfg: TrainConfig, command: str) -> TrainResult:
     start = None
     passes = PROPOSAL_PASSES
     if cfg.weights is not None:
+        from vision.detectors.load import resolve_model_dir
+
+        weights = Path(cfg.weights)
+        if not weights.exists():  # a model name: this registry, then the shipped models
+            try:
+                weights = resolve_model_dir(str(cfg.weights), cfg.out)
+            except LookupError:
+                pass  # load_start names the missing file
         try:
-            start = load_start(cfg.weights, classes)
+            start = load_start(weights, classes)
         except ValueError as e:
             raise TrainError(str(e)) from e
         # The fine-tuned network keeps the outputs and the proposals of the one it starts from.

@@ -161,3 +161,15 @@ def test_bench_adapt_learning_curve(trained: tuple[Path, Path], tmp_path: Path) 
     assert r.exit_code == 2 and "outside 0..21" in r.output
     r = runner.invoke(build_app(), [*args, "--design", "no-such-design"])
     assert r.exit_code == 2 and "no samples of design" in r.output
+
+
+def test_fine_tune_the_shipped_model_by_name(tmp_path: Path) -> None:
+    """The shipped hybrid carries its weights, so a line can adapt it: `--weights pcb-synth-hybrid`."""
+    data = tmp_path / "boards"
+    write_dataset(data, 3, seed=810, progress=False)
+    r = runner.invoke(build_app(), ["train", "--arch", "hybrid", "--data", str(data), "--format", "deeppcb",
+                                    "--epochs", "1", "--out", str(tmp_path / "reg"), "--name", "mine",
+                                    "--weights", "pcb-synth-hybrid"])
+    assert r.exit_code == 0, r.output[-3000:]
+    m = resolve(tmp_path / "reg", "mine").metrics()
+    assert m["fine_tuned_from"].endswith("vision/models/pcb-synth-hybrid/v2/weights.pt")

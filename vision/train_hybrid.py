@@ -15,6 +15,7 @@ regressor sees more than stage 1's typical error. Each pair is seen again with a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -606,10 +607,8 @@ def train_registry(cfg: TrainConfig, command: str) -> TrainResult:
 
         weights = Path(cfg.weights)
         if not weights.exists():  # a model name: this registry, then the shipped models
-            try:
+            with contextlib.suppress(LookupError):  # not one either: load_start names the missing file
                 weights = resolve_model_dir(str(cfg.weights), cfg.out)
-            except LookupError:
-                pass  # load_start names the missing file
         try:
             start = load_start(weights, classes)
         except ValueError as e:

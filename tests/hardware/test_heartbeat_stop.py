@@ -12,30 +12,38 @@ from hardware.safety import Heartbeat
 
 
 class _SwallowingDriver:
-    """Every write takes 20 ms and, if cancelled meanwhile, returns as if it had completed."""
+    """Every write takes ``delay_s`` and, if cancelled meanwhile, returns as if it had completed. ``inside`` is
+    set while a write is in progress, so a test can cancel exactly there (not between two writes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.02) -> None:
+        self.delay_s = delay_s
         self.writes = 0
         self.swallowed = 0
         self.swallow = True  # turned off at the end so that a failing test still exits
+        self.inside = asyncio.Event()
 
     async def write(self, tag: str, value: int) -> int:
         self.writes += 1
+        self.inside.set()
         try:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(self.delay_s)
         except asyncio.CancelledError:
             if not self.swallow:
                 raise
             self.swallowed += 1
+        finally:
+            self.inside.clear()
         return value
 
 
 def test_stop_ends_the_task_although_the_driver_swallows_the_cancel() -> None:
     async def main() -> tuple[_SwallowingDriver, Heartbeat, float]:
-        drv = _SwallowingDriver()
-        hb = Heartbeat(drv, period_s=0.0)  # type: ignore[arg-type]  # always inside a write: the cancel lands there
+        # A long write, and stop() called once the beat is inside one: the cancel lands in the driver call every
+        # time (with short writes under a loaded CI host it could land between two writes and test nothing).
+        drv = _SwallowingDriver(delay_s=0.5)
+        hb = Heartbeat(drv, period_s=0.0)  # type: ignore[arg-type]
         hb.start()
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(drv.inside.wait(), 5.0)
         task = hb._task
         loop = asyncio.get_running_loop()
         t0 = loop.time()

@@ -54,6 +54,34 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _cmdline(p: psutil.Process) -> str:
+    """A child's command line; "" for one that is gone or a zombie (a start-up helper such as initdb that has
+    exited and not yet been reaped: psutil refuses its cmdline)."""
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.Error:  # gone since it was listed
+        return ""
+
+
+def _alive(children: list[psutil.Process]) -> list[psutil.Process]:
+    """Those still running and not zombies (a process may vanish between two psutil calls)."""
+    out = []
+    for c in children:
+        try:
+            if c.is_running() and c.status() != psutil.STATUS_ZOMBIE:
+                out.append(c)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def test_sigint_stops_every_child_and_keeps_the_data(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "data"
@@ -77,14 +105,14 @@ def test_sigint_stops_every_child_and_keeps_the_data(tmp_path: Path) -> None:
             time.sleep(1)
         assert parts >= 3, "the demo never stored inspections"
         children = _descendants(proc.pid)
-        names = {c.name() for c in children}
+        names = {_name(c) for c in children}
         assert {"postgres", "mosquitto"} <= names, names
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=90)
         assert proc.returncode == 0, out[-3000:]
         time.sleep(1)
-        alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-        assert alive == [], [c.cmdline() for c in alive]
+        alive = _alive(children)
+        assert alive == [], [_cmdline(c) for c in alive]
         assert "REPORT " in out
     finally:
         if proc.poll() is None:
@@ -116,7 +144,7 @@ def test_sigkill_of_the_demo_leaves_no_orphans(tmp_path: Path) -> None:
         names: set[str] = set()
         while time.monotonic() < deadline:
             children = _descendants(proc.pid)
-            names = {" ".join(c.cmdline()) for c in children if c.is_running()}
+            names = {_cmdline(c) for c in children}
             if any("hardware.sim_plc" in n for n in names) and any(" ingest" in n for n in names):
                 break
             time.sleep(0.5)
@@ -128,8 +156,8 @@ def test_sigkill_of_the_demo_leaves_no_orphans(tmp_path: Path) -> None:
     deadline = time.monotonic() + 30
     alive: list[psutil.Process] = children
     while time.monotonic() < deadline:
-        alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        alive = _alive(children)
         if not alive:
             break
         time.sleep(0.5)
-    assert alive == [], [c.cmdline() for c in alive]
+    assert alive == [], [_cmdline(c) for c in alive]

@@ -585,13 +585,15 @@ def train_registry(cfg: TrainConfig, command: str) -> TrainResult:
     a registry version (model.onnx = the crop CNN, hybrid.json, weights.pt, metrics of the held-out part)."""
     import tempfile
 
-    import torch
-
     from vision.bench import evaluate
     from vision.registry import hash_samples, publish
     from vision.stacking import InputSpec
     from vision.train import TrainError, TrainResult, class_names_for, load_split
 
+    try:
+        import torch
+    except ImportError as e:  # an edge box installs the runtime only
+        raise TrainError(f"training needs torch: pip install 'lineguard[train]' (import failed: {e})") from e
     fit, held = load_split(cfg)
     no_template = [s.sample_id or str(s.image_path) for s in (*fit, *held) if s.template_path is None]
     if no_template:

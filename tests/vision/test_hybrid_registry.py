@@ -173,3 +173,15 @@ def test_fine_tune_the_shipped_model_by_name(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output[-3000:]
     m = resolve(tmp_path / "reg", "mine").metrics()
     assert m["fine_tuned_from"].endswith("vision/models/pcb-synth-hybrid/v2/weights.pt")
+
+
+def test_training_without_torch_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The edge box installs the runtime only; `train` there must say what is missing, not raise ImportError.
+    import sys
+
+    data = tmp_path / "boards"
+    write_dataset(data, 2, seed=820, progress=False)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    r = runner.invoke(build_app(), ["train", "--arch", "hybrid", "--data", str(data), "--format", "deeppcb",
+                                    "--out", str(tmp_path / "reg")])
+    assert r.exit_code == 2 and "lineguard[train]" in r.output, r.output[-2000:]

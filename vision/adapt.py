@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ class AdaptPoint:
     train_seconds: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
+        return asdict(self)
 
 
 def split_design(samples: Sequence[Sample], eval_last: int) -> tuple[list[Sample], list[Sample]]:
@@ -72,7 +72,7 @@ def learning_curve(
     from vision.detectors.hybrid import HybridDetector
     from vision.feedback import save_feedback
     from vision.stacking import read_gray
-    from vision.train import TrainConfig, train
+    from vision.train import DEFAULT_BATCH, TrainConfig, train
     from vision.train_hybrid import OPERATING_CONF
     from vision.types import Frame
 
@@ -113,7 +113,7 @@ def learning_curve(
                     fmt="deeppcb",
                     weights=Path(model),
                     epochs=epochs,
-                    batch=128,
+                    batch=DEFAULT_BATCH["hybrid"],
                     out=root / "registry",
                     name=f"adapt-k{k}-s{seed}",
                     threads=threads,
@@ -136,6 +136,18 @@ def summary(points: Sequence[AdaptPoint]) -> list[dict[str, Any]]:
         row["train_seconds_mean"] = float(np.mean([p.train_seconds for p in ps]))
         out.append(row)
     return out
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """``summary`` rows as a markdown table (what ``bench adapt --markdown`` appends)."""
+    lines = [
+        "| boards labelled | runs | mAP50 mean (min-max) | mAP IoU>0.33 | F IoU>0.33 | fine-tune s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [f"{r[m]['mean']:.3f} ({r[m]['min']:.3f}-{r[m]['max']:.3f})" for m, _ in CURVES]
+        lines.append(f"| {r['boards']} | {r['runs']} | {' | '.join(cells)} | {r['train_seconds_mean']:.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_curve(path: Path, points: Sequence[AdaptPoint], title: str = "") -> None:

@@ -207,7 +207,7 @@ def bench_adapt_cmd(
     on k boards of the design (through the feedback dataset and `train --weights`), scores its next boards."""
     import time
 
-    from vision.adapt import CURVES, learning_curve, plot_curve, summary
+    from vision.adapt import learning_curve, markdown_table, plot_curve, summary
     from vision.detectors.load import resolve_model_dir
     from vision.train import TrainError, load_samples
 
@@ -246,12 +246,7 @@ def bench_adapt_cmd(
     if markdown is not None:
         cmd = _command_line(ctx, "lineguard bench adapt")
         with open(markdown, "a") as fh:
-            fh.write(f"\n`{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\n")
-            fh.write("| boards labelled | runs | mAP50 mean (min-max) | mAP IoU>0.33 | F IoU>0.33 | fine-tune s |\n")
-            fh.write("|---|---|---|---|---|---|\n")
-            for r in rows:
-                cells = [f"{r[m]['mean']:.3f} ({r[m]['min']:.3f}-{r[m]['max']:.3f})" for m, _ in CURVES]
-                fh.write(f"| {r['boards']} | {r['runs']} | {' | '.join(cells)} | {r['train_seconds_mean']:.0f} |\n")
+            fh.write(f"\n`{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\n{markdown_table(rows)}")
 
 
 def _command_line(ctx: typer.Context, prefix: str) -> str:

@@ -78,11 +78,15 @@ class PRCurve:
             return 0.0, 0.0
         return float(self.precision[k - 1]), float(self.recall[k - 1])
 
+    def envelope(self) -> np.ndarray:
+        """Precision made monotone: at each rank, the best precision at that recall or any higher one."""
+        return np.maximum.accumulate(self.precision[::-1])[::-1]
+
     def average_precision(self) -> float:
         """COCO 101-point interpolated AP (see the module docstring)."""
         if not len(self.scores):
             return 0.0
-        envelope = np.maximum.accumulate(self.precision[::-1])[::-1]  # monotone envelope
+        envelope = self.envelope()
         idx = np.searchsorted(self.recall, _RECALL_POINTS, side="left")
         sampled = np.where(idx < len(envelope), envelope[np.minimum(idx, len(envelope) - 1)], 0.0)
         return float(sampled.mean())

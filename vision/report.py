@@ -167,7 +167,7 @@ def plot_pr(
             aps.append(ap)
             colour = plt.get_cmap("tab10")(k % 10)
             if len(curve.scores):
-                env = np.maximum.accumulate(curve.precision[::-1])[::-1]
+                env = curve.envelope()
                 ax.step(
                     np.r_[0.0, curve.recall],
                     np.r_[env[0], env],

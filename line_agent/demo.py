@@ -305,7 +305,7 @@ async def _serve(
     from hardware.tags import TagMap
     from line_agent.api.app import create_app
     from line_agent.api.deps import ApiDeps
-    from line_agent.api.hub import LiveHub
+    from line_agent.live import LiveHub
     from line_agent.audit import AuditWriter
     from line_agent.mqtt import Publisher
     from line_agent.runtime import LineRuntime

@@ -23,8 +23,8 @@ import cv2
 
 from hardware.safety import CommandRefused, LineController
 from line_agent.actions import Action, DecisionRules
-from line_agent.api.hub import LiveHub
-from line_agent.api.metrics import FRAMES, INFERENCE_LATENCY, PLC_WRITE_LATENCY
+from line_agent.live import LiveHub
+from line_agent.metrics import FRAMES, INFERENCE_LATENCY, PLC_WRITE_LATENCY
 from line_agent.config import LineConfig
 from line_agent.mqtt import Publisher
 from vision.config import CameraConfig, make_source

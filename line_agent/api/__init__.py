@@ -1,11 +1,11 @@
 """Control API and supervisor console server (issues 6 and 7).
 
 ``create_app(ApiDeps(...))`` builds the FastAPI app; ``LiveHub`` carries live events from the runtime
-to the console; ``line_agent.api.metrics`` holds the Prometheus metrics the runtime updates.
+to the console; ``line_agent.metrics`` holds the Prometheus metrics the runtime updates.
 """
 
 from line_agent.api.deps import ApiDeps, LineControl
-from line_agent.api.hub import LiveHub
+from line_agent.live import LiveHub
 
 __all__ = ["ApiDeps", "LineControl", "LiveHub", "create_app"]
 

@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from line_agent.api import control, system, views
-from line_agent.api import metrics as m
+from line_agent import metrics as m
 from line_agent.api.auth import Role, TokenCache, ensure_token
 from line_agent.api.deps import ApiDeps
 from line_agent.store.migrate import migrate

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from line_agent.api.hub import LiveHub
+from line_agent.live import LiveHub
 
 
 @runtime_checkable

@@ -265,7 +265,7 @@ class IngestWorker:
 
     def _export_metrics(self, batch: Batch | None) -> None:
         """Prometheus: age of the newest row just stored, and the bytes waiting in the spool."""
-        from line_agent.api.metrics import INGEST_LAG, SPOOL_BYTES
+        from line_agent.metrics import INGEST_LAG, SPOOL_BYTES
 
         rows = () if batch is None else (batch.telemetry, batch.events, batch.inspections)
         newest = max((r.ts for part in rows for r in part), default=None)

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from line_agent.api.app import create_app
 from line_agent.api.auth import Role, create_token
 from line_agent.api.deps import ApiDeps
-from line_agent.api.hub import LiveHub
+from line_agent.live import LiveHub
 from line_agent.store.migrate import migrate
 
 LINE = "line1"  # the line id of hardware/default_tags.yaml

@@ -18,7 +18,7 @@ from api_support import LINE, ServerThread, controller_factory, make_tokens, see
 
 from line_agent.api.app import create_app
 from line_agent.api.deps import ApiDeps
-from line_agent.api.hub import LiveHub
+from line_agent.live import LiveHub
 from line_agent.store.migrate import migrate
 
 CHECKS = ",".join([

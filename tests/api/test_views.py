@@ -101,7 +101,7 @@ def test_live_hub_snapshot_stream_and_frame(api: Api) -> None:
 
 
 def test_metrics_and_probes(api: Api) -> None:
-    from line_agent.api import metrics as m
+    from line_agent import metrics as m
 
     m.FRAMES.labels(line=LINE, camera="cam-1").inc(3)
     m.PLC_WRITE_LATENCY.labels(line=LINE).observe(0.004)

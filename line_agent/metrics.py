@@ -2,7 +2,7 @@
 
 Import and update them from anywhere in the process, e.g.::
 
-    from line_agent.api import metrics
+    from line_agent import metrics
     metrics.FRAMES.labels(line="line-1", camera="cam-1").inc()
     metrics.INFERENCE_LATENCY.labels(camera="cam-1").observe(0.012)
 

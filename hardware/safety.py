@@ -55,6 +55,19 @@ class LineState:
 
 
 @dataclass(slots=True, frozen=True)
+class Cause:
+    """Why the line is in its state: the command that put it there, who asked and for what reason."""
+
+    action: str  # start / stop / slow, or what the runtime saw: safe_state, estop, guard_door, stopped_at_plc
+    actor: str
+    reason: str
+    ts: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(slots=True, frozen=True)
 class RejectResult:
     part_id: str
     seq: int
@@ -199,6 +212,7 @@ class LineController:
         plc_watchdog_s: float = 1.0,
         on_audit: AuditHook | None = None,
         actor: str = "controller",
+        line: str | None = None,
     ) -> None:
         if heartbeat_period_s * 3 > plc_watchdog_s:
             # Fewer than 3 beats per watchdog window: one late beat may trip the PLC. Allowed (configs
@@ -208,7 +222,8 @@ class LineController:
             )
         self.driver = driver
         self.tags = driver.tags
-        self.line = driver.tags.line
+        # The line's own name from its YAML: the tag map's name is the PLC program's, often a template's.
+        self.line = line or driver.tags.line
         self.on_audit = on_audit
         self.actor = actor
         self.heartbeat = Heartbeat(driver, period_s=heartbeat_period_s, stale_after_s=plc_watchdog_s)
@@ -217,6 +232,8 @@ class LineController:
         self._reject_seq_synced = False
         self._reject_lock = asyncio.Lock()
         self._audit_tasks: set[asyncio.Task[None]] = set()
+        #: The last start / stop / slow that the PLC accepted: who, why, when (shown with the line state).
+        self.last_command: Cause | None = None
 
     # ----- lifecycle
     async def start_background(self) -> None:
@@ -252,9 +269,11 @@ class LineController:
             log.exception("on_audit hook failed for %s", record)
         return record
 
-    async def _write(self, action: str, tag: str, value: Value, *, part_id: str | None = None) -> tuple[Value, float]:
+    async def _write(self, action: str, tag: str, value: Value, *, part_id: str | None = None, reason: str = "",
+                     actor: str | None = None) -> tuple[Value, float]:
         t0 = time.perf_counter()
-        rec = AuditRecord(action=action, outcome="ok", line=self.line, tag=tag, value=value, part_id=part_id)
+        rec = AuditRecord(action=action, outcome="ok", line=self.line, tag=tag, value=value, part_id=part_id,
+                          reason=reason, actor=actor or self.actor)
         try:
             readback = await self.driver.write(tag, value)
         except WriteRefused as exc:
@@ -272,17 +291,21 @@ class LineController:
         latency_ms = (time.perf_counter() - t0) * 1000
         rec.raw, rec.latency_ms = readback, latency_ms
         self._audit(rec)
+        if action in ("start", "stop", "slow"):
+            self.last_command = Cause(action=action, actor=rec.actor or self.actor, reason=reason, ts=rec.ts)
         return readback, latency_ms
 
-    def _refused(self, action: str, exc: CommandRefused, **fields: object) -> CommandRefused:
-        rec = AuditRecord(action=action, outcome="refused", line=self.line, reason=exc.reason)
+    def _refused(self, action: str, exc: CommandRefused, *, actor: str | None = None, asked_because: str = "",
+                 **fields: object) -> CommandRefused:
+        reason = exc.reason if not asked_because else f"{exc.reason} (asked: {asked_because})"
+        rec = AuditRecord(action=action, outcome="refused", line=self.line, reason=reason, actor=actor or self.actor)
         for k, v in fields.items():
             setattr(rec, k, v)
         exc.record = self._audit(rec)
         return exc
 
     # ----- commands
-    async def reject_part(self, part_id: str) -> RejectResult:
+    async def reject_part(self, part_id: str, *, reason: str = "") -> RejectResult:
         """Pulse the reject gate for one part: write a new reject sequence number and read it back."""
         t0 = time.perf_counter()
         try:
@@ -296,31 +319,34 @@ class LineController:
                 self._reject_seq_synced = True
             seq = self._reject_seq % 65535 + 1
             self._reject_seq = seq
-            await self._write("reject_part", "reject_seq", seq, part_id=part_id)
+            await self._write("reject_part", "reject_seq", seq, part_id=part_id, reason=reason)
         return RejectResult(part_id=part_id, seq=seq, latency_ms=(time.perf_counter() - t0) * 1000)
 
-    async def start(self) -> None:
+    async def start(self, *, actor: str | None = None, reason: str = "") -> None:
+        """Start the conveyor. Only ever called for a person (the control API) or the demo's simulated
+        operator: the runtime never starts a line by itself. ``actor`` and ``reason`` go into the audit."""
         try:
             await self.interlocks.check_start()
         except CommandRefused as exc:
-            raise self._refused("start", exc, tag="run_cmd", value=True) from None
+            raise self._refused("start", exc, actor=actor, asked_because=reason, tag="run_cmd", value=True) from None
         try:
-            await self._write("start", "run_cmd", True)
+            await self._write("start", "run_cmd", True, reason=reason, actor=actor)
         except WriteNotConfirmed as exc:
             # The PLC's own interlock dropped the command between our check and the write.
             raise CommandRefused(f"start refused by the PLC: {exc.reason}") from exc
 
-    async def stop(self) -> None:
+    async def stop(self, *, actor: str | None = None, reason: str = "") -> None:
         """Stop the conveyor. Never refused by the controller (stopping is always safe)."""
-        await self._write("stop", "run_cmd", False)
+        await self._write("stop", "run_cmd", False, reason=reason, actor=actor)
 
-    async def slow(self, speed_pct: float) -> None:
+    async def slow(self, speed_pct: float, *, actor: str | None = None, reason: str = "") -> None:
         """Set the conveyor speed setpoint in percent (range-checked by the tag map)."""
         try:
             self.interlocks.require_link()
         except CommandRefused as exc:
-            raise self._refused("slow", exc, tag="speed_setpoint", value=speed_pct) from None
-        await self._write("slow", "speed_setpoint", speed_pct)
+            raise self._refused("slow", exc, actor=actor, asked_because=reason, tag="speed_setpoint",
+                                value=speed_pct) from None
+        await self._write("slow", "speed_setpoint", speed_pct, reason=reason, actor=actor)
 
     async def reset_reject_counter(self) -> None:
         await self._write("reset_reject_counter", "reject_count", 0)

@@ -181,9 +181,12 @@ class AuditRecord:
     part_id: str | None = None
     ts: float = field(default_factory=time.time)
     latency_ms: float | None = None
+    #: Who asked: a person (``user:<name>``) through the API, or the runtime with the rule that fired.
+    actor: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "actor": self.actor,
             "ts": self.ts,
             "line": self.line,
             "action": self.action,

@@ -9,15 +9,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from enum import StrEnum
 
 from pydantic import BaseModel, Field, model_validator
 
-
-class Action(StrEnum):
-    REJECT = "reject"  # fire the reject gate for this part
-    SLOW = "slow"
-    STOP = "stop"
+from line_agent.contracts import LineAction, Verdict
 
 
 class BurstRule(BaseModel):
@@ -49,7 +44,7 @@ class ControlRules(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Trip:
-    action: Action
+    action: LineAction
     reason: str
 
 
@@ -91,19 +86,19 @@ class DecisionRules:
         self._slow = _Window(rules.slow) if rules.slow else None
         self._stop = _Window(rules.stop) if rules.stop else None
 
-    def on_decision(self, decision: str, ts: float) -> list[Trip]:
-        """Feed one part's decision (pass / reject / rework); return the actions it triggers."""
-        rejected = decision == "reject"
+    def on_decision(self, decision: Verdict | str, ts: float) -> list[Trip]:
+        """Feed one part's verdict (pass / reject / rework); return the line actions it triggers."""
+        rejected = Verdict(decision) is Verdict.REJECT
         trips: list[Trip] = []
         if rejected and self.rules.reject_gate:
-            trips.append(Trip(Action.REJECT, "part rejected by QA rules"))
+            trips.append(Trip(LineAction.REJECT_PART, "part rejected by QA rules"))
         stop_reason = self._stop.add(rejected, ts) if self._stop else None
         slow_reason = self._slow.add(rejected, ts) if self._slow else None
         if stop_reason:
-            trips.append(Trip(Action.STOP, stop_reason))
+            trips.append(Trip(LineAction.STOP, stop_reason))
             self.reset()  # a restart begins a fresh window; the same burst must not re-trip
         elif slow_reason:
-            trips.append(Trip(Action.SLOW, slow_reason))
+            trips.append(Trip(LineAction.SLOW, slow_reason))
             if self._slow:
                 self._slow.reset()
         return trips

@@ -8,11 +8,11 @@ import contextlib
 import signal
 
 
-async def _serve(port: int) -> None:
+async def _serve(port: int, host: str) -> None:
     from amqtt.broker import Broker
 
     config = {
-        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     }
     broker = Broker(config)
@@ -29,7 +29,9 @@ async def _serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    asyncio.run(_serve(parser.parse_args().port))
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+    asyncio.run(_serve(args.port, args.host))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ _INSERT = (
 class AuditWriter:
     def __init__(self, database_url: str, max_pending: int = 100_000) -> None:
         self.url = database_url
-        self._q: queue.Queue[tuple[str, AuditRecord] | None] = queue.Queue(max_pending)
+        self._q: queue.Queue[tuple[object, ...] | None] = queue.Queue(max_pending)
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
         self.written = 0
@@ -37,12 +37,21 @@ class AuditWriter:
         """The ``on_audit`` callback for a LineController acting as ``actor``."""
 
         def on_audit(record: AuditRecord) -> None:
-            try:
-                self._q.put_nowait((actor, record))
-            except queue.Full:  # refuse loudly rather than grow without bound
-                log.error("audit queue full; record not stored: %s", record.as_dict())
+            self._put(self._row(actor, record))
 
         return on_audit
+
+    def observed(self, actor: str, action: str, line: str, reason: str, **detail: object) -> None:
+        """Record something the runtime saw or did that is not a PLC write: a safe state, an e-stop, a line
+        stopped at the panel, a camera lost (``action`` e.g. ``line.safe_state``), with its reason."""
+        self._put((actor, action, line, None, "ok",
+                   json.dumps({"line": line, "reason": reason, **detail}, default=str)))
+
+    def _put(self, row: tuple[object, ...]) -> None:
+        try:
+            self._q.put_nowait(row)
+        except queue.Full:  # refuse loudly rather than grow without bound
+            log.error("audit queue full; record not stored: %s", row)
 
     @staticmethod
     def _row(actor: str, r: AuditRecord) -> tuple[object, ...]:
@@ -50,7 +59,8 @@ class AuditWriter:
         after = json.dumps({"tag": r.tag, "value": r.value, "raw": r.raw}, default=str)
         detail = json.dumps({"line": r.line, "reason": r.reason, "latency_ms": r.latency_ms, "ts": r.ts},
                             default=str)
-        return (f"runtime:{actor}", f"plc.{r.action}", target, after, r.outcome, detail)
+        # A person's command carries its own actor; the runtime's own actions are "runtime:<line>".
+        return (r.actor or f"runtime:{actor}", f"plc.{r.action}", target, after, r.outcome, detail)
 
     def _run(self) -> None:
         conn: psycopg.Connection | None = None
@@ -62,7 +72,7 @@ class AuditWriter:
                 if item is None:
                     done = True
                 else:
-                    pending.append(self._row(*item))
+                    pending.append(item)
                 while len(pending) < 500:
                     try:
                         nxt = self._q.get_nowait()
@@ -71,7 +81,7 @@ class AuditWriter:
                     if nxt is None:
                         done = True
                         break
-                    pending.append(self._row(*nxt))
+                    pending.append(nxt)
             if not pending:
                 continue
             try:

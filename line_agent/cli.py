@@ -62,8 +62,8 @@ def demo(
     fps: Annotated[float, typer.Option(help="Parts per second per line.")] = 5.0,
     ingest_workers: Annotated[int, typer.Option(min=1, max=8, help="Ingest worker processes.")] = 1,
     auto_restart: Annotated[
-        float, typer.Option(help="Seconds after which a simulated operator restarts a line the stop rule stopped "
-                                 "(0 = never).")
+        float, typer.Option(help="Seconds after which the simulated operator restarts a line that stopped "
+                                 "(0 = never; it starts the line once at the beginning either way).")
     ] = 10.0,
 ) -> None:
     """Run a whole simulated line on loopback over real protocols.
@@ -91,24 +91,34 @@ def demo(
 
 @app.command()
 def run(
-    config: Annotated[Path, typer.Option("--config", "-c", help="The line's YAML file.", exists=True)],
+    config: Annotated[list[Path], typer.Option("--config", "-c", help="The line's YAML file (repeat for more lines).",
+                                               exists=True)],
     port: Annotated[int | None, typer.Option(help="API port (default: LINEGUARD_API_PORT).")] = None,
+    ingest_workers: Annotated[int, typer.Option(min=1, max=8, help="Ingest worker processes.")] = 1,
 ) -> None:
-    """Run one line from its YAML: cameras, detectors, QA rules, PLC, telemetry, API and console."""
+    """Run real lines from their YAML: cameras, detectors, QA rules, PLC, ingest, API and console.
+
+    Nothing simulated runs here. The line is never started by lineguard: start it from the console
+    (a person with the operator role), or at the machine."""
     from line_agent.config import ConfigError, load_line_config
-    from line_agent.demo import run_line
+    from line_agent.plant import run_plant
+    from line_agent.services import ServiceError
     from line_agent.settings import Settings
 
     settings = Settings()
     _setup_logging(settings.log_level)
     try:
-        line = load_line_config(config)
+        lines = [load_line_config(c) for c in config]
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     if port is not None:
         settings.api_port = port
-    run_line(settings, line)
+    try:
+        run_plant(settings, lines, ingest_workers=ingest_workers)
+    except (ServiceError, ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @app.command()
@@ -122,7 +132,7 @@ def api(
 
     from line_agent.api.app import create_app
     from line_agent.api.deps import ApiDeps
-    from line_agent.demo import admin_token
+    from line_agent.plant import admin_token
     from line_agent.settings import Settings
 
     settings = Settings()
@@ -132,7 +142,7 @@ def api(
         raise typer.Exit(2)
     deps = ApiDeps(
         database_url=settings.database_url, lines=[x.strip() for x in lines.split(",") if x.strip()],
-        model_registry=settings.model_registry, frames_dir=settings.data_dir.resolve() / "frames",
+        model_registry=settings.registry_dir, frames_dir=settings.data_dir.resolve() / "frames",
         training_dir=settings.data_dir.resolve() / "feedback", admin_token=admin_token(settings),
     )
     uvicorn.run(create_app(deps), host=host or settings.api_host, port=port or settings.api_port,
@@ -142,16 +152,29 @@ def api(
 @app.command("check-config")
 def check_config(
     config: Annotated[Path, typer.Argument(help="The line's YAML file.")],
+    probe: Annotated[bool, typer.Option(help="Also open each camera and connect to the PLC and the broker.")] = False,
+    quiet: Annotated[bool, typer.Option(help="Do not print the normalised configuration.")] = False,
 ) -> None:
-    """Validate a line YAML and print it normalised; exit 2 naming the bad field."""
+    """Validate a line YAML and load every model; with --probe also reach each camera, the PLC and the broker.
+
+    Prints the configuration normalised, then one line per check; exits 2 naming the bad field, or 1
+    naming each check that failed."""
+    from line_agent.checks import check_line
     from line_agent.config import ConfigError, load_line_config
+    from line_agent.settings import Settings
 
     try:
         line = load_line_config(config)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(line.model_dump_json(indent=2))
+    if not quiet:
+        typer.echo(line.model_dump_json(indent=2))
+    results = check_line(Settings(), line, probe=probe)
+    for r in results:
+        typer.echo(f"{'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail}", err=not r.ok)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
 
 
 @bench.command("lines")

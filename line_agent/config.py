@@ -24,21 +24,29 @@ class ConfigError(ValueError):
 
 
 class PlcConfig(BaseModel):
-    """How the line's PLC is reached. No ``url``: the demo starts a simulator."""
+    """How the line's PLC is reached: the driver (hardware.drivers' table) and its URL.
+
+    ``lineguard run`` needs ``url``; the demo leaves it out and points it at the simulator it starts."""
 
     model_config = ConfigDict(extra="forbid")
 
-    driver: Literal["modbus", "opcua", "mqtt"] = "modbus"
-    url: str | None = Field(default=None, description="modbus://host:port, opc.tcp://host:port/path, mqtt://…")
+    driver: Literal["modbus", "opcua", "sparkplug"] = "modbus"
+    url: str | None = Field(
+        default=None,
+        description="modbus://host:port, opc.tcp://host:port[/path], or for sparkplug the broker and the "
+                    "edge node's address (see docs/PLANT.md).",
+    )
     tags: Path | None = Field(default=None, description="Tag map YAML; default: the simulator's map.")
     heartbeat_period_s: float = Field(default=0.2, gt=0, le=10)
-    watchdog_s: float = Field(default=1.0, gt=0, le=60, description="Simulator watchdog (demo only).")
+    watchdog_s: float = Field(default=1.0, gt=0, le=60,
+                              description="The PLC's heartbeat watchdog (the simulator's, in the demo).")
 
     @model_validator(mode="after")
     def _url_matches_driver(self) -> PlcConfig:
-        prefixes = {"modbus": ("modbus://",), "opcua": ("opc.tcp://",), "mqtt": ("mqtt://", "mqtts://")}
-        if self.url is not None and not self.url.startswith(prefixes[self.driver]):
-            raise ValueError(f"url {self.url!r} does not match driver {self.driver!r}")
+        if self.url is not None:
+            from hardware.drivers import validate_plc_url
+
+            self.url = validate_plc_url(self.driver, self.url)
         return self
 
 

@@ -1,4 +1,9 @@
-"""Start a whole line (or several) with its services, and the report ``lineguard demo`` prints.
+"""``lineguard demo``: the plant assembly (line_agent.plant) plus simulators, and the report it prints.
+
+The demo is ``PlantApp`` with three additions that ``lineguard run`` never has: a Modbus PLC simulator
+process per line, a simulated energy meter and machine faults published over MQTT, and a simulated operator
+who restarts a line the stop rule stopped (audited as ``demo:simulated-operator``). Synthetic boards carry
+injected truth, so the report can score the detector.
 
 Process tree, every child started and stopped by PID, in reverse order on exit or Ctrl-C:
 
@@ -15,26 +20,18 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 
 from line_agent.config import LineConfig, demo_line_config
-from line_agent.services import EmbeddedBroker, EmbeddedPostgres, ServiceError, die_with_parent
+from line_agent.plant import ChildProcess, LineRun, PlantApp, infrastructure, redact, start_ingest
+from line_agent.services import ServiceError, die_with_parent
 from line_agent.settings import Settings
-from line_agent.store.migrate import migrate
 from vision.metrics import PRF
-
-if TYPE_CHECKING:
-    from datetime import datetime
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +47,6 @@ class DemoOptions:
     #: The simulated operator restarts a line the stop rule stopped after this many seconds (demo only;
     #: 0 = leave it stopped until someone starts it from the console).
     auto_restart_s: float = 10.0
-
-
-@dataclass
-class LineRun:
-    """What one line's runtime counted itself: inspections published, reject gate write latencies (ms)."""
-
-    published: int
-    reject_latency_ms: list[float]
 
 
 @dataclass
@@ -133,121 +122,6 @@ class DemoReport:
         return "\n".join(out)
 
 
-def _redact(url: str) -> str:
-    """Hide a password in a URL before printing it."""
-    if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
-        scheme, rest = url.split("//", 1)
-        user = rest.split(":", 1)[0]
-        return f"{scheme}//{user}:***@{rest.split('@', 1)[1]}"
-    return url
-
-
-class ChildProcess:
-    """A child we started; stopped by PID with SIGTERM, then SIGKILL."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as logf:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                         start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("%s (pid %s) did not stop in %.0fs; killing", self.name, self.proc.pid, timeout_s)
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-@contextlib.contextmanager
-def infrastructure(settings: Settings) -> Iterator[tuple[str, str]]:
-    """The database and broker URLs: the configured ones, else embedded servers in data_dir."""
-    data = settings.data_dir.resolve()
-    pg = broker = None
-    try:
-        db_url = settings.database_url
-        if db_url is None:
-            pg = EmbeddedPostgres(data / "postgres")
-            db_url = pg.start()
-        mqtt_url = settings.mqtt_url
-        if mqtt_url is None:
-            broker = EmbeddedBroker(data / "broker")
-            mqtt_url = broker.start()
-        migrate(db_url)
-        yield db_url, mqtt_url
-    finally:
-        if broker is not None:
-            broker.stop()
-        if pg is not None:
-            pg.stop()
-
-
-def admin_token(settings: Settings) -> str:
-    """LINEGUARD_ADMIN_TOKEN, else a token generated once and kept in the data dir (mode 0600).
-
-    The API stores only its hash; the plain token is printed at start so a person can log in.
-    """
-    if settings.admin_token:
-        return settings.admin_token
-    path = settings.data_dir.resolve() / "admin_token"
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip()
-    import secrets
-
-    token = secrets.token_urlsafe(24)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
-    return token
-
-
-def make_summarizer(db_url: str, site: str, publish: Callable[[str, bytes], Any]) -> Callable[..., Any]:
-    """The API's on-demand summary: the line agent over this store, results also published on MQTT.
-
-    The backend comes from LINEGUARD_LLM_BACKEND; unset, the template narrator (no model, offline).
-    """
-
-    def summarize(*, line: str, start: datetime, end: datetime, lang: str) -> Any:
-        from line_agent.agent import summarize as agent_summarize
-
-        return agent_summarize(db_url, line, start=start, end=end, lang=lang, publish=publish, site=site)
-
-    return summarize
-
-
-def _child_env(db_url: str, mqtt_url: str, data_dir: Path) -> dict[str, str]:
-    return {**os.environ, "LINEGUARD_DATABASE_URL": db_url, "LINEGUARD_MQTT_URL": mqtt_url,
-            "LINEGUARD_DATA_DIR": str(data_dir)}
-
-
-def start_ingest(workers: int, db_url: str, mqtt_url: str, data_dir: Path, timeout_s: float = 60.0) -> ChildProcess:
-    """Start ``lineguard ingest`` and wait until every worker has subscribed.
-
-    Until then a message would reach no one (a shared subscription that does not exist yet queues
-    nothing), so the line must not start publishing before.
-    """
-    run_dir = data_dir / "run"
-    for old in run_dir.glob("*.subscribed") if run_dir.exists() else []:
-        old.unlink()
-    cmd = [sys.executable, "-m", "line_agent.cli", "ingest", "--workers", str(workers)]
-    child = ChildProcess("ingest", cmd, _child_env(db_url, mqtt_url, data_dir), data_dir / "logs" / "ingest.log")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise ServiceError(f"ingest exited with code {child.proc.returncode} (see {data_dir}/logs)")
-        if run_dir.exists() and len(list(run_dir.glob("*.subscribed"))) >= workers:
-            return child
-        time.sleep(0.1)
-    child.stop()
-    raise ServiceError(f"ingest workers did not subscribe within {timeout_s:.0f}s (see {data_dir}/logs)")
-
-
 def run_demo(settings: Settings, opts: DemoOptions) -> DemoReport:
     """Run ``opts.lines`` simulated lines for ``opts.duration_s`` seconds (0: until Ctrl-C)."""
     from hardware.sim_plc import SimPlcProcess
@@ -261,7 +135,7 @@ def run_demo(settings: Settings, opts: DemoOptions) -> DemoReport:
     try:
         with infrastructure(settings) as (db_url, mqtt_url), contextlib.ExitStack() as children:
             # Children stop in reverse order of start, all before the database and broker go.
-            report.database, report.broker = _redact(db_url), _redact(mqtt_url)
+            report.database, report.broker = redact(db_url), redact(mqtt_url)
             for line in lines:
                 plc = SimPlcProcess(0, watchdog_s=line.plc.watchdog_s,
                                     preexec_fn=die_with_parent(signal.SIGTERM)).start()
@@ -269,7 +143,9 @@ def run_demo(settings: Settings, opts: DemoOptions) -> DemoReport:
                 line.plc.url = f"modbus://127.0.0.1:{plc.port}"
             ingest = start_ingest(opts.ingest_workers, db_url, mqtt_url, data)
             children.callback(ingest.stop)
-            runs = asyncio.run(_serve(settings, lines, db_url, mqtt_url, opts))
+            extras = [_meter, _simulated_operator(opts.auto_restart_s if opts.auto_restart_s > 0 else float("inf"))]
+            app = PlantApp(settings, lines, db_url, mqtt_url, host=opts.host, port=opts.port, extra_tasks=extras)
+            runs = asyncio.run(app.run(opts.duration_s))
             published = {name: run.published for name, run in runs.items()}
             report.ended = time.time()
             # Everything published must be stored before we count: wait for ingest to catch up.
@@ -282,151 +158,57 @@ def run_demo(settings: Settings, opts: DemoOptions) -> DemoReport:
     return report
 
 
-def run_line(settings: Settings, line: LineConfig) -> None:
-    """``lineguard run``: one configured line until SIGINT/SIGTERM."""
-    data = settings.data_dir.resolve()
-    with infrastructure(settings) as (db_url, mqtt_url), contextlib.ExitStack() as children:
-        if line.plc.url is None:
-            raise ServiceError(f"line {line.line}: plc.url is required for `lineguard run`")
-        ingest = start_ingest(1, db_url, mqtt_url, data)
-        children.callback(ingest.stop)
-        opts = DemoOptions(port=settings.api_port, host=settings.api_host)
-        asyncio.run(_serve(settings, [line], db_url, mqtt_url, opts))
-
-
-async def _serve(
-    settings: Settings, lines: list[LineConfig], db_url: str, mqtt_url: str, opts: DemoOptions
-) -> dict[str, LineRun]:
-    """Run the line runtimes, meters and the API in this loop; return what each line counted."""
-    import uvicorn
-
-    from hardware.modbus import ModbusDriver
-    from hardware.safety import LineController
-    from hardware.tags import TagMap
-    from line_agent.api.app import create_app
-    from line_agent.api.deps import ApiDeps
-    from line_agent.live import LiveHub
-    from line_agent.audit import AuditWriter
-    from line_agent.mqtt import Publisher
-    from line_agent.runtime import LineRuntime
-
-    data = settings.data_dir.resolve()
-    hub = LiveHub()
-    audit = AuditWriter(db_url)
-    publisher = Publisher(mqtt_url, client_id=f"lineguard-runtime-{os.getpid()}")
-    runtimes: list[LineRuntime] = []
-    controllers: dict[str, LineController] = {}
-    for line in lines:
-        tags = TagMap.load(line.plc.tags)
-        assert line.plc.url is not None
-        host, port = line.plc.url.removeprefix("modbus://").rsplit(":", 1)
-        driver = ModbusDriver(tags, host, int(port))
-        ctl = LineController(driver, heartbeat_period_s=line.plc.heartbeat_period_s,
-                             plc_watchdog_s=line.plc.watchdog_s, on_audit=audit.hook(line.line),
-                             actor=f"runtime:{line.line}")
-        await ctl.start_background()
-        controllers[line.line] = ctl
-        runtimes.append(LineRuntime(line, controller=ctl, publisher=publisher, hub=hub,
-                                    frames_dir=data / "frames", registry=settings.model_registry))
-    for ctl in controllers.values():
-        with contextlib.suppress(Exception):  # refused (e.g. e-stop) is audited; the console shows why
-            await ctl.start()
-
-    deps = ApiDeps(
-        database_url=db_url, lines=[ln.line for ln in lines], controllers=controllers, hub=hub,
-        model_registry=settings.model_registry, frames_dir=data / "frames",
-        training_dir=data / "feedback", admin_token=admin_token(settings),
-        summarize=make_summarizer(db_url, lines[0].site, publisher.publish),
-        extra_checks=lambda: {"broker": "ok" if publisher.connected else "disconnected",
-                              **{k: v for rt in runtimes for k, v in rt.health().items()}},
-    )
-    app = create_app(deps)
-    _EmbeddedServer = _embedded_server_class()
-    server = _EmbeddedServer(uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning",
-                                            lifespan="on"))
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    until = time.monotonic() + opts.duration_s if opts.duration_s > 0 else None
-    meters = [asyncio.create_task(_meter(line, rt, publisher, stop)) for line, rt in zip(lines, runtimes, strict=True)]
-    if opts.auto_restart_s > 0:
-        meters += [asyncio.create_task(_simulated_operator(rt, controllers[rt.cfg.line], opts.auto_restart_s, stop))
-                   for rt in runtimes]
-    api_task = asyncio.create_task(server.serve())
-    line_tasks = [asyncio.create_task(rt.run(until)) for rt in runtimes]
-    log.info("console on http://%s:%s  (admin token: %s)", opts.host, opts.port,
-             "from LINEGUARD_ADMIN_TOKEN" if settings.admin_token else deps.admin_token)
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait([stopper, *line_tasks], return_when=asyncio.FIRST_COMPLETED)
-    if stop.is_set():
-        log.info("stopping on signal")
-    for rt in runtimes:
-        rt.stop()
-    await asyncio.gather(*line_tasks, return_exceptions=True)
-    stop.set()
-    await asyncio.gather(*meters, return_exceptions=True)
-    server.should_exit = True
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(api_task, 10)
-    for ctl in controllers.values():
-        await ctl.close()
-    await asyncio.to_thread(publisher.close)
-    await asyncio.to_thread(audit.close)
-    return {rt.cfg.line: LineRun(rt.inspected, list(rt.reject_latency_ms)) for rt in runtimes}
-
-
-def _embedded_server_class() -> type:
-    import uvicorn
-
-    class EmbeddedServer(uvicorn.Server):
-        """uvicorn without its own signal handlers: the demo owns SIGINT/SIGTERM and stops in order."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield
-
-    return EmbeddedServer
-
-
-async def _simulated_operator(rt: Any, ctl: Any, after_s: float, stop: asyncio.Event) -> None:
+def _simulated_operator(after_s: float) -> Any:
     """Demo only: a line stopped for ``after_s`` seconds is started again, as an operator would after
-    checking it. The start goes through the controller's interlocks and is audited like any other."""
-    stopped_since: float | None = None
-    while not stop.is_set():
-        if rt.line_mode == "stopped":
-            stopped_since = stopped_since or time.monotonic()
-            if time.monotonic() - stopped_since >= after_s:
-                log.info("%s: simulated operator restarts the line", rt.cfg.line)
-                with contextlib.suppress(Exception):  # refused (e-stop, guard door): audited, try later
-                    await ctl.start()
-                stopped_since = None
-        else:
-            stopped_since = None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.5)
+    checking it. The start goes through the controller's interlocks and is audited under its own name."""
+
+    async def operate(app: PlantApp, stop: asyncio.Event) -> None:
+        stopped_since: dict[str, float] = {}
+        shift_started: set[str] = set()
+        while not stop.is_set():
+            for name, rt in app.runtimes.items():
+                if rt.line_mode != "stopped":
+                    stopped_since.pop(name, None)
+                    if rt.line_mode == "running":
+                        shift_started.add(name)
+                    continue
+                # A line found stopped when the demo begins is started at once (the start of a shift);
+                # one that stopped later waits ``after_s``, as an operator checking it would.
+                wait = 0.0 if name not in shift_started else after_s
+                since = stopped_since.setdefault(name, time.monotonic())
+                if time.monotonic() - since >= wait:
+                    why = "demo: start of shift" if wait == 0 else f"demo: restart {after_s:g} s after the line stopped"
+                    log.info("%s: simulated operator starts the line (%s)", name, why)
+                    with contextlib.suppress(Exception):  # refused (e-stop, guard door): audited, try later
+                        await app.controllers[name].start(actor="demo:simulated-operator", reason=why)
+                    shift_started.add(name)
+                    stopped_since.pop(name, None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    return operate
 
 
-async def _meter(line: LineConfig, rt: Any, publisher: Any, stop: asyncio.Event, period_s: float = 1.0) -> None:
-    """Publish the simulated energy meter and machine faults of one line over MQTT (JSON convention)."""
+async def _meter(app: PlantApp, stop: asyncio.Event, period_s: float = 1.0) -> None:
+    """Demo only: the simulated energy meter and machine faults of each line, over MQTT (JSON convention)."""
     from hardware.sim_meter import LineMeterSim
+    from line_agent.contracts import EnergyMetric, MachineEvent, TelemetryPoint, topic
 
-    sim = LineMeterSim(line.line, seed=hash(line.line) & 0xFFFF)
-    base = f"{line.mqtt.prefix}/{line.site}/{line.line}"
+    sims = {name: LineMeterSim(name, seed=hash(name) & 0xFFFF) for name in app.runtimes}
     while not stop.is_set():
         ts = time.time()
-        reading = sim.read(ts, running=rt.line_mode == "running")
-        publisher.publish_json(f"{base}/energy/telemetry", {
-            "ts": ts, "device": "meter1",
-            "metrics": {"power_w": reading.power_w, "energy_kwh": reading.energy_kwh},
-        })
-        for f in sim.faults(ts, period_s):
-            publisher.publish_json(f"{base}/{f.machine}/event", {
-                "event_id": f.event_id, "ts": f.ts, "device": f.machine, "kind": "fault",
-                "code": f.code, "duration_s": f.duration_s,
-            })
+        for name, rt in app.runtimes.items():
+            line = rt.cfg
+            reading = sims[name].read(ts, running=rt.line_mode == "running")
+            point = TelemetryPoint(ts=ts, device="meter1", metrics={EnergyMetric.POWER_W.value: reading.power_w,
+                                                                    EnergyMetric.ENERGY_KWH.value: reading.energy_kwh})
+            app.publisher.publish(topic(line.site, line.line, "energy", "telemetry", line.mqtt.prefix),
+                                  point.model_dump_json(exclude_none=True))
+            for f in sims[name].faults(ts, period_s):
+                event = MachineEvent(event_id=f.event_id, ts=f.ts, device=f.machine, kind="fault", code=f.code,
+                                     duration_s=f.duration_s)
+                app.publisher.publish(topic(line.site, line.line, f.machine, "event", line.mqtt.prefix),
+                                      event.model_dump_json(exclude_none=True))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), period_s)
 

@@ -1,9 +1,14 @@
-"""The line runtime: for every camera, source -> detector -> QA decision -> actions -> event.
+"""The line runtime: for every camera, source -> detector -> QA verdict -> line actions -> inspection event.
 
-One asyncio loop per process. Each camera is a task; the blocking parts (reading a frame,
-running the detector) go to worker threads so PLC writes and the API never wait on inference.
-Decisions leave in two directions: actions to the PLC through the LineController (reject gate
-per part, slow/stop on a burst), and an ``inspection`` event over MQTT that ingest stores.
+One asyncio loop per process. Each camera is a task; the blocking parts (reading a frame, running the
+detector) go to worker threads so PLC writes and the API never wait on inference. Verdicts leave in two
+directions: line actions to the PLC through the LineController (reject gate per part, slow/stop on a
+burst, each audited with the rule that fired), and an ``Inspection`` (line_agent.contracts) over MQTT
+that ingest stores.
+
+The runtime never starts a line. It watches the line's state and says why it is what it is (the last
+command and who gave it, or the safe state / e-stop the PLC reports), and audits every change it did
+not cause itself. Cameras and models report their own health, which ``/readyz`` serves.
 """
 
 from __future__ import annotations
@@ -15,60 +20,48 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 
-from hardware.safety import CommandRefused, LineController
-from line_agent.actions import Action, DecisionRules
+from hardware.driver import LinkState
+from hardware.safety import Cause, CommandRefused, LineController
+from line_agent.actions import DecisionRules
+from line_agent.config import LineConfig
+from line_agent.contracts import Defect, Inspection, LineAction, TruthLabel, Verdict, topic
+from line_agent.frames import frame_path
 from line_agent.live import LiveHub
 from line_agent.metrics import FRAMES, INFERENCE_LATENCY, PLC_WRITE_LATENCY
-from line_agent.config import LineConfig
 from line_agent.mqtt import Publisher
 from vision.config import CameraConfig, make_source
 from vision.detectors.base import Detector
-from vision.sources import ImageSource
+from vision.detectors.factory import build_detector
 from vision.types import Detection, Frame
+
+if TYPE_CHECKING:
+    from line_agent.audit import AuditWriter
 
 log = logging.getLogger(__name__)
 
-
-def load_detector(spec: str, registry: Path | None = None) -> Detector:
-    """``template``, ``onnx:<path | registry name>`` or ``hybrid:<path | registry name>`` -> a Detector (no torch).
-
-    A registry name is looked up in ``registry``, then in the shipped models (vision/models)."""
-    if spec == "template":
-        from vision.detectors.template import TemplateDiffDetector
-
-        return TemplateDiffDetector()
-    if spec.startswith("onnx:"):
-        from vision.detectors.load import load_model
-
-        # The directory says which kind it holds: a registry name may be a hybrid model.
-        return load_model(spec[len("onnx:"):], registry)
-    if spec.startswith("hybrid:"):
-        from vision.detectors.load import load_model, split_options
-
-        ref, opts = split_options(spec[len("hybrid:"):])  # e.g. hybrid:pcb-synth-hybrid?tta=1
-        return load_model(ref, registry, hybrid=True, **opts)
-    raise ValueError(f"unknown detector spec {spec!r}")
+#: Seconds between attempts to load a camera's model that failed (a model copied in later is picked up).
+MODEL_RETRY_S = 5.0
 
 
-def _box(d: Detection) -> list[float]:
-    return [round(d.box.x1, 1), round(d.box.y1, 1), round(d.box.x2, 1), round(d.box.y2, 1)]
+def _box(d: Detection) -> tuple[float, float, float, float]:
+    return (round(d.box.x1, 1), round(d.box.y1, 1), round(d.box.x2, 1), round(d.box.y2, 1))
 
 
 @dataclass
 class Counters:
-    """Pass/reject/rework counts of one line, and parts per minute over the last 60 s."""
+    """Verdict counts of one line, and parts per minute over the last 60 s."""
 
-    counts: dict[str, int] = field(default_factory=lambda: {"pass": 0, "reject": 0, "rework": 0})
+    counts: dict[str, int] = field(default_factory=lambda: {v.value: 0 for v in Verdict})
     recent: deque[float] = field(default_factory=deque)
 
-    def add(self, decision: str, ts: float) -> None:
-        self.counts[decision] = self.counts.get(decision, 0) + 1
+    def add(self, verdict: Verdict, ts: float) -> None:
+        self.counts[verdict.value] = self.counts.get(verdict.value, 0) + 1
         self.recent.append(ts)
         while self.recent and ts - self.recent[0] > 60.0:
             self.recent.popleft()
@@ -77,6 +70,35 @@ class Counters:
         span = (self.recent[-1] - self.recent[0]) if len(self.recent) > 1 else 0.0
         ppm = (len(self.recent) - 1) * 60.0 / span if span > 0 else 0.0
         return {"line": line, **self.counts, "total": sum(self.counts.values()), "throughput_ppm": round(ppm, 1)}
+
+
+@dataclass
+class CameraStatus:
+    """What one camera is doing, for ``/readyz`` and the console: state, model, frames/s, last frame."""
+
+    state: str = "starting"  # starting, loading_model, model_error, error, connected, reconnecting, stalled, ended
+    detail: str = ""
+    model: str = ""
+    frames: int = 0
+    last_frame_ts: float | None = None
+    _recent: deque[float] = field(default_factory=lambda: deque(maxlen=64), repr=False)
+
+    def frame(self, ts: float) -> None:
+        self.frames += 1
+        self.last_frame_ts = ts
+        self._recent.append(time.monotonic())
+
+    def fps(self, window_s: float = 10.0) -> float:
+        now = time.monotonic()
+        times = [t for t in self._recent if now - t <= window_s]
+        if len(times) < 2:
+            return 0.0
+        return round((len(times) - 1) / max(1e-6, times[-1] - times[0]), 2)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        d["fps"] = self.fps()
+        return d
 
 
 class LineRuntime:
@@ -91,26 +113,36 @@ class LineRuntime:
         hub: LiveHub,
         frames_dir: Path,
         registry: Path | None = None,
-        detector_factory: Callable[[str], Detector] | None = None,
+        audit: AuditWriter | None = None,
+        detector_factory: Callable[[CameraConfig], Detector] | None = None,
+        no_frame_s: float = 10.0,
     ) -> None:
         self.cfg = cfg
         self.controller = controller
         self.publisher = publisher
         self.hub = hub
         self.frames_dir = frames_dir
+        self.audit = audit
         self.rules = DecisionRules(cfg.control)
         self.counters = Counters()
         self.line_mode = "unknown"
-        self._make_detector = detector_factory or (lambda spec: load_detector(spec, registry))
+        #: Why the line is in its state (last command and who gave it, or what the PLC reports).
+        self.cause: Cause | None = None
+        self.plc_state: dict[str, Any] = {}
+        self.no_frame_s = no_frame_s
+        self._make_detector = detector_factory or (lambda cam: build_detector(cam.detector, registry))
         self._stop = asyncio.Event()
-        self._sources: list[ImageSource] = []
-        #: camera -> (its source, its detector's name), for readiness checks.
-        self._cameras: dict[str, tuple[ImageSource, str]] = {}
+        self._state_known = asyncio.Event()
+        self.cameras: dict[str, CameraStatus] = {c.name: CameraStatus() for c in cfg.cameras}
+        self._sources: list[Any] = []
         self.inspected = 0
         self.action_errors = 0
         #: Decision -> reject register written and read back on the PLC, per rejected part (ms).
         self.reject_latency_ms: list[float] = []
-        self.topic = f"{cfg.mqtt.prefix}/{cfg.site}/{cfg.line}/{cfg.mqtt.cell}/inspection"
+        self.actor = f"runtime:{cfg.line}"
+
+    def topic_for(self, camera: str) -> str:
+        return topic(self.cfg.site, self.cfg.line, self.cfg.mqtt.cell or camera, "inspection", self.cfg.mqtt.prefix)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, until: float | None = None) -> None:
@@ -125,8 +157,8 @@ class LineRuntime:
                     await asyncio.wait_for(self._stop.wait(), max(0.0, until - time.monotonic()))
         finally:
             self._stop.set()
-            for s in self._sources:
-                s.close()
+            for src in self._sources:
+                src.close()
             # A part already being inspected finishes (decision, PLC action, event): cancelling it
             # half-way would lose an inspection. Only what is still running after that is cancelled.
             await asyncio.wait(tasks, timeout=10.0)
@@ -137,60 +169,148 @@ class LineRuntime:
     def stop(self) -> None:
         self._stop.set()
 
+    # ------------------------------------------------------------------ health
     def health(self) -> dict[str, str]:
-        """Readiness of this line's cameras and models: "ok", or what is wrong."""
+        """Readiness of this line's PLC link, cameras and models: "ok ...", or what is wrong."""
         out: dict[str, str] = {}
-        for cam in self.cfg.cameras:
-            key = f"{self.cfg.line}/{cam.name}"
-            if cam.name not in self._cameras:
-                out[f"camera:{key}"] = "starting"
-                out[f"model:{key}"] = f"loading {cam.detector}"
-                continue
-            source, model = self._cameras[cam.name]
-            state = source.state.value
-            out[f"camera:{key}"] = "ok" if state == "connected" else state
-            out[f"model:{key}"] = f"ok ({model})"
+        line = self.cfg.line
+        if self.controller is not None:
+            link = self.controller.driver.state
+            out[f"plc:{line}"] = "ok" if link == LinkState.CONNECTED else f"PLC link {link.value}"
+        now = time.time()
+        for name, st in self.cameras.items():
+            key = f"{line}/{name}"
+            if st.state in ("starting", "loading_model"):
+                out[f"model:{key}"] = f"loading: {st.detail}" if st.detail else "loading"
+            elif st.state == "model_error":
+                out[f"model:{key}"] = f"failed to load: {st.detail}"
+            else:
+                out[f"model:{key}"] = f"ok ({st.model})"
+            if st.state == "connected":
+                age = None if st.last_frame_ts is None else now - st.last_frame_ts
+                # A stopped conveyor brings no parts: frame age only counts while the line runs.
+                if self.line_mode == "running" and (age is None or age > self.no_frame_s):
+                    shown = "none yet" if age is None else f"last {age:.0f} s ago"
+                    out[f"camera:{key}"] = f"no frame for over {self.no_frame_s:g} s ({shown})"
+                else:
+                    out[f"camera:{key}"] = "ok"
+            elif st.state in ("model_error", "starting", "loading_model"):
+                out[f"camera:{key}"] = "waiting for its model"
+            else:
+                out[f"camera:{key}"] = f"{st.state}: {st.detail}" if st.detail else st.state
         return out
 
+    def status(self) -> dict[str, Any]:
+        """The line as the console shows it: state, why, cameras with frames/s and last frame."""
+        return {
+            "line": self.cfg.line,
+            "state": self.line_mode,
+            "cause": None if self.cause is None else self.cause.as_dict(),
+            "plc": self.plc_state,
+            "cameras": {name: st.as_dict() for name, st in self.cameras.items()},
+            "counters": self.counters.as_event(self.cfg.line),
+        }
+
     # ------------------------------------------------------------------ line state
+    def _observe(self, action: str, reason: str) -> None:
+        """A change the runtime did not command (safe state, e-stop, a stop at the panel): cause + audit."""
+        self.cause = Cause(action=action, actor=f"plc:{self.cfg.line}", reason=reason, ts=time.time())
+        log.warning("%s: %s", self.cfg.line, reason)
+        if self.audit is not None:
+            self.audit.observed(self.actor, f"line.{action}", self.cfg.line, reason)
+
+    def _explain(self, before: dict[str, Any], now: dict[str, Any], mode: str, prev_mode: str) -> None:
+        """Edge-triggered: each new safety condition, and a stop nobody here commanded, gets a cause."""
+        if now.get("estop_active") and not before.get("estop_active"):
+            self._observe("estop", "emergency stop pressed")
+        elif now.get("safe_state") and not before.get("safe_state"):
+            self._observe("safe_state", "PLC in its safe state: the controller heartbeat was lost")
+        elif now.get("guard_door_open") and not before.get("guard_door_open"):
+            self._observe("guard_door", "guard door opened")
+        elif prev_mode == "running" and mode == "stopped":
+            last = self.controller.last_command if self.controller is not None else None
+            if last is None or last.action != "stop" or time.time() - last.ts > 5.0:
+                self._observe("stopped_at_plc", "line stopped at the PLC (no command from lineguard)")
+        last = self.controller.last_command if self.controller is not None else None
+        if last is not None and (self.cause is None or last.ts > self.cause.ts):
+            self.cause = last
+
     async def _watch_line(self) -> None:
         """Poll the PLC's line state twice a second; unknown whenever the link is down."""
+        prev: dict[str, Any] = {}
+        prev_mode = "unknown"
         while not self._stop.is_set():
             reason = ""
+            state: dict[str, Any] = {}
             if self.controller is None:
-                mode, state = "unknown", {}
+                mode = "unknown"
             else:
                 try:
                     st = await self.controller.line_state()
                     mode, state = st.mode, st.as_dict()
                 except Exception as exc:  # a dead link must show as unknown, never as good
-                    mode, state, reason = "unknown", {}, str(exc)
+                    mode, reason = "unknown", str(exc)
+                if mode != "unknown":
+                    self._explain(prev, state, mode, prev_mode)
+                    prev, prev_mode = state, mode
             self.line_mode = mode
+            self.plc_state = state
+            self._state_known.set()
+            cause = None if self.cause is None else self.cause.as_dict()
             self.hub.publish("line_state", {
                 "line": self.cfg.line, "state": mode, "speed_pct": state.get("speed_setpoint"),
                 "estop": state.get("estop_active"), "guard_door": state.get("guard_door_open"),
-                "reason": reason or state.get("error", ""),
+                "safe_state": state.get("safe_state"),
+                "reason": reason or state.get("error", "") or (cause or {}).get("reason", ""), "cause": cause,
+                "cameras": {name: c.as_dict() for name, c in self.cameras.items()},
             })
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.5)
 
     # ------------------------------------------------------------------ cameras
+    async def _load_model(self, cam: CameraConfig, st: CameraStatus) -> Detector | None:
+        """The camera's detector; on failure say why (readiness) and try again every MODEL_RETRY_S."""
+        while not self._stop.is_set():
+            st.state, st.detail = "loading_model", cam.detector.type
+            try:
+                detector = await asyncio.to_thread(self._make_detector, cam)
+            except Exception as exc:
+                st.state, st.detail = "model_error", f"{type(exc).__name__}: {exc}"[:500]
+                log.error("%s/%s: model did not load: %s", self.cfg.line, cam.name, st.detail)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), MODEL_RETRY_S)
+                continue
+            st.model, st.detail = detector.name, ""
+            return detector
+        return None
+
     async def _camera(self, cam: CameraConfig) -> None:
-        detector = await asyncio.to_thread(self._make_detector, cam.detector)
-        source = make_source(cam)
+        st = self.cameras[cam.name]
+        detector = await self._load_model(cam, st)
+        if detector is None:
+            return
+        try:
+            source = make_source(cam)
+        except (ValueError, OSError) as exc:
+            st.state, st.detail = "error", str(exc)
+            log.error("%s/%s: %s", self.cfg.line, cam.name, exc)
+            return
         self._sources.append(source)
-        self._cameras[cam.name] = (source, detector.name)
         frames: Iterator[Frame] = iter(source)
         log.info("%s/%s: %s with detector %s", self.cfg.line, cam.name, cam.source, detector.name)
         while not self._stop.is_set():
-            if self.controller is not None and self.line_mode == "stopped":
-                # No parts arrive on a stopped conveyor; wait for someone to start it.
+            st.state = source.state.value
+            if self.controller is not None and (not self._state_known.is_set() or self.line_mode == "stopped"):
+                # No parts arrive on a stopped conveyor; wait for a person to start it.
                 await asyncio.sleep(0.2)
                 continue
             frame = await asyncio.to_thread(next, frames, None)
             if frame is None:
+                st.state, st.detail = "ended", "the source has no more frames"
                 log.info("%s/%s: source ended", self.cfg.line, cam.name)
                 return
+            st.state, st.detail = "connected", ""
+            st.frame(time.time())
             try:
                 await self._inspect(cam, detector, frame)
             except Exception:  # one bad frame must not stop the camera
@@ -202,60 +322,58 @@ class LineRuntime:
         latency_s = time.perf_counter() - t0
         FRAMES.labels(line=self.cfg.line, camera=cam.name).inc()
         INFERENCE_LATENCY.labels(camera=cam.name).observe(latency_s)
-        decision = cam.qa.decide(detections).action.value
+        verdict = Verdict(cam.qa.decide(detections).action)
         ts = time.time()
-        self.counters.add(decision, ts)
+        self.counters.add(verdict, ts)
         part_id = frame.part_id or f"{cam.name}-{frame.seq}"
-        for trip in self.rules.on_decision(decision, ts):
+        for trip in self.rules.on_decision(verdict, ts):
             await self._act(trip.action, part_id, trip.reason)
         inspection_id = uuid.uuid4().hex
-        defects = [{"cls": d.cls, "confidence": round(d.confidence, 4), "box": _box(d)} for d in detections]
         # Disk and JPEG work off the event loop: PLC writes of the next part must not wait on them.
-        frame_path, jpeg = await asyncio.to_thread(self._encode_and_save, frame, inspection_id, decision)
-        event = {
-            "inspection_id": inspection_id,
-            "ts": ts,
-            "site": self.cfg.site,
-            "line": self.cfg.line,
-            "camera": cam.name,
-            "part_id": part_id,
-            "decision": decision,
-            "defects": defects,
-            "latency_ms": round(latency_s * 1000.0, 2),
-            "model": detector.name,
-            "frame_path": frame_path,
-            "truth": None if frame.truth is None else [
-                {"cls": lb.cls, "box": [lb.box.x1, lb.box.y1, lb.box.x2, lb.box.y2]} for lb in frame.truth
+        saved, jpeg = await asyncio.to_thread(self._encode_and_save, frame, cam.name, inspection_id, ts, verdict)
+        event = Inspection(
+            inspection_id=inspection_id, ts=ts, site=self.cfg.site, line=self.cfg.line, camera=cam.name,
+            part_id=part_id, decision=verdict,
+            defects=[Defect(cls=d.cls, confidence=round(min(1.0, max(0.0, d.confidence)), 4), box=_box(d))
+                     for d in detections],
+            latency_ms=round(latency_s * 1000.0, 2), model=detector.name[:200], frame_saved=saved,
+            truth=None if frame.truth is None else [
+                TruthLabel(cls=lb.cls, box=(lb.box.x1, lb.box.y1, lb.box.x2, lb.box.y2)) for lb in frame.truth
             ],
-        }
-        self.publisher.publish_json(self.topic, event)
+        )
+        self.publisher.publish(self.topic_for(cam.name), event.model_dump_json())
         self.inspected += 1
-        self.hub.publish("inspection", {k: v for k, v in event.items() if k != "truth"})
+        shown = event.model_dump(mode="json", exclude={"truth"})
+        self.hub.publish("inspection", shown)
         self.hub.publish("counters", self.counters.as_event(self.cfg.line))
         if jpeg is not None:
             h, w = frame.image.shape[:2]
             self.hub.publish("frame", {
                 "line": self.cfg.line, "camera": cam.name, "jpeg": jpeg, "width": w, "height": h,
-                "boxes": defects, "inspection_id": inspection_id, "decision": decision, "ts": ts,
+                "boxes": shown["defects"], "inspection_id": inspection_id, "decision": verdict.value, "ts": ts,
             })
 
-    async def _act(self, action: Action, part_id: str, reason: str) -> None:
+    async def _act(self, action: LineAction, part_id: str, reason: str) -> None:
         if self.controller is None:
             return
         t0 = time.perf_counter()
         try:
-            if action is Action.REJECT:
-                await self.controller.reject_part(part_id)
+            if action is LineAction.REJECT_PART:
+                await self.controller.reject_part(part_id, reason=reason)
                 elapsed = time.perf_counter() - t0
                 PLC_WRITE_LATENCY.labels(line=self.cfg.line).observe(elapsed)
                 self.reject_latency_ms.append(elapsed * 1000.0)
-            elif action is Action.STOP:
-                log.warning("%s: stopping the line: %s", self.cfg.line, reason)
-                await self.controller.stop()
+            elif action is LineAction.STOP:
+                why = f"stop rule: {reason}"
+                log.warning("%s: stopping the line: %s", self.cfg.line, why)
+                await self.controller.stop(reason=why)
                 self.line_mode = "stopped"
-            elif action is Action.SLOW:
-                log.warning("%s: slowing the line: %s", self.cfg.line, reason)
-                await self.controller.slow(self.cfg.control.slow_speed_pct)
+                self.cause = self.controller.last_command
+            elif action is LineAction.SLOW:
+                why = f"slow rule: {reason}; speed {self.cfg.control.slow_speed_pct:g} %"
+                log.warning("%s: slowing the line: %s", self.cfg.line, why)
+                await self.controller.slow(self.cfg.control.slow_speed_pct, reason=why)
+                self.cause = self.controller.last_command
         except CommandRefused as exc:  # audited by the controller; the line state says why
             self.action_errors += 1
             log.warning("%s: %s for part %s refused: %s", self.cfg.line, action, part_id, exc.reason)
@@ -263,19 +381,19 @@ class LineRuntime:
             self.action_errors += 1
             log.error("%s: %s for part %s failed: %s", self.cfg.line, action, part_id, exc)
 
-    def _encode_and_save(self, frame: Frame, inspection_id: str, decision: str) -> tuple[str | None, bytes | None]:
+    def _encode_and_save(self, frame: Frame, camera: str, inspection_id: str, ts: float,
+                         verdict: Verdict) -> tuple[bool, bytes | None]:
         """JPEG for the live view; the frame (and its template) on disk when the line keeps it."""
         ok, buf = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 80])
         jpeg = buf.tobytes() if ok else None
         mode = self.cfg.save_frames
-        if mode == "none" or (mode == "rejects" and decision == "pass"):
-            return None, jpeg
-        day = time.strftime("%Y%m%d", time.gmtime(frame.ts))
-        rel = Path(self.cfg.line) / frame.camera / day / f"{inspection_id}_test.png"
-        path = self.frames_dir / rel
+        if mode == "none" or (mode == "rejects" and verdict is Verdict.PASS):
+            return False, jpeg
+        path = frame_path(self.frames_dir, self.cfg.line, camera, inspection_id, ts)
         path.parent.mkdir(parents=True, exist_ok=True)
         # PNG, lossless: these frames are relabelled and go back into training.
         cv2.imwrite(str(path), frame.image)
         if frame.template is not None:
-            cv2.imwrite(str(path.with_name(f"{inspection_id}_temp.png")), frame.template)
-        return str(rel), jpeg
+            cv2.imwrite(str(frame_path(self.frames_dir, self.cfg.line, camera, inspection_id, ts, "temp")),
+                        frame.template)
+        return True, jpeg

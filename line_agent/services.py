@@ -281,12 +281,16 @@ class EmbeddedBroker:
     data_dir: Path
     port: int = 0
     prefer: str = "mosquitto"
+    #: Address to listen on: loopback by default; the line's equipment needs the box's LAN address or 0.0.0.0.
+    host: str = "127.0.0.1"
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     kind: str = field(default="", init=False)
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        """How lineguard's own processes reach it (loopback when it listens on every address)."""
+        local = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return f"mqtt://{local}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -295,10 +299,12 @@ class EmbeddedBroker:
     def start(self, timeout_s: float = 20.0) -> str:
         self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        probe_host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
         if self.port == 0:
-            self.port = free_port()
-        elif port_in_use("127.0.0.1", self.port):
-            raise ServiceError(f"MQTT broker did not start: port {self.port} is already in use")
+            self.port = free_port(probe_host)
+        elif port_in_use(probe_host, self.port):
+            raise ServiceError(f"MQTT broker did not start: {self.host}:{self.port} is already in use (set "
+                               "LINEGUARD_MQTT_LISTEN to another address, or LINEGUARD_MQTT_URL to use that broker)")
         binary = mosquitto_binary() if self.prefer == "mosquitto" else None
         log_path = self.data_dir / "broker.log"
         if binary:
@@ -306,7 +312,7 @@ class EmbeddedBroker:
             conf = self.data_dir / "mosquitto.conf"
             conf.write_text(
                 "\n".join([
-                    f"listener {self.port} 127.0.0.1",
+                    f"listener {self.port} {self.host}",
                     "allow_anonymous true",
                     "persistence true",
                     f"persistence_location {self.data_dir}/",
@@ -328,18 +334,19 @@ class EmbeddedBroker:
             cmd = [binary, "-c", str(conf)]
         else:
             self.kind = "amqtt"
-            cmd = [sys.executable, "-m", "line_agent.amqtt_broker", "--port", str(self.port)]
+            cmd = [sys.executable, "-m", "line_agent.amqtt_broker", "--port", str(self.port),
+                   "--host", self.host]
         logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child
         self._proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                                       preexec_fn=die_with_parent(signal.SIGTERM))
         logf.close()
         try:
-            wait_for_port("127.0.0.1", self.port, timeout_s, self._proc)
+            wait_for_port(probe_host, self.port, timeout_s, self._proc)
         except ServiceError as exc:
             self.stop()
             tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
             raise ServiceError(f"{self.kind} broker did not start: {exc}\n--- {log_path} ---\n{tail}") from exc
-        log.info("embedded %s broker pid %s on port %s", self.kind, self._proc.pid, self.port)
+        log.info("embedded %s broker pid %s listening on %s:%s", self.kind, self._proc.pid, self.host, self.port)
         return self.url
 
     def stop(self, timeout_s: float = 10.0) -> None:

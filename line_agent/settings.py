@@ -30,11 +30,38 @@ class Settings(BaseSettings):
     line_config: Path | None = Field(default=None, description="Per-line YAML file.")
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
-    model_registry: Path = Field(default=Path(".lineguard/models"), description="Trained model versions.")
+    model_registry: Path | None = Field(
+        default=None, description="Trained model versions. Unset: <data_dir>/models, for train, eval and run alike."
+    )
+    mqtt_listen: str = Field(
+        default="127.0.0.1:1883",
+        description="host:port the embedded broker listens on when no mqtt_url is set (line equipment connects here).",
+    )
+    camera_no_frame_s: float = Field(
+        default=10.0, gt=0, description="A running line's camera with no frame for this long makes /readyz 503."
+    )
     admin_token: str | None = Field(
         default=None, description="Bootstrap admin API token (stored hashed). Unset: one is generated."
     )
     log_level: str = "INFO"
+
+    @property
+    def registry_dir(self) -> Path:
+        """The one model registry: ``model_registry`` if set, else ``<data_dir>/models``."""
+        return (self.model_registry or self.data_dir / "models").resolve()
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        host, _, port = self.mqtt_listen.rpartition(":")
+        return host, int(port)
+
+    @field_validator("mqtt_listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{v!r}: expected host:port, e.g. 127.0.0.1:1883 or 0.0.0.0:1883")
+        return v
 
     @field_validator("mqtt_url")
     @classmethod

@@ -1,7 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from line_agent.actions import Action, BurstRule, ControlRules, DecisionRules
+from line_agent.actions import BurstRule, ControlRules, DecisionRules
+from line_agent.contracts import LineAction as Action
 
 
 def actions(rules: DecisionRules, seq: list[tuple[str, float]]) -> list[list[Action]]:
@@ -11,7 +12,7 @@ def actions(rules: DecisionRules, seq: list[tuple[str, float]]) -> list[list[Act
 def test_reject_gate_fires_for_rejects_only() -> None:
     r = DecisionRules(ControlRules(stop=None))
     out = actions(r, [("pass", 0), ("reject", 1), ("rework", 2), ("pass", 3)])
-    assert out == [[], [Action.REJECT], [], []]
+    assert out == [[], [Action.REJECT_PART], [], []]
 
 
 def test_stop_trips_exactly_at_threshold_in_parts() -> None:
@@ -36,11 +37,11 @@ def test_stop_in_seconds_window() -> None:
 def test_slow_before_stop_and_window_resets_after_trip() -> None:
     r = DecisionRules(ControlRules(slow=BurstRule(count=2, within_parts=4), stop=BurstRule(count=4, within_parts=4)))
     out = actions(r, [("reject", 0), ("reject", 1)])
-    assert out[1] == [Action.REJECT, Action.SLOW]
+    assert out[1] == [Action.REJECT_PART, Action.SLOW]
     out = actions(r, [("reject", 2), ("reject", 3)])
     assert Action.STOP in out[1]
     # After a stop the windows start empty: one more reject trips nothing.
-    assert actions(r, [("reject", 4)]) == [[Action.REJECT]]
+    assert actions(r, [("reject", 4)]) == [[Action.REJECT_PART]]
 
 
 @pytest.mark.parametrize("bad", [{"count": 3}, {"count": 5, "within_parts": 2}, {"count": 0, "within_s": 1}])

@@ -7,24 +7,64 @@ Also runnable on its own: `python -m hardware.cli plc-sim --port 5020`, `python 
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Any
 
 import typer
 
 
+class SimProtocol(StrEnum):
+    modbus = "modbus"
+    opcua = "opcua"
+    sparkplug = "sparkplug"
+
+
+_DEFAULT_PORTS = {SimProtocol.modbus: 5020, SimProtocol.opcua: 4840}
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command("plc-sim")
     def plc_sim(
-        port: int = typer.Option(5020, help="TCP port (0 = pick a free one; printed on stdout)"),
-        host: str = typer.Option("127.0.0.1", help="address to bind"),
+        protocol: SimProtocol = typer.Option(SimProtocol.modbus, help="which protocol the virtual PLC speaks"),
+        port: int | None = typer.Option(
+            None, help="TCP port (modbus: 5020, opcua: 4840; 0 = pick a free one; the real one is printed)"
+        ),
+        host: str = typer.Option("127.0.0.1", help="address to bind (modbus, opcua)"),
         watchdog_s: float = typer.Option(1.0, help="heartbeat watchdog: safe state after this long"),
         gate_pulse_s: float = typer.Option(0.05, help="reject gate pulse length"),
         tags: str | None = typer.Option(None, help="tag map YAML (default: hardware/default_tags.yaml)"),
+        broker: str | None = typer.Option(
+            None, help="sparkplug: the MQTT broker, mqtt://[USER:PASS@]HOST:PORT (the simulator is its client)"
+        ),
+        group_id: str = typer.Option("lineguard", help="sparkplug: Sparkplug group id"),
+        edge_node_id: str | None = typer.Option(None, help="sparkplug: edge node id (default: <line>-plc)"),
+        device_id: str = typer.Option("plc", help="sparkplug: device id ('' = node-level NCMD/NDATA)"),
     ) -> None:
-        """Run the virtual PLC over Modbus TCP until Ctrl-C."""
-        from hardware.sim_plc import run_cli
+        """Run a virtual PLC in the foreground until Ctrl-C / SIGTERM.
 
-        run_cli(host, port, watchdog_s, gate_pulse_s, tags)
+        Once it serves it prints one line on stdout whose last word is the URL for a line YAML's plc.url:
+        `plc-sim: modbus listening on modbus://HOST:PORT`, `plc-sim: opcua listening on opc.tcp://HOST:PORT/lineguard/`,
+        `plc-sim: sparkplug node GROUP/NODE/DEVICE on mqtt://HOST:PORT/GROUP/NODE/DEVICE` (broker login left out).
+        """
+        try:
+            serve_plc_sim(
+                protocol,
+                port=port,
+                host=host,
+                watchdog_s=watchdog_s,
+                gate_pulse_s=gate_pulse_s,
+                tags_path=tags,
+                broker=broker,
+                group_id=group_id,
+                edge_node_id=edge_node_id,
+                device_id=device_id,
+            )
+        except ValueError as exc:  # bad options: a one-line error, not a traceback
+            typer.echo(f"plc-sim: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:  # port in use, broker unreachable
+            typer.echo(f"plc-sim: {protocol.value}: {exc}", err=True)
+            raise typer.Exit(1) from None
 
     @bench.command("control")
     def bench_control_cmd(
@@ -36,6 +76,64 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Latency of decision -> reject register written and read back, on the Modbus TCP simulator."""
         result = bench_control(n=n, warmup=warmup, poll_hz=poll_hz, heartbeat_s=heartbeat_s)
         typer.echo(json.dumps(result, indent=2))
+
+
+def serve_plc_sim(
+    protocol: str,
+    *,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    watchdog_s: float = 1.0,
+    gate_pulse_s: float = 0.05,
+    tags_path: str | None = None,
+    broker: str | None = None,
+    group_id: str = "lineguard",
+    edge_node_id: str | None = None,
+    device_id: str | None = "plc",
+) -> None:
+    """Serve one simulator in this process until SIGINT/SIGTERM (see `lineguard plc-sim --help`)."""
+    from urllib.parse import quote, urlsplit
+
+    from hardware.drivers import parse_sparkplug_url, validate_plc_url
+    from hardware.sim_base import serve_foreground
+    from hardware.tags import TagMap
+
+    proto = SimProtocol(protocol)
+    if proto == SimProtocol.sparkplug:
+        if port is not None:
+            raise ValueError("sparkplug: the simulator connects to --broker; --port does not apply")
+        if broker is None:
+            raise ValueError("sparkplug needs --broker mqtt://HOST:PORT")
+        if urlsplit(broker).path not in ("", "/"):
+            raise ValueError(f"--broker {broker!r}: give only mqtt://HOST:PORT; the ids have their own options")
+    elif broker is not None:
+        raise ValueError(f"--broker is for --protocol sparkplug, not {proto.value}")
+    if port is None:
+        port = _DEFAULT_PORTS.get(proto, 0)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port} is not in 0-65535")
+    tags = TagMap.load(tags_path)
+    if proto == SimProtocol.modbus:
+        from hardware.sim_plc import run_cli
+
+        run_cli(host, port, watchdog_s, gate_pulse_s, tags_path)
+    elif proto == SimProtocol.opcua:
+        from hardware.sim_opcua import SimOpcUa
+
+        ua_sim = SimOpcUa(host, port, watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s, tags=tags)
+        serve_foreground(ua_sim, lambda: f"opcua listening on {validate_plc_url('opcua', ua_sim.url)}")
+    else:
+        from hardware.mqtt_cmd import SparkplugTarget
+        from hardware.sim_mqtt import SimSparkplugNode
+
+        assert broker is not None
+        target = SparkplugTarget(group_id, edge_node_id or f"{tags.line}-plc", device_id or None)
+        ids = [i for i in (target.group_id, target.edge_node_id, target.device_id) if i is not None]
+        # Broker and ids are checked as the driver will see them, before anything connects.
+        parse_sparkplug_url(broker.rstrip("/") + "/" + "/".join(quote(i, safe="") for i in ids))
+        sp_sim = SimSparkplugNode(broker, target, watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s, tags=tags)
+        address = validate_plc_url("sparkplug", sp_sim.url)
+        serve_foreground(sp_sim, lambda: f"sparkplug node {'/'.join(ids)} on {address}")
 
 
 def _percentile(sorted_vals: list[float], q: float) -> float:

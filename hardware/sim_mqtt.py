@@ -3,6 +3,10 @@
 Publishes NBIRTH/DBIRTH on connect (and on a "Node Control/Rebirth" NCMD), DDATA on change (and right
 after every DCMD, with the commanded metrics as the PLC now holds them), and registers an NDEATH will so
 the broker announces a crash. Runs hardware/plc_logic.py, like the Modbus and OPC UA simulators.
+
+A test in another process drives the physical inputs with an NCMD to the node carrying the simulator-only
+Boolean metrics `SIM_ESTOP_METRIC` (e-stop, true = pressed) and `SIM_GUARD_METRIC` (guard door, true = open);
+`sim_input_payload()` encodes one. They are not PLC tags and the command driver never sends them.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from pysparkplug import (
     get_current_timestamp,
 )
 
+from hardware.drivers import SparkplugUrl
 from hardware.mqtt_cmd import (
     REBIRTH_METRIC,
     SparkplugTarget,
     make_metric,
+    mqtt_credentials,
     new_paho_client,
     parse_mqtt_url,
     to_metric_value,
@@ -43,6 +49,20 @@ from hardware.sim_base import SCAN_PERIOD_S, ThreadedSim
 from hardware.tags import Tag, TagMap
 
 REPORT_PERIOD_S = 0.05  # report-by-exception, at most this often for values the PLC changes itself
+SIM_ESTOP_METRIC = "Sim Control/E-Stop"
+SIM_GUARD_METRIC = "Sim Control/Guard Door"
+
+
+def sim_input_payload(*, estop: bool | None = None, guard_door: bool | None = None) -> bytes:
+    """An encoded NCMD setting the simulator's e-stop and/or guard door; publish it on the node's NCMD topic
+    (`SparkplugTarget.node_topic("CMD")`, e.g. ``spBv1.0/GROUP/NCMD/NODE``)."""
+    ts = get_current_timestamp()
+    metrics = tuple(
+        Metric(timestamp=ts, name=name, datatype=DataType.BOOLEAN, value=value)
+        for name, value in ((SIM_ESTOP_METRIC, estop), (SIM_GUARD_METRIC, guard_door))
+        if value is not None
+    )
+    return NCmd(timestamp=ts, metrics=metrics).encode(include_dtypes=True)
 
 
 class SimSparkplugNode(ThreadedSim):
@@ -59,6 +79,7 @@ class SimSparkplugNode(ThreadedSim):
     ) -> None:
         super().__init__(watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s)
         self.host, self.port = parse_mqtt_url(url)
+        self.username, self.password = mqtt_credentials(url)
         self.tags = tags or TagMap.load()
         self.target = target or SparkplugTarget("lineguard", f"{self.tags.line}-plc", "plc")
         self._mtags: dict[str, Tag] = {t.mqtt.metric: t for t in self.tags if t.mqtt is not None}
@@ -69,6 +90,15 @@ class SimSparkplugNode(ThreadedSim):
         self._last_sent: dict[str, RawValue] = {}
         self.commands_received = 0
         self._crashed = False
+
+    @property
+    def url(self) -> str:
+        """What a line YAML's ``plc.url`` says for this simulator (driver ``sparkplug``).
+
+        Without the broker's user and password, which are not echoed to logs: add them in the YAML.
+        """
+        t = self.target
+        return SparkplugUrl(self.host, self.port, None, None, t.group_id, t.edge_node_id, t.device_id).url
 
     def _next_seq(self) -> int:
         seq = self._seq
@@ -86,21 +116,22 @@ class SimSparkplugNode(ThreadedSim):
         with self._pub_lock:
             ts = get_current_timestamp()
             self._seq = 0
-            node_metrics = (
+            snap = self.logic.snapshot()
+            metrics = tuple(make_metric(t, snap[t.name], ts) for t in self._mtags.values() if t.name in snap)
+            node_metrics: tuple[Metric, ...] = (
                 self._bd_metric(),
                 Metric(timestamp=ts, name=REBIRTH_METRIC, datatype=DataType.BOOLEAN, value=False),
             )
+            if self.target.device_id is None:
+                node_metrics += metrics  # node-level PLC: its values are born with the node (no DBIRTH)
             self._publish(
                 self.target.node_topic("BIRTH"),
                 NBirth(timestamp=ts, seq=self._next_seq(), metrics=node_metrics).encode(include_dtypes=True),
             )
-            snap = self.logic.snapshot()
-            metrics = tuple(make_metric(t, snap[t.name], ts) for t in self._mtags.values() if t.name in snap)
-            payload_cls: Any = DBirth if self.target.device_id is not None else NBirth
             if self.target.device_id is not None:
                 self._publish(
                     self.target.topic("BIRTH"),
-                    payload_cls(timestamp=ts, seq=self._next_seq(), metrics=metrics).encode(include_dtypes=True),
+                    DBirth(timestamp=ts, seq=self._next_seq(), metrics=metrics).encode(include_dtypes=True),
                 )
             self._last_sent = {t.name: snap[t.name] for t in self._mtags.values() if t.name in snap}
 
@@ -129,10 +160,20 @@ class SimSparkplugNode(ThreadedSim):
             payload = (DCmd if mtype == "DCMD" else NCmd).decode(bytes(msg.payload))
         except Exception:
             return  # garbage on our command topic: ignore, like a PLC gateway would
-        if mtype == "NCMD" and any(m.name == REBIRTH_METRIC and m.value for m in payload.metrics):
-            self._births()
-            return
+        inputs_set = False
+        if mtype == "NCMD":
+            setters = {SIM_ESTOP_METRIC: self.logic.set_estop, SIM_GUARD_METRIC: self.logic.set_guard_door}
+            for m in payload.metrics:
+                setter = setters.get(m.name or "")
+                if setter is not None and m.value is not None:
+                    setter(bool(m.value))
+                    inputs_set = True
+            if any(m.name == REBIRTH_METRIC and m.value for m in payload.metrics):
+                self._births()
+                return
         if (mtype == "DCMD") != (self.target.device_id is not None):
+            if inputs_set:
+                self._report(None)  # the input change reaches the host now, not at the next report tick
             return
         self.commands_received += 1
         written: list[str] = []
@@ -148,6 +189,8 @@ class SimSparkplugNode(ThreadedSim):
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         client = new_paho_client(f"sim-{self.target.edge_node_id}-{time.time_ns() % 10**9}")
+        if self.username is not None:
+            client.username_pw_set(self.username, self.password)
         self._bd_seq = int(time.time()) % 256
         client.will_set(
             self.target.node_topic("DEATH"),
@@ -174,16 +217,16 @@ class SimSparkplugNode(ThreadedSim):
             if ready is not None:
                 ready.set()
             self._ready.set()
-            self._stop = asyncio.Event()
+            stop = self._new_stop_event()
             last_report = 0.0
-            while not self._stop.is_set():
+            while not stop.is_set():
                 self.logic.scan()
                 now = time.monotonic()
                 if now - last_report >= REPORT_PERIOD_S:
                     last_report = now
                     self._report(None)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), SCAN_PERIOD_S)
+                    await asyncio.wait_for(stop.wait(), SCAN_PERIOD_S)
             # Clean shutdown: announce the device and the node as gone (a crash leaves that to the will).
             if self._crashed:
                 pass

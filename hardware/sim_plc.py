@@ -5,6 +5,8 @@ Three ways to run it:
 - as a subprocess the tests can kill and restart: `SimPlcProcess(port=0).start()`, `.kill()`, `.start()`;
 - from the shell: `python -m hardware.sim_plc --port 5020` or `lineguard plc-sim --port 5020`.
 
+`python -m hardware.sim_plc` prints one line, ``plc-sim: modbus listening on modbus://HOST:PORT``, once bound.
+
 The register layout comes from the tag map (default: hardware/default_tags.yaml). Two extra holding registers,
 outside the tag map, let a test drive the physical inputs of a subprocess simulator:
 SIM_ESTOP_REGISTER (e-stop, 1 = pressed) and SIM_GUARD_REGISTER (guard door, 1 = open).
@@ -30,7 +32,7 @@ from pymodbus.server import ModbusTcpServer
 
 from hardware.modbus_codec import decode_raw, encode_raw
 from hardware.plc_logic import PlcLogic, PlcWriteError
-from hardware.sim_base import ListeningSim
+from hardware.sim_base import ListeningSim, parse_banner, serve_foreground
 from hardware.tags import REGISTER_COUNT, RegisterKind, Tag, TagMap
 
 SIM_ESTOP_REGISTER = 100
@@ -137,6 +139,12 @@ class SimPlc(ListeningSim):
 
     name = "sim-plc-modbus"
 
+    @property
+    def url(self) -> str:
+        """What a line YAML's ``plc.url`` says for this simulator (driver ``modbus``)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"modbus://{host}:{self.port}"
+
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         """Serve until `stop_async()` (or task cancellation)."""
         server = ModbusTcpServer(_PlcContext(self.logic, self.tags), address=(self.host, self.requested_port))
@@ -178,6 +186,8 @@ class SimPlcProcess:
         self.watchdog_s = watchdog_s
         self.tags_path = tags_path
         self.proc: subprocess.Popen[str] | None = None
+        #: ``modbus://HOST:PORT`` as the child printed it, once started.
+        self.url = ""
 
     def start(self, timeout: float = 20.0) -> SimPlcProcess:
         cmd = [sys.executable, "-m", "hardware.sim_plc", "--host", self.host, "--port", str(self.port)]
@@ -188,13 +198,16 @@ class SimPlcProcess:
                                      preexec_fn=self.preexec_fn)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
-        # The child prints one line "listening HOST PORT" once bound; port 0 becomes the real port.
+        # The child prints one banner line "plc-sim: modbus listening on modbus://HOST:PORT" once bound;
+        # port 0 becomes the real port.
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
                 raise RuntimeError(f"PLC simulator exited early (rc={self.proc.poll()})")
-            if line.startswith("listening "):
-                self.port = int(line.split()[2])
+            banner = parse_banner(line)
+            if banner is not None:
+                self.url = banner[1]
+                self.port = int(self.url.rsplit(":", 1)[1])
                 return self
         self.kill()
         raise TimeoutError("PLC simulator subprocess did not report its port")
@@ -223,28 +236,14 @@ class SimPlcProcess:
         self.terminate()
 
 
-async def _main_async(args: argparse.Namespace) -> None:
-    tags = TagMap.load(args.tags)
-    sim = SimPlc(args.host, args.port, watchdog_s=args.watchdog_s, gate_pulse_s=args.gate_pulse_s, tags=tags)
-    ready = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, sim.stop_async)
-    task = asyncio.create_task(sim.serve(ready))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()  # raises the bind error etc.
-        return
-    print(f"listening {sim.host} {sim.port}", flush=True)
-    await task
-
-
 def run_cli(host: str, port: int, watchdog_s: float, gate_pulse_s: float, tags: str | None) -> None:
-    """Entry point shared by `python -m hardware.sim_plc` and `lineguard plc-sim`."""
+    """Entry point shared by `python -m hardware.sim_plc` and `lineguard plc-sim --protocol modbus`.
+
+    Prints ``plc-sim: modbus listening on modbus://HOST:PORT`` once bound, then serves until SIGINT/SIGTERM.
+    """
     logging.getLogger("pymodbus").setLevel(logging.ERROR)
-    ns = argparse.Namespace(host=host, port=port, watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s, tags=tags)
-    asyncio.run(_main_async(ns))
+    sim = SimPlc(host, port, watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s, tags=TagMap.load(tags))
+    serve_foreground(sim, lambda: f"modbus listening on {sim.url}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
@@ -26,13 +27,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
-from line_agent.api import control, system, views
 from line_agent import metrics as m
-from line_agent.api.auth import Role, TokenCache, ensure_token
+from line_agent.api import control, system, views
+from line_agent.api.auth import Role, TokenCache, ensure_bootstrap_token
 from line_agent.api.deps import ApiDeps
+from line_agent.api.limits import AuthFailures, BodyLimit
 from line_agent.store.migrate import migrate
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def create_app(deps: ApiDeps, *, controller_factory: Callable[[], Awaitable[Any]
         app.state.sync_pool = sync_pool
         if deps.admin_token:
             async with pool.connection() as conn:
-                await ensure_token(conn, deps.admin_token, Role.admin, "bootstrap-admin")
+                await ensure_bootstrap_token(conn, deps.admin_token, Role.admin)
         made = None
         if controller_factory is not None:
             made = await controller_factory()
@@ -103,6 +105,7 @@ def create_app(deps: ApiDeps, *, controller_factory: Callable[[], Awaitable[Any]
     )
     app.state.deps = deps
     app.state.token_cache = TokenCache()
+    app.state.auth_failures = AuthFailures(deps.auth_fail_burst, deps.auth_fail_window_s, deps.auth_fail_clients)
     for r in (system.router, control.router, views.router):
         app.include_router(r)
 
@@ -115,6 +118,9 @@ def create_app(deps: ApiDeps, *, controller_factory: Callable[[], Awaitable[Any]
         m.API_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
         m.API_LATENCY.labels(path).observe(time.perf_counter() - t0)
         return response
+
+    # Outermost (added last): nothing reads a body before its size is checked.
+    app.add_middleware(BodyLimit, max_bytes=deps.max_body_bytes)
 
     @app.exception_handler(psycopg.DataError)
     async def bad_value(request: Request, exc: psycopg.DataError) -> JSONResponse:
@@ -133,6 +139,20 @@ def create_app(deps: ApiDeps, *, controller_factory: Callable[[], Awaitable[Any]
         errs = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")),
                  "type": str(e.get("type", ""))} for e in exc.errors()]
         return JSONResponse({"detail": errs}, status_code=422)
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def db_down(request: Request, exc: Exception) -> JSONResponse:
+        log.error("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return JSONResponse({"detail": "database unavailable; retry later"}, status_code=503,
+                            headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # Anything unexpected: a JSON 500 with a reference to the server log, never a traceback or message.
+        ref = secrets.token_hex(6)
+        log.error("internal error %s on %s %s", ref, request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": f"internal error (ref {ref})"}, status_code=500)
 
     if CONSOLE_DIR.is_dir():
         app.mount("/console", StaticFiles(directory=CONSOLE_DIR), name="console")

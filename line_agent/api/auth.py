@@ -9,6 +9,7 @@ role with ``guarded(role)``, which both enforces it and records it in the OpenAP
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg.rows import dict_row
 from pydantic import BaseModel
 
+from line_agent.api.limits import AuthFailures, retry_after_header
+
+log = logging.getLogger(__name__)
 _CACHE_S = 5.0  # a revoked token stops working within this many seconds
 
 
@@ -59,7 +63,13 @@ def unprocessable(loc: tuple[str, ...], msg: str) -> RequestValidationError:
     return RequestValidationError([{"loc": loc, "msg": msg, "type": "value_error"}])
 
 
-_BAD_BODY: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut, "description": "Body is not valid JSON."}}
+_BAD_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "Body is not valid JSON."},
+    413: {"model": ErrorOut, "description": "Request body over the size limit."},
+}
+_LOCKED: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorOut, "description": "Too many failed authentications from this address (see Retry-After)."},
+}
 
 
 def hash_token(token: str) -> str:
@@ -82,13 +92,61 @@ def create_token(database_url: str, role: Role | str, name: str, created_by: str
     return token
 
 
-async def ensure_token(conn: psycopg.AsyncConnection[Any], token: str, role: Role, name: str) -> None:
-    """Store ``token`` (hashed) with ``role`` unless it is already there: the bootstrap admin token."""
-    await conn.execute(
-        "INSERT INTO api_tokens (name, token_hash, role, created_by) VALUES (%s, %s, %s, 'bootstrap')"
-        " ON CONFLICT (token_hash) DO NOTHING",
-        (name, hash_token(token), role.value),
-    )
+BOOTSTRAP_NAME = "bootstrap-admin"
+
+
+def token_fingerprint(token: str) -> str:
+    """A short, non-secret tag of a token (first 12 hex digits of its sha256) to show in logs instead of it.
+
+    The stored hash is the full sha256; 48 bits of it identify a token to a person and say nothing that
+    helps to guess it (the token has 256 random bits)."""
+    return "sha256:" + hash_token(token)[:12]
+
+
+async def ensure_bootstrap_token(conn: psycopg.AsyncConnection[Any], token: str, role: Role = Role.admin,
+                                 name: str = BOOTSTRAP_NAME) -> str:
+    """Make ``token`` (hashed) the one live bootstrap token called ``name``; revoke any other one.
+
+    The configured admin token is a single named row: when the configured token changes, the row with the
+    old hash is revoked (and audited) and a row with the new hash takes its place, so the old token stops
+    working at once. A token that was revoked before (rotated out, or revoked by an admin through the API)
+    is never brought back: configure a new one. Returns "created", "kept", "rotated" or "revoked-before".
+    Never logs the token, only its fingerprint."""
+    from line_agent.api.db import audit  # db imports this module
+
+    h = hash_token(token)
+    async with conn.transaction():
+        # Two processes starting at once over one database must not both insert a bootstrap row.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('lineguard:bootstrap-token:' || %s))", (name,))
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            "UPDATE api_tokens SET revoked_at = now() WHERE created_by = 'bootstrap' AND name = %s"
+            " AND revoked_at IS NULL AND token_hash <> %s RETURNING token_id", (name, h))
+        old = [int(r["token_id"]) for r in await cur.fetchall()]
+        await cur.execute(
+            "INSERT INTO api_tokens (name, token_hash, role, created_by) VALUES (%s, %s, %s, 'bootstrap')"
+            " ON CONFLICT (token_hash) DO NOTHING RETURNING token_id", (name, h, role.value))
+        made = await cur.fetchone()
+        for tid in old:
+            await audit(conn, "bootstrap", "token.revoke", f"token:{tid}", None,
+                        {"revoked": True, "reason": "configured admin token changed"}, "ok")
+        if made is not None:
+            await audit(conn, "bootstrap", "token.create", f"token:{made['token_id']}", None,
+                        {"name": name, "role": role.value, "fingerprint": token_fingerprint(token)}, "ok")
+            outcome = "rotated" if old else "created"
+        else:
+            await cur.execute("SELECT token_id, name, role, created_by, revoked_at FROM api_tokens"
+                              " WHERE token_hash = %s", (h,))
+            row = await cur.fetchone()
+            ok = (row is not None and row["revoked_at"] is None and row["created_by"] == "bootstrap"
+                  and row["name"] == name and row["role"] == role.value)
+            outcome = "kept" if ok else "revoked-before"
+    if old:
+        log.warning("configured admin token changed: revoked %d old bootstrap token(s)", len(old))
+    if outcome == "revoked-before":
+        log.error("the configured admin token (%s) was revoked before or belongs to another token; it does "
+                  "not work: configure a new one", token_fingerprint(token))
+    return outcome
 
 
 class TokenCache:
@@ -112,21 +170,38 @@ class TokenCache:
         self._items.clear()
 
 
+def client_address(request: Request) -> str:
+    """The peer address failed authentications are counted against (the proxy's, behind a proxy)."""
+    return request.client.host if request.client else "unknown"
+
+
 async def lookup(request: Request, token: str) -> Principal | None:
-    """The principal for a raw token, or None when unknown or revoked."""
+    """The principal for a raw token, or None when unknown or revoked.
+
+    Counts unknown tokens per client address: once an address has used up its failures (``AuthFailures``),
+    every lookup from it answers 429 with ``Retry-After`` until the bucket refills, whatever the token."""
+    failures: AuthFailures | None = getattr(request.app.state, "auth_failures", None)
+    addr = client_address(request)
+    if failures is not None:
+        wait = failures.retry_after(addr)
+        if wait > 0:
+            raise HTTPException(429, "too many failed authentications from this address; retry later",
+                                headers={"Retry-After": retry_after_header(wait)})
     cache: TokenCache = request.app.state.token_cache
     h = hash_token(token)
     found, p = cache.get(h)
-    if found:
-        return p
-    async with request.app.state.pool.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(
-            "SELECT token_id, name, role FROM api_tokens WHERE token_hash = %s AND revoked_at IS NULL", (h,)
-        )
-        row = await cur.fetchone()
-    p = Principal(int(row["token_id"]), str(row["name"]), Role(row["role"])) if row else None
-    cache.put(h, p)
+    if not found:
+        async with request.app.state.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT token_id, name, role FROM api_tokens WHERE token_hash = %s AND revoked_at IS NULL", (h,)
+            )
+            row = await cur.fetchone()
+        p = Principal(int(row["token_id"]), str(row["name"]), Role(row["role"])) if row else None
+        cache.put(h, p)
+    if p is None and failures is not None and failures.failed(addr):
+        log.warning("authentication: %s used up its failed attempts; locked out for %.0f s", addr,
+                    failures.retry_after(addr))
     return p
 
 
@@ -162,6 +237,7 @@ def guarded(role: Role, extra: dict[int | str, dict[str, Any]] | None = None) ->
         **_BAD_BODY,
         401: {"model": ErrorOut, "description": "Missing, unknown or revoked token."},
         403: {"model": ErrorOut, "description": f"Role below {role.value}."},
+        **_LOCKED,
     }
     responses.update(extra or {})
     return {
@@ -173,7 +249,7 @@ def guarded(role: Role, extra: dict[int | str, dict[str, Any]] | None = None) ->
 
 def public(extra: dict[int | str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Route keyword arguments for the few routes without a token (probes, login)."""
-    return {"openapi_extra": {"x-required-role": "public"}, "responses": {**_BAD_BODY, **(extra or {})}}
+    return {"openapi_extra": {"x-required-role": "public"}, "responses": {**_BAD_BODY, **_LOCKED, **(extra or {})}}
 
 
 def principal(request: Request) -> Principal:

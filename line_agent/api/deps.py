@@ -24,9 +24,9 @@ class LineControl(Protocol):
     """
 
     async def reject_part(self, part_id: str) -> Any: ...
-    async def stop(self) -> Any: ...
-    async def start(self) -> Any: ...
-    async def slow(self, speed_pct: float) -> Any: ...
+    async def stop(self, *, actor: str | None = None, reason: str = "") -> Any: ...
+    async def start(self, *, actor: str | None = None, reason: str = "") -> Any: ...
+    async def slow(self, speed_pct: float, *, actor: str | None = None, reason: str = "") -> Any: ...
     async def reset_reject_counter(self) -> Any: ...
     async def line_state(self) -> Any:
         """running / stopped / unknown plus inputs (e-stop, guard door): a mapping, dataclass or object."""
@@ -62,9 +62,17 @@ class ApiDeps:
     model_registry: directory of the vision model registry (``<name>/<vN>/...``).
     camera_models: camera id -> "name:version" it runs (else inferred from recent inspections).
     summarize: on-demand summary function (line_agent.agent), or None.
-    frames_dir: base for relative ``inspections.frame_path`` values.
+    frames_dir: where the runtime keeps frames (``line_agent.frames.frame_path``); the API finds an inspection's
+        frame there by its line, camera, id and time only (``find_frame``), never by a stored path.
     training_dir: where corrected labels are written (DeepPCB layout).
-    admin_token: bootstrap admin token, stored hashed on startup (never logged).
+    admin_token: bootstrap admin token, stored hashed on startup as the single row "bootstrap-admin"; a changed
+        token revokes the old one (never logged).
+    max_body_bytes: request bodies over this many bytes are answered 413 (announced or counted as they
+        arrive); 0 = no limit. The largest legitimate body (500 label boxes) is about 50 kB.
+    auth_fail_burst / auth_fail_window_s: failed authentications (unknown or revoked tokens) allowed per
+        client address: ``auth_fail_burst`` at once, given back over ``auth_fail_window_s``; past that every
+        authentication from the address is answered 429 with Retry-After. ``auth_fail_clients``: how many
+        addresses are tracked (memory bound).
     energy_metric / energy_source / energy_unit_w: passed to line_agent.store.queries.energy: a cumulative
         kWh counter ("counter", default "energy_kwh"), or a power metric integrated over time ("power",
         e.g. "power_w" with unit_w=1).
@@ -83,9 +91,15 @@ class ApiDeps:
     summarize: SummarizeFn | None = None
     #: More readiness checks from the process that runs the line (cameras, broker, models): name -> "ok" or why not.
     extra_checks: Callable[[], Mapping[str, str]] | None = None
+    #: The runtime's view of a line (state, cause, cameras with frames/s), or None when no runtime runs it.
+    line_status: Callable[[str], Mapping[str, Any] | None] | None = None
     frames_dir: Path | None = None
     training_dir: Path = Path(".lineguard/feedback")
     admin_token: str | None = None
+    max_body_bytes: int = 1 << 20
+    auth_fail_burst: int = 10
+    auth_fail_window_s: float = 60.0
+    auth_fail_clients: int = 10_000
     energy_metric: str = "energy_kwh"
     energy_source: Literal["counter", "power"] = "counter"
     energy_unit_w: float = 1.0
@@ -99,6 +113,10 @@ class ApiDeps:
             raise ValueError("ApiDeps.database_url must start with postgresql://")
         if not self.lines:
             raise ValueError("ApiDeps.lines must name at least one line")
+        if self.max_body_bytes < 0:
+            raise ValueError("ApiDeps.max_body_bytes must be >= 0 (0 = no limit)")
+        if self.auth_fail_burst < 1 or self.auth_fail_window_s <= 0 or self.auth_fail_clients < 1:
+            raise ValueError("ApiDeps.auth_fail_burst, auth_fail_window_s and auth_fail_clients must be positive")
 
     def controller_for(self, line: str) -> LineControl | None:
         if line in self.controllers:

@@ -45,6 +45,7 @@ from line_agent.api.schemas import (
     SummaryIn,
     SummaryOut,
 )
+from line_agent.frames import FrameKind, FramePathError, find_frame
 from line_agent.store import queries
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def window(hours: float, until: datetime | None) -> tuple[datetime, datetime]:
 # ---- gallery --------------------------------------------------------------------------------------
 _INSPECTION_COLS = """
     i.inspection_id, i.ts, i.line, i.camera, i.part_id, i.decision, i.override, i.n_defects, i.latency_ms,
-    i.model, i.frame_path,
+    i.model,
     coalesce(array(SELECT DISTINCT d.cls FROM defects d WHERE d.inspection_id = i.inspection_id ORDER BY 1),
              '{}') AS classes,
     EXISTS (SELECT 1 FROM label_corrections c WHERE c.inspection_id = i.inspection_id) AS corrected
@@ -83,18 +84,24 @@ _INSPECTION_COLS = """
 
 def _inspection(row: dict[str, Any], deps: ApiDeps) -> dict[str, Any]:
     out = dict(row)
-    out["has_frame"] = _frame_file(deps, row.get("frame_path")) is not None or _hub_frame(
+    out["has_frame"] = _frame_file(deps, row) is not None or _hub_frame(
         deps, str(row["inspection_id"]), str(row["camera"])) is not None
     return out
 
 
-def _frame_file(deps: ApiDeps, frame_path: str | None) -> Path | None:
-    if not frame_path:
+def _frame_file(deps: ApiDeps, row: dict[str, Any], kind: FrameKind = "test") -> Path | None:
+    """The kept frame (or golden template) of an inspection row, found by line, camera, id and time only.
+
+    ``inspections.frame_path`` is never read: it comes from a message, and a path from a message must not
+    decide which file the API opens. ``find_frame`` checks the names and that the file lies inside
+    ``frames_dir``; a missing (or unsafe) file is "no frame"."""
+    if deps.frames_dir is None:
         return None
-    p = Path(frame_path)
-    if not p.is_absolute() and deps.frames_dir is not None:
-        p = deps.frames_dir / p
-    return p if p.is_file() else None
+    try:
+        return find_frame(deps.frames_dir, str(row["line"]), str(row["camera"]), str(row["inspection_id"]),
+                          row["ts"].timestamp(), kind)
+    except (FramePathError, OSError):  # e.g. a link inside frames_dir that points outside it
+        return None
 
 
 def _hub_frame(deps: ApiDeps, inspection_id: str, camera: str) -> bytes | None:
@@ -127,7 +134,8 @@ async def list_inspections(
          "limit": limit, "offset": offset},
     )
     total = int(rows[0]["total"]) if rows else 0
-    return InspectionPage(items=[InspectionOut.model_validate(_inspection(r, deps)) for r in rows], total=total)
+    items = await run_in_threadpool(lambda: [_inspection(r, deps) for r in rows])  # file checks off the loop
+    return InspectionPage(items=[InspectionOut.model_validate(r) for r in items], total=total)
 
 
 async def _get_inspection(request: Request, inspection_id: str) -> dict[str, Any]:
@@ -141,7 +149,9 @@ async def _get_inspection(request: Request, inspection_id: str) -> dict[str, Any
 @router.get("/api/inspections/{inspection_id}", response_model=InspectionDetail, tags=["review"],
             summary="One inspection with its defects and label corrections", **guarded(Role.viewer, _NOT_FOUND))
 async def get_inspection(request: Request, inspection_id: InspectionId) -> InspectionDetail:
-    row = _inspection(await _get_inspection(request, inspection_id), deps_of(request))
+    deps = deps_of(request)
+    found = await _get_inspection(request, inspection_id)
+    row = await run_in_threadpool(_inspection, found, deps)
     defects = await fetch_all(
         request, "SELECT idx, cls, confidence, x1, y1, x2, y2 FROM defects WHERE inspection_id=%s ORDER BY idx",
         (inspection_id,))
@@ -164,7 +174,7 @@ _IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"
 async def get_frame(request: Request, inspection_id: InspectionId) -> Response:
     deps = deps_of(request)
     row = await _get_inspection(request, inspection_id)
-    path = _frame_file(deps, row.get("frame_path"))
+    path = await run_in_threadpool(_frame_file, deps, row)
     if path is not None:
         return FileResponse(path, media_type=_IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream"))
     jpeg = _hub_frame(deps, inspection_id, str(row["camera"]))
@@ -194,9 +204,9 @@ def _save_training_sample(deps: ApiDeps, row: dict[str, Any], frame: Path | None
             raise unprocessable(("body", "labels"),
                                 f"{cls} box ({x1:g},{y1:g},{x2:g},{y2:g}) lies outside the {w}x{h} frame")
     template = None
-    if frame is not None:  # DeepPCB pairs NNN_test.jpg with its golden NNN_temp.jpg
-        t = frame.with_name(frame.name.replace("_test", "_temp"))
-        if t != frame and t.is_file():
+    if frame is not None:  # DeepPCB pairs the test image with its golden template, kept beside it
+        t = _frame_file(deps, row, "temp")
+        if t is not None:
             template = cv2.imread(str(t), cv2.IMREAD_UNCHANGED)
     f = Frame(camera=str(row["camera"]), seq=0, ts=row["ts"].timestamp(), image=image.astype(np.uint8, copy=False),
               template=None if template is None else template.astype(np.uint8, copy=False),
@@ -215,7 +225,7 @@ async def save_labels(request: Request, inspection_id: InspectionId, body: Label
                       who: Principal = Depends(principal)) -> LabelsOut:
     deps = deps_of(request)
     row = await _get_inspection(request, inspection_id)
-    frame = _frame_file(deps, row.get("frame_path"))
+    frame = await run_in_threadpool(_frame_file, deps, row)
     jpeg = None if frame is not None else _hub_frame(deps, inspection_id, str(row["camera"]))
     if frame is None and jpeg is None:
         raise HTTPException(409, f"no frame stored for inspection {inspection_id!r}")
@@ -411,7 +421,8 @@ async def request_summary(request: Request, body: SummaryIn, who: Principal = De
             result = await run_in_threadpool(deps.summarize, line=line, start=start, end=end, lang=body.lang)
     except Exception as exc:  # the agent's failure is the caller's answer, not a crash
         log.exception("summarize failed")
-        raise HTTPException(409, f"summarizer failed: {type(exc).__name__}: {exc}") from exc
+        # The type only: an exception's text may carry internals (URLs, paths, keys); the log has it all.
+        raise HTTPException(409, f"summarizer failed ({type(exc).__name__}); see the server log") from exc
     sid = result if isinstance(result, int) else (
         result.get("summary_id") if isinstance(result, dict) else getattr(result, "summary_id", None))
     sql = f"SELECT {_SUMMARY_COLS} FROM summaries WHERE " + (

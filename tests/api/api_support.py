@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from line_agent.api.app import create_app
 from line_agent.api.auth import Role, create_token
 from line_agent.api.deps import ApiDeps
+from line_agent.frames import FrameKind, frame_path
 from line_agent.live import LiveHub
 from line_agent.store.migrate import migrate
 
@@ -41,6 +42,15 @@ def make_tokens(db: str) -> dict[str, str]:
     return {r.value: create_token(db, r, f"test-{r.value}") for r in Role}
 
 
+def write_frame(frames_dir: Path, line: str, camera: str, inspection_id: str, ts: float,
+                kind: FrameKind = "test", image: np.ndarray | None = None) -> Path:
+    """A frame where the runtime keeps it (line_agent.frames.frame_path)."""
+    path = frame_path(frames_dir, line, camera, inspection_id, ts, kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.full((240, 320, 3), 200, np.uint8) if image is None else image)
+    return path
+
+
 def seed_inspections(db: str, frames_dir: Path, n: int = 12) -> list[str]:
     """Real rows in inspections/defects, with frames on disk: what the runtime would have stored."""
     frames_dir.mkdir(parents=True, exist_ok=True)
@@ -52,14 +62,15 @@ def seed_inspections(db: str, frames_dir: Path, n: int = 12) -> list[str]:
             iid = f"insp-{i:04d}"
             img = np.full((240, 320, 3), 200, np.uint8)
             cv2.rectangle(img, (20 + i, 30), (60 + i, 70), (40, 40, 40), -1)
-            cv2.imwrite(str(frames_dir / f"{iid}_test.jpg"), img)
             decision = "reject" if i % 3 == 0 else "pass"
             ts = now - timedelta(minutes=5 * i)
+            # frame_path (the column) is what a message said; the API never reads it.
+            write_frame(frames_dir, LINE, "cam-1", iid, ts.timestamp(), image=img)
             conn.execute(
                 "INSERT INTO inspections (inspection_id, ts, line, camera, part_id, decision, n_defects, latency_ms,"
                 " model, frame_path) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                 (iid, ts, LINE, "cam-1", f"P-{i}", decision, 1 if decision == "reject" else 0, 12.5,
-                 "pcb:v1", f"{iid}_test.jpg"))
+                 "pcb:v1", f"{iid}_test.png"))
             if decision == "reject":
                 conn.execute(
                     "INSERT INTO defects (inspection_id, idx, ts, line, camera, cls, confidence, x1, y1, x2, y2)"
@@ -138,8 +149,10 @@ def shared_api(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         plc = SimPlc(port=0, watchdog_s=2.0, gate_pulse_s=0.05).start()
     except ImportError:
         pass
+    # Many requests with wrong tokens from one test client: the lockout has its own tests (test_limits.py).
     deps = ApiDeps(database_url=db, lines=[LINE], hub=LiveHub(), frames_dir=tmp / "frames",
-                   training_dir=tmp / "training", model_registry=tmp / "models", pool_max=4)
+                   training_dir=tmp / "training", model_registry=tmp / "models", pool_max=4,
+                   auth_fail_burst=100_000)
     app = create_app(deps, controller_factory=controller_factory(plc))
     try:
         with TestClient(app) as client:

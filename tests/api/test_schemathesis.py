@@ -35,7 +35,8 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(fresh_db: str, s
     tokens = make_tokens(fresh_db)
     seed_inspections(fresh_db, tmp_path / "frames")
     deps = ApiDeps(database_url=fresh_db, lines=[LINE], hub=LiveHub(), frames_dir=tmp_path / "frames",
-                   training_dir=tmp_path / "training", model_registry=tmp_path / "models", pool_max=4)
+                   training_dir=tmp_path / "training", model_registry=tmp_path / "models", pool_max=4,
+                   auth_fail_burst=100_000)  # the fuzzer logs in with random tokens; the lockout is tested apart
     deps.hub.publish("frame", {"line": LINE, "camera": "cam-1", "jpeg": b"\xff\xd8\xff\xd9", "boxes": []})
     app = create_app(deps, controller_factory=controller_factory(sim))
     examples = os.environ.get("LINEGUARD_SCHEMATHESIS_EXAMPLES", "15")

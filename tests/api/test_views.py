@@ -34,7 +34,7 @@ def test_inspection_detail_and_frame(api: Api) -> None:
     d = api.client.get("/api/inspections/insp-0000", headers=h).json()
     assert d["defects"][0]["cls"] == "open" and d["defects"][0]["box"] == [20, 30, 60, 70]
     r = api.client.get("/api/inspections/insp-0000/frame", headers=h)
-    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
     assert api.client.get("/api/inspections/nope", headers=h).status_code == 404
     assert api.client.get("/api/inspections/nope/frame", headers=h).status_code == 404
 

@@ -69,7 +69,7 @@ def learning_curve(
     seed, and score each on the evaluation boards. ``work``: where the feedback datasets and fine-tuned models
     go (a temporary directory when None)."""
     from vision.bench import evaluate
-    from vision.detectors.hybrid import HybridDetector
+    from vision.detectors.factory import HybridDetectorConfig, build_detector
     from vision.feedback import save_feedback
     from vision.stacking import read_gray
     from vision.train import DEFAULT_BATCH, TrainConfig, train
@@ -85,7 +85,7 @@ def learning_curve(
         raise ValueError(f"{len(missing)} boards have no golden template (first: {missing[0]}); hybrid models need one")
 
     def score(model_dir: Path, k: int, seed: int, seconds: float) -> AdaptPoint:
-        det = HybridDetector(model_dir, threads=threads)
+        det = build_detector(HybridDetectorConfig(model=str(model_dir), threads=threads))
         r = evaluate(det, held, prf_conf=OPERATING_CONF, warmup=1)
         p = AdaptPoint(k, seed, r["map50"], r["map_deeppcb"], r["f1"], r["precision"], r["recall"], seconds)
         if on_point is not None:

@@ -87,7 +87,7 @@ def eval_cmd(
     data: Path = typer.Option(..., "--data", help="dataset directory"),
     fmt: str = typer.Option(..., "--format", help="deeppcb | yolo | voc | coco"),
     model: str = typer.Option(
-        ..., "--model", help="model dir / .onnx, or registry name[@version]; hybrid options as in a line YAML (?look=0)"
+        ..., "--model", help="model dir / .onnx, or registry name[@version]: a YOLO export or a hybrid"
     ),
     split: str | None = typer.Option(None, "--split"),
     holdout_last: int = typer.Option(0, "--holdout-last", help="evaluate only the last N samples"),
@@ -101,18 +101,26 @@ def eval_cmd(
     report: Path | None = typer.Option(
         None, "--report", help="also write PR curves, an error list and an error gallery to this directory"
     ),
+    tta: int | None = typer.Option(None, "--tta", help="hybrid models: flipped views averaged, 1-4 (default 4)"),
+    tta_settled: float | None = typer.Option(
+        None, "--tta-settled", help="hybrid models: flipped views only for proposals the plain view is less sure of"
+    ),
+    second_look: bool | None = typer.Option(
+        None, "--second-look/--no-second-look", help="hybrid models: second look around each refined box (default on)"
+    ),
 ) -> None:
     """Evaluate a registry model (YOLO export or hybrid): JSON with per-class and overall mAP50, mAP50-95,
     P/R/F (IoU>0.33), latency. With --report: pr.png, errors.csv, errors.png, metrics.json."""
-    from vision.bench import run_one
-    from vision.detectors.load import operating_conf, resolve_model_dir, split_options
+    from vision.bench import bench_config, run_one
+    from vision.detectors.load import operating_conf, resolve_model_dir
     from vision.train import TrainError
 
     try:
+        cfg = bench_config("onnx", model, conf=conf, threads=threads, registry=registry, tta=tta,
+                           tta_settled=tta_settled, second_look=second_look)
         if prf_conf is None:
-            prf_conf = operating_conf(resolve_model_dir(split_options(model)[0], registry))
-        res = run_one("onnx", data, fmt, split, holdout_last, model, conf, prf_conf, threads, registry, limit,
-                      report=report)
+            prf_conf = operating_conf(resolve_model_dir(model, registry))
+        res = run_one(cfg, data, fmt, split, holdout_last, prf_conf, registry, limit, report=report)
     except (TrainError, LookupError, FileNotFoundError, ValueError, OSError) as e:
         _fail(str(e))
         return
@@ -137,6 +145,9 @@ def bench_vision_cmd(
     tta_settled: float | None = typer.Option(
         None, "--tta-settled", help="hybrid models: flipped views only for proposals the plain view is less sure of"
     ),
+    second_look: bool | None = typer.Option(
+        None, "--second-look/--no-second-look", help="hybrid models: second look around each refined box (default on)"
+    ),
 ) -> None:
     """Accuracy, p50/p99 latency, frames/s and peak RSS per detector, each in its own process."""
     import importlib.util
@@ -159,6 +170,8 @@ def bench_vision_cmd(
         common += ["--tta", str(tta)]
     if tta_settled is not None:
         common += ["--tta-settled", str(tta_settled)]
+    if second_look is not None:
+        common += ["--second-look", str(int(second_look))]
     results = []
     for k in kinds:
         args = list(common)

@@ -9,8 +9,9 @@ Source URIs::
     rtsp://host/stream, http(s)://host/mjpeg            a network camera (reconnects forever)
     usb://0                                             a local camera by device index
 
-Detector specs are strings resolved by the runtime/registry: ``template`` (vision.detectors.template) or
-``onnx:path/or/registry-name`` (vision-B's onnx detector). Several cameras run side by side, each with its
+The detector is a typed mapping, one kind per ``type`` (vision.detectors.factory), e.g.
+``detector: {type: hybrid, model: pcb-synth-hybrid, tta: 1}``; the strings ``template``, ``hybrid:<model>`` and
+``onnx:<model>`` are shorthand for the mapping without options. Several cameras run side by side, each with its
 own source, detector and rules.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from vision.detectors.factory import DetectorConfig, TemplateDetectorConfig, expand_shorthand
 from vision.qa import QARules
 from vision.sources import (
     DatasetSource,
@@ -43,7 +45,7 @@ class CameraConfig(BaseModel):
 
     name: str = Field(min_length=1)
     source: str
-    detector: str = "template"
+    detector: DetectorConfig = Field(default_factory=lambda: TemplateDetectorConfig())
     qa: QARules = Field(default_factory=QARules)
     fps_limit: float | None = Field(default=None, gt=0)
     #: Golden template image for video/usb/folder sources that do not carry their own.
@@ -58,19 +60,11 @@ class CameraConfig(BaseModel):
             raise ValueError(f"source {v!r}: unknown scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
         return v
 
-    @field_validator("detector")
+    @field_validator("detector", mode="before")
     @classmethod
-    def _detector(cls, v: str) -> str:
-        if v != "template" and not any(v.startswith(p) and len(v) > len(p) for p in ("onnx:", "hybrid:")):
-            raise ValueError(
-                f"detector {v!r}: expected 'template', 'onnx:<path or registry name>' "
-                "or 'hybrid:<path or registry name>[?tta=1..4&settled=0..1&look=0/1]'"
-            )
-        if v.startswith("hybrid:"):
-            from vision.detectors.load import split_options
-
-            split_options(v[len("hybrid:"):])  # a bad option fails here, naming it
-        return v
+    def _detector(cls, v: Any) -> Any:
+        # The one place a string is read: shorthand for a mapping without options (query strings refused).
+        return expand_shorthand(v)
 
 
 def load_cameras(path: Path) -> list[CameraConfig]:

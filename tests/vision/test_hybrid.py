@@ -222,10 +222,10 @@ def test_shipped_synthetic_hybrid_finds_and_names_defects_on_new_boards() -> Non
     """The default model ships in vision/models (trained on generated boards only, seeds 2000-2319) and loads
     by registry name with no registry of the user's; on unseen boards it must be nearly perfect."""
     pytest.importorskip("onnxruntime")
-    from line_agent.runtime import load_detector
+    from vision.detectors.factory import HybridDetectorConfig, build_detector
     from vision.metrics import evaluate
 
-    det = load_detector("hybrid:pcb-synth-hybrid")
+    det = build_detector(HybridDetectorConfig(model="pcb-synth-hybrid"))
     assert isinstance(det, HybridDetector) and det.name.startswith("hybrid:pcb-synth-hybrid")
     boards = [make_board(70_000 + i, (3, 8), scan_noise=0.15) for i in range(12)]
     preds = [det.detect(Frame("t", k, 0.0, b.image, b.template)) for k, b in enumerate(boards)]

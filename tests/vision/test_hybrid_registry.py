@@ -63,12 +63,15 @@ def test_eval_runs_the_hybrid_at_its_operating_point(trained: tuple[Path, Path])
     assert res["images"] == 4 and 0.0 <= res["map50"] <= 1.0
 
 
-def test_line_runtime_loads_it_by_registry_name(trained: tuple[Path, Path]) -> None:
-    from line_agent.runtime import load_detector
+def test_line_config_loads_it_by_registry_name(trained: tuple[Path, Path]) -> None:
+    from vision.detectors.factory import build_detector, parse_detector
 
     _, reg = trained
-    for spec in ("onnx:hyb", "hybrid:hyb", f"hybrid:{resolve(reg, 'hyb').path}"):
-        assert isinstance(load_detector(spec, registry=reg), HybridDetector), spec
+    for spec in ("hybrid:hyb", f"hybrid:{resolve(reg, 'hyb').path}", {"type": "hybrid", "model": "hyb@latest"}):
+        assert isinstance(build_detector(parse_detector(spec), registry=reg), HybridDetector), spec
+    # type onnx is a whole-frame YOLO export: a hybrid's model.onnx scores crops, so it is refused, naming the type.
+    with pytest.raises(ValueError, match=r"is a hybrid model .*use type: hybrid"):
+        build_detector(parse_detector("onnx:hyb"), registry=reg)
 
 
 def test_hybrid_refuses_data_without_templates(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from vision.config import CameraConfig, load_cameras, make_source
+from vision.detectors.factory import HybridDetectorConfig, OnnxDetectorConfig, TemplateDetectorConfig
 from vision.qa import Action, QARule, QARules
 from vision.sources import DatasetSource, FolderSource, SyntheticSource, VideoSource
 from vision.types import Box, Detection
@@ -123,26 +124,28 @@ def test_make_source_dataset(tmp_path: Path) -> None:
 def test_camera_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="unknown scheme 'ftp'"):
         CameraConfig(name="x", source="ftp://host/cam")
-    with pytest.raises(ValidationError, match="expected 'template', 'onnx:"):
-        CameraConfig(name="x", source="usb://0", detector="yolo")
-    with pytest.raises(ValidationError, match=r"'hybrid:<path or registry name>\[\?tta=1..4&settled=0..1&look=0/1\]'"):
+    # Detector strings are shorthand only (all their forms: tests/vision/test_detector_factory.py).
+    with pytest.raises(ValidationError, match="expected 'template', 'hybrid:<model>', 'onnx:<model>' or a mapping"):
+        CameraConfig(name="x", source="usb://0", detector="yolo:x")
+    with pytest.raises(ValidationError, match="'hybrid:': names no model"):
         CameraConfig(name="x", source="usb://0", detector="hybrid:")
-    assert CameraConfig(name="x", source="usb://0", detector="hybrid:/models/h1").detector == "hybrid:/models/h1"
-    assert CameraConfig(name="x", source="usb://0", detector="hybrid:h1?tta=1").detector == "hybrid:h1?tta=1"
-    with pytest.raises(ValidationError, match="tta='9'"):
-        CameraConfig(name="x", source="usb://0", detector="hybrid:h1?tta=9")
-    ok = "hybrid:h1?tta=4&settled=0.95"
-    assert CameraConfig(name="x", source="usb://0", detector=ok).detector == ok
-    with pytest.raises(ValidationError, match=r"settled='1\.5'"):
-        CameraConfig(name="x", source="usb://0", detector="hybrid:h1?settled=1.5")
-    with pytest.raises(ValidationError, match="settled='most'"):
-        CameraConfig(name="x", source="usb://0", detector="hybrid:h1?settled=most")
-    assert CameraConfig(name="x", source="usb://0", detector="hybrid:h1?look=0").detector == "hybrid:h1?look=0"
-    with pytest.raises(ValidationError, match="look='yes'"):
-        CameraConfig(name="x", source="usb://0", detector="hybrid:h1?look=yes")
-    with pytest.raises(ValidationError, match="option 'views' unknown"):
-        CameraConfig(name="x", source="usb://0", detector="hybrid:h1?views=2")
-    assert CameraConfig(name="x", source="usb://0", detector="onnx:pcb-synth@3").detector == "onnx:pcb-synth@3"
+    h = CameraConfig(name="x", source="usb://0", detector="hybrid:/models/h1").detector
+    assert isinstance(h, HybridDetectorConfig) and h.model == "/models/h1" and h.tta == 4
+    with pytest.raises(ValidationError, match=r"mapping form, detector: \{type: hybrid, model: h1, tta: 1\}"):
+        CameraConfig(name="x", source="usb://0", detector="hybrid:h1?tta=1")
+    with pytest.raises(ValidationError, match=r"detector\.hybrid\.tta\n.*less than or equal to 4"):
+        CameraConfig(name="x", source="usb://0", detector={"type": "hybrid", "model": "h1", "tta": 9})
+    ok = CameraConfig(name="x", source="usb://0", detector={"type": "hybrid", "model": "h1", "tta": 4, "settled": 0.95})
+    assert isinstance(ok.detector, HybridDetectorConfig) and ok.detector.settled == 0.95
+    with pytest.raises(ValidationError, match=r"detector\.hybrid\.settled"):
+        CameraConfig(name="x", source="usb://0", detector={"type": "hybrid", "model": "h1", "settled": 1.5})
+    with pytest.raises(ValidationError, match=r"detector\.hybrid\.second_look"):
+        CameraConfig(name="x", source="usb://0", detector={"type": "hybrid", "model": "h1", "second_look": "maybe"})
+    with pytest.raises(ValidationError, match=r"detector\.hybrid\.views\n.*Extra inputs are not permitted"):
+        CameraConfig(name="x", source="usb://0", detector={"type": "hybrid", "model": "h1", "views": 2})
+    o = CameraConfig(name="x", source="usb://0", detector="onnx:pcb-synth@3").detector
+    assert isinstance(o, OnnxDetectorConfig) and o.model == "pcb-synth@3"
+    assert isinstance(CameraConfig(name="x", source="usb://0").detector, TemplateDetectorConfig)
     with pytest.raises(ValueError, match=r"camera x: bad source 'synthetic://\?defect_rate=2'"):
         make_source(CameraConfig(name="x", source="synthetic://?defect_rate=2"))
     with pytest.raises(ValueError, match=r"camera x: bad source.*image folder not found"):
@@ -162,6 +165,7 @@ def test_load_cameras(tmp_path: Path) -> None:
     cams = load_cameras(f)
     assert [c.name for c in cams] == ["top", "bottom"]
     assert cams[0].qa.rules[0].action == Action.REJECT and cams[1].fps_limit == 5
+    assert cams[1].detector == OnnxDetectorConfig(model="pcb") and cams[0].detector == TemplateDetectorConfig()
     f.write_text("cameras:\n  - {name: a, source: usb://0}\n  - {name: a, source: usb://1}\n")
     with pytest.raises(ValueError, match="camera names must be unique"):
         load_cameras(f)

@@ -108,11 +108,11 @@ def test_eval_report_agrees_with_its_metrics(boards: Path, tmp_path: Path) -> No
 def test_report_errors_match_deeppcb_counts(boards: Path, tmp_path: Path) -> None:
     """The error list under the DeepPCB rule has exactly the FP and FN the printed metrics count."""
     from vision.bench import detect_all, score
-    from vision.detectors.load import load_model
+    from vision.detectors.factory import OnnxDetectorConfig, build_detector
     from vision.train import load_samples
 
     samples = load_samples(boards, "deeppcb", None)
-    det = load_model("pcb-synth", None, conf=0.001, threads=1, unknown_pass=False)
+    det = build_detector(OnnxDetectorConfig(model="pcb-synth", conf=0.001, threads=1, unknown_pass=False))
     run = detect_all(det, samples, warmup=0)
     res = score(det.name, run, list(det.classes), prf_conf=0.25)
     errs = find_errors(samples, run.preds, run.truths, prf_conf=0.25, iou_thr=0.33, strict=True)

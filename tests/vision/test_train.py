@@ -21,7 +21,6 @@ if importlib.util.find_spec("torch") is None or importlib.util.find_spec("ultral
 from typer.testing import CliRunner
 
 from vision.cli import build_app
-from vision.detectors.onnx import OnnxDetector
 from vision.registry import REQUIRED_FILES, resolve
 from vision.synth import make_board, write_dataset
 from vision.types import DEFECT_CLASSES, Frame
@@ -61,13 +60,13 @@ def test_registry_entry_is_complete(trained: tuple[Path, Path]) -> None:
 
 
 def test_onnx_detector_runs_and_matches_torch(trained: tuple[Path, Path]) -> None:
-    from vision.detectors.yolo import YoloDetector
+    from vision.detectors.factory import OnnxDetectorConfig, YoloDetectorConfig, build_detector
 
     _, reg = trained
     b = make_board(77)
     f = Frame(camera="c", seq=0, ts=0.0, image=b.image, template=b.template)
-    onnx = OnnxDetector.from_registry(reg, "tiny", conf=0.0005, unknown_pass=False)
-    torch_det = YoloDetector.load("tiny", registry=reg, conf=0.0005)
+    onnx = build_detector(OnnxDetectorConfig(model="tiny", conf=0.0005, unknown_pass=False), reg)
+    torch_det = build_detector(YoloDetectorConfig(model="tiny", conf=0.0005), reg)
     a, t = onnx.detect(f), torch_det.detect(f)
     assert onnx.name == "onnx:tiny-v1"
     # An untrained model still scores anchors: the exported graph must agree with PyTorch on them.

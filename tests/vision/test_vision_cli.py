@@ -93,6 +93,22 @@ def test_eval_unknown_model(synth: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "no-such" in r.output
 
 
+def test_eval_hybrid_options_reach_the_detector(synth: Path) -> None:
+    """The flags that replaced ``--model name?look=0``: a DetectorConfig built from them, recorded in the JSON."""
+    r = runner.invoke(build_app(), ["eval", "--data", str(synth), "--format", "deeppcb", "--model", "pcb-synth-hybrid",
+                               "--holdout-last", "2", "--tta", "1", "--no-second-look", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["kind"] == "hybrid" and res["prf_conf"] == 0.5
+    assert res["config"] == {"type": "hybrid", "model": "pcb-synth-hybrid", "tta": 1, "settled": 0.95,
+                             "second_look": False, "min_confidence": 0.001, "threads": 1, "unknown_pass": False}
+    r = runner.invoke(build_app(), ["eval", "--data", str(synth), "--format", "deeppcb", "--model", "pcb-synth",
+                               "--tta", "2"])
+    assert r.exit_code == 2 and "tta apply to hybrid models only" in r.output
+    r = runner.invoke(build_app(), ["eval", "--data", str(synth), "--format", "deeppcb", "--model", "pcb-synth?look=0"])
+    assert r.exit_code == 2 and "'pcb-synth?look=0'" in r.output  # no query strings: not a model name either
+
+
 def test_bench_vision_json_and_markdown(synth: Path, tmp_path: Path) -> None:
     md = tmp_path / "bench.md"
     r = runner.invoke(build_app(), ["bench", "vision", "--data", str(synth), "--format", "deeppcb",

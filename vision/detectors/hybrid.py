@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -371,8 +370,3 @@ class HybridDetector:
             b = decode_box(a, d2[j], shape)
             refined[i] = Box((a.x1 + b.x1) / 2, (a.y1 + b.y1) / 2, (a.x2 + b.x2) / 2, (a.y2 + b.y2) / 2)
             probs[i] = (probs[i] + p2[j]) / 2
-
-
-def load_hybrid(model_dir: Path, **kwargs: Any) -> HybridDetector:
-    """Convenience for CLIs: ``HybridDetector(model_dir, **kwargs)``."""
-    return HybridDetector(model_dir, **kwargs)

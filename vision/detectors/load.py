@@ -1,4 +1,6 @@
-"""One way to turn a model reference into a Detector, whatever kind of model the registry holds.
+"""Model references -> model directories, and the loader the detector configs call (vision.detectors.factory).
+
+Construct detectors through ``vision.detectors.factory.build_detector``; ``load_model`` is its private helper.
 
 A reference is a model directory (a registry version dir), an ``.onnx`` file inside one, or a registry
 name ``name[@version]`` looked up in ``registry`` first and then in the shipped models. The directory says
@@ -64,37 +66,3 @@ def operating_conf(model_dir: Path) -> float:
     """The confidence a model is meant to run at when nobody says otherwise: 0.5 for a hybrid (its class
     probability beats background and all other classes together), 0.25 for a YOLO export (ultralytics' own)."""
     return 0.5 if is_hybrid(model_dir) else 0.25
-
-
-def split_options(ref: str) -> tuple[str, dict[str, Any]]:
-    """``name?tta=1`` -> (``name``, {"tta": 1}): options a line config may set on a hybrid detector.
-
-    ``tta``: flipped views averaged, 1-4 (1 fastest, 4 the default and most accurate); ``settled``: give the
-    flipped views only to proposals the plain view is less sure of than this (0 < settled <= 1; 0.95 the
-    default, 1 = all), e.g. ``name?settled=1``; ``look``: 1 (default) gives each likely defect a second look around
-    its refined box, 0 skips it (faster, less accurate boxes). Anything else is a ValueError naming it, so a
-    typo in a line's YAML fails at check-config.
-    """
-    base, _, query = ref.partition("?")
-    opts: dict[str, Any] = {}
-    for item in filter(None, query.split("&")):
-        key, _, value = item.partition("=")
-        if key == "tta":
-            if value not in ("1", "2", "3", "4"):
-                raise ValueError(f"detector option tta={value!r}: expected 1, 2, 3 or 4 flipped views")
-            opts["tta"] = int(value)
-        elif key == "settled":
-            try:
-                settled = float(value)
-            except ValueError:
-                settled = -1.0
-            if not 0.0 < settled <= 1.0:
-                raise ValueError(f"detector option settled={value!r}: expected a probability in (0, 1]")
-            opts["tta_settled"] = settled
-        elif key == "look":
-            if value not in ("0", "1"):
-                raise ValueError(f"detector option look={value!r}: expected 0 (off) or 1 (second look, the default)")
-            opts["second_look"] = value == "1"
-        else:
-            raise ValueError(f"detector option {key!r} unknown; expected tta=1..4, settled=0..1 or look=0/1")
-    return base, opts

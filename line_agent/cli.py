@@ -144,6 +144,8 @@ def api(
         database_url=settings.database_url, lines=[x.strip() for x in lines.split(",") if x.strip()],
         model_registry=settings.registry_dir, frames_dir=settings.data_dir.resolve() / "frames",
         training_dir=settings.data_dir.resolve() / "feedback", admin_token=admin_token(settings),
+        max_body_bytes=settings.api_max_body_bytes, auth_fail_burst=settings.api_auth_fail_burst,
+        auth_fail_window_s=settings.api_auth_fail_window_s,
     )
     uvicorn.run(create_app(deps), host=host or settings.api_host, port=port or settings.api_port,
                 log_level=settings.log_level.lower())

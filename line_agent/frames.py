@@ -56,7 +56,10 @@ def find_frame(frames_dir: Path, line: str, camera: str, inspection_id: str, ts:
     except FramePathError:
         return None
     for delta in (0.0, -86400.0, 86400.0):
-        p = frame_path(frames_dir, line, camera, inspection_id, ts + delta, kind)
+        try:
+            p = frame_path(frames_dir, line, camera, inspection_id, ts + delta, kind)
+        except FramePathError:  # a link inside the frames folder pointing out of it: no frame
+            continue
         if p.is_file():
             return p
     return None

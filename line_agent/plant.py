@@ -278,10 +278,10 @@ class PlantApp:
             model_registry=self.settings.registry_dir, frames_dir=self.data / "frames",
             training_dir=self.data / "feedback", admin_token=token,
             summarize=make_summarizer(self.db_url, self.lines[0].site, publisher.publish),
-            extra_checks=self.checks,
+            extra_checks=self.checks, line_status=self.line_status,
+            max_body_bytes=self.settings.api_max_body_bytes, auth_fail_burst=self.settings.api_auth_fail_burst,
+            auth_fail_window_s=self.settings.api_auth_fail_window_s,
         )
-        if hasattr(deps, "line_status"):
-            deps.line_status = self.line_status
         server = _embedded_server_class()(uvicorn.Config(create_app(deps), host=self.host, port=self.port,
                                                          log_level="warning", lifespan="on"))
         loop = asyncio.get_running_loop()

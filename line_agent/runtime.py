@@ -81,6 +81,7 @@ class CameraStatus:
     model: str = ""
     frames: int = 0
     last_frame_ts: float | None = None
+    live: bool = False
     _recent: deque[float] = field(default_factory=lambda: deque(maxlen=64), repr=False)
 
     def frame(self, ts: float) -> None:
@@ -186,12 +187,14 @@ class LineRuntime:
                 out[f"model:{key}"] = f"failed to load: {st.detail}"
             else:
                 out[f"model:{key}"] = f"ok ({st.model})"
-            if st.state == "connected":
-                age = None if st.last_frame_ts is None else now - st.last_frame_ts
-                # A stopped conveyor brings no parts: frame age only counts while the line runs.
-                if self.line_mode == "running" and (age is None or age > self.no_frame_s):
-                    shown = "none yet" if age is None else f"last {age:.0f} s ago"
-                    out[f"camera:{key}"] = f"no frame for over {self.no_frame_s:g} s ({shown})"
+            if st.state == "idle":
+                out[f"camera:{key}"] = "ok (idle: the line is stopped)"
+            elif st.state in ("connected", "reconnecting", "stalled") and st.last_frame_ts is not None:
+                age = now - st.last_frame_ts
+                # A folder source brings no images while the line stands; a live camera always streams.
+                if (st.live or self.line_mode == "running") and age > self.no_frame_s:
+                    out[f"camera:{key}"] = (f"no frame for over {self.no_frame_s:g} s (last {age:.0f} s ago; "
+                                            f"source {st.state})")
                 else:
                     out[f"camera:{key}"] = "ok"
             elif st.state in ("model_error", "starting", "loading_model"):
@@ -200,12 +203,21 @@ class LineRuntime:
                 out[f"camera:{key}"] = f"{st.state}: {st.detail}" if st.detail else st.state
         return out
 
+    def current_cause(self) -> Cause | None:
+        """The newest of what the runtime saw (safe state, e-stop, a stop at the panel) and the last command
+        the controller carried out (a person's through the API, or a rule's), whichever came last."""
+        last = self.controller.last_command if self.controller is not None else None
+        if last is not None and (self.cause is None or last.ts >= self.cause.ts):
+            return last
+        return self.cause
+
     def status(self) -> dict[str, Any]:
         """The line as the console shows it: state, why, cameras with frames/s and last frame."""
+        cause = self.current_cause()
         return {
             "line": self.cfg.line,
             "state": self.line_mode,
-            "cause": None if self.cause is None else self.cause.as_dict(),
+            "cause": None if cause is None else cause.as_dict(),
             "plc": self.plc_state,
             "cameras": {name: st.as_dict() for name, st in self.cameras.items()},
             "counters": self.counters.as_event(self.cfg.line),
@@ -231,9 +243,6 @@ class LineRuntime:
             last = self.controller.last_command if self.controller is not None else None
             if last is None or last.action != "stop" or time.time() - last.ts > 5.0:
                 self._observe("stopped_at_plc", "line stopped at the PLC (no command from lineguard)")
-        last = self.controller.last_command if self.controller is not None else None
-        if last is not None and (self.cause is None or last.ts > self.cause.ts):
-            self.cause = last
 
     async def _watch_line(self) -> None:
         """Poll the PLC's line state twice a second; unknown whenever the link is down."""
@@ -256,7 +265,8 @@ class LineRuntime:
             self.line_mode = mode
             self.plc_state = state
             self._state_known.set()
-            cause = None if self.cause is None else self.cause.as_dict()
+            current = self.current_cause()
+            cause = None if current is None else current.as_dict()
             self.hub.publish("line_state", {
                 "line": self.cfg.line, "state": mode, "speed_pct": state.get("speed_setpoint"),
                 "estop": state.get("estop_active"), "guard_door": state.get("guard_door_open"),
@@ -298,10 +308,15 @@ class LineRuntime:
         self._sources.append(source)
         frames: Iterator[Frame] = iter(source)
         log.info("%s/%s: %s with detector %s", self.cfg.line, cam.name, cam.source, detector.name)
+        # A live camera (network, USB, looping video) keeps streaming while the conveyor stands: its frames are
+        # read and dropped, so its health stays true. A folder or data set is not read until the line runs:
+        # those images are parts waiting to be inspected.
+        live = bool(getattr(source, "live", False))
+        st.live, st.state = live, source.state.value
         while not self._stop.is_set():
-            st.state = source.state.value
-            if self.controller is not None and (not self._state_known.is_set() or self.line_mode == "stopped"):
-                # No parts arrive on a stopped conveyor; wait for a person to start it.
+            idle = self.controller is not None and (not self._state_known.is_set() or self.line_mode == "stopped")
+            if idle and not live:
+                st.state = "idle"
                 await asyncio.sleep(0.2)
                 continue
             frame = await asyncio.to_thread(next, frames, None)
@@ -311,6 +326,8 @@ class LineRuntime:
                 return
             st.state, st.detail = "connected", ""
             st.frame(time.time())
+            if idle or self.line_mode == "stopped":  # no parts arrive on a stopped conveyor
+                continue
             try:
                 await self._inspect(cam, detector, frame)
             except Exception:  # one bad frame must not stop the camera
@@ -368,12 +385,10 @@ class LineRuntime:
                 log.warning("%s: stopping the line: %s", self.cfg.line, why)
                 await self.controller.stop(reason=why)
                 self.line_mode = "stopped"
-                self.cause = self.controller.last_command
             elif action is LineAction.SLOW:
                 why = f"slow rule: {reason}; speed {self.cfg.control.slow_speed_pct:g} %"
                 log.warning("%s: slowing the line: %s", self.cfg.line, why)
                 await self.controller.slow(self.cfg.control.slow_speed_pct, reason=why)
-                self.cause = self.controller.last_command
         except CommandRefused as exc:  # audited by the controller; the line state says why
             self.action_errors += 1
             log.warning("%s: %s for part %s refused: %s", self.cfg.line, action, part_id, exc.reason)

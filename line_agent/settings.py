@@ -44,6 +44,9 @@ class Settings(BaseSettings):
         default=None, description="Bootstrap admin API token (stored hashed). Unset: one is generated."
     )
     log_level: str = "INFO"
+    api_max_body_bytes: int = Field(default=1 << 20, ge=0, description="Larger request bodies get 413 (0 = none).")
+    api_auth_fail_burst: int = Field(default=10, ge=1, description="Failed logins per client address before 429.")
+    api_auth_fail_window_s: float = Field(default=60.0, gt=0, description="Window the failed logins refill over.")
 
     @property
     def registry_dir(self) -> Path:

@@ -21,6 +21,8 @@ from line_agent.api.deps import ApiDeps, LineControl
 from line_agent.api.schemas import (
     AuditOut,
     AuditPage,
+    CameraOut,
+    CauseOut,
     CommandIn,
     CommandOut,
     CommandPage,
@@ -99,6 +101,7 @@ def normalize_state(line: str, raw: Any) -> LineStateOut:
         state=state,  # type: ignore[arg-type]
         estop=_opt_bool(pick("estop_active", "estop", "e_stop")),
         guard_door=_opt_bool(pick("guard_door_open", "guard_door", "guard_open")),
+        safe_state=_opt_bool(pick("safe_state")),
         speed_pct=float(speed) if isinstance(speed, int | float) else None,
         reject_count=int(rc) if isinstance(rc, int | float) else None,
         reason=str(pick("error", "reason") or ("" if state != "unknown" else f"link {d.get('link', 'down')}")),
@@ -118,9 +121,19 @@ async def read_state(deps: ApiDeps, line: str) -> LineStateOut:
     try:
         raw = await asyncio.wait_for(ctl.line_state(), CONTROLLER_TIMEOUT_S)
     except Exception as exc:  # a broken link is "unknown", never "good"
-        return LineStateOut(line=line, state="unknown", reason=f"state read failed: {refusal_reason(exc)}",
-                            ts=datetime.now(UTC))
-    return normalize_state(line, raw)
+        out = LineStateOut(line=line, state="unknown", reason=f"state read failed: {refusal_reason(exc)}",
+                           ts=datetime.now(UTC))
+    else:
+        out = normalize_state(line, raw)
+    status = deps.line_status(line) if deps.line_status is not None else None
+    if status:
+        # The runtime knows why (the command and who gave it, the rule, the safe state) and how the cameras are.
+        cause = status.get("cause")
+        out.cause = CauseOut.model_validate(cause) if cause else None
+        out.cameras = {k: CameraOut.model_validate(v) for k, v in (status.get("cameras") or {}).items()}
+        if out.cause is not None and out.state != "unknown" and not out.reason:
+            out.reason = out.cause.reason
+    return out
 
 
 @router.get("/api/line/state", response_model=LineStateOut, tags=["line"], summary="Line state",
@@ -137,13 +150,15 @@ def _command_out(row: dict[str, Any]) -> dict[str, Any]:
     return jsonable(CommandOut.model_validate(row).model_dump())
 
 
-async def _invoke(ctl: LineControl, command: str, params: dict[str, Any]) -> Any:
+async def _invoke(ctl: LineControl, command: str, params: dict[str, Any], who: Principal, reason: str) -> Any:
+    # The person and their reason travel down to the PLC write's own audit record and the line's cause.
+    actor = f"user:{who.name}"
     if command == "stop":
-        return await ctl.stop()
+        return await ctl.stop(actor=actor, reason=reason)
     if command == "start":
-        return await ctl.start()
+        return await ctl.start(actor=actor, reason=reason)
     if command == "slow":
-        return await ctl.slow(float(params["speed_pct"]))
+        return await ctl.slow(float(params["speed_pct"]), actor=actor, reason=reason)
     return await ctl.reset_reject_counter()
 
 
@@ -176,7 +191,7 @@ async def run_command(
         status, reason, http = "refused", "no PLC controller connected: line state unknown", 409
     else:
         try:
-            await asyncio.wait_for(_invoke(ctl, command, params), CONTROLLER_TIMEOUT_S)
+            await asyncio.wait_for(_invoke(ctl, command, params, who, body.reason), CONTROLLER_TIMEOUT_S)
         except REFUSALS as exc:
             status, reason, http = "refused", refusal_reason(exc), 409
         except Exception as exc:  # the PLC did something unexpected: say so, keep serving

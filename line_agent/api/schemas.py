@@ -55,9 +55,30 @@ class TokenCreated(TokenOut):
 
 
 # ---- line and commands ----------------------------------------------------------------------------
+class CauseOut(BaseModel):
+    """Why the line is in its state: the last command (who, why) or what the PLC reported."""
+
+    action: str = Field(description="start / stop / slow, or safe_state / estop / guard_door / stopped_at_plc.")
+    actor: str = Field(description="user:<name>, runtime:<line> (a rule), plc:<line>, or demo:simulated-operator.")
+    reason: str
+    ts: float = Field(description="Epoch seconds.")
+
+
+class CameraOut(BaseModel):
+    state: str = Field(description="connected / reconnecting / stalled / ended / loading_model / model_error ...")
+    detail: str = ""
+    model: str = ""
+    frames: int = 0
+    fps: float = 0.0
+    last_frame_ts: float | None = Field(default=None, description="Epoch seconds of the last frame read.")
+
+
 class LineStateOut(BaseModel):
     line: str
     state: LineStateKind
+    safe_state: bool | None = Field(default=None, description="PLC in its safe state (heartbeat was lost).")
+    cause: CauseOut | None = Field(default=None, description="Why the line is in its state.")
+    cameras: dict[str, CameraOut] = Field(default_factory=dict, description="Each camera's health.")
     estop: bool | None = Field(default=None, description="E-stop active.")
     guard_door: bool | None = Field(default=None, description="Guard door open.")
     speed_pct: float | None = None

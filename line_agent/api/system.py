@@ -28,8 +28,9 @@ async def healthz() -> HealthOut:
 
 
 @router.get("/readyz", response_model=ReadyOut, tags=["system"], summary="Readiness: each dependency's status",
-            description="503 when the database is unreachable. Controller and registry problems are reported "
-                        "but do not make the API unready (the line state is then 'unknown').",
+            description="503, with the reason, when the database is unreachable or, on a running line, when the "
+                        "broker is unreachable, a PLC link is down, a model failed to load or a camera "
+                        "delivered no frame for too long (checks named plc:, model:, camera:, broker).",
             **public({503: {"model": ReadyOut, "description": "Not ready."}}))
 async def readyz(request: Request) -> JSONResponse:
     deps = deps_of(request)
@@ -58,10 +59,17 @@ async def readyz(request: Request) -> JSONResponse:
     checks["summarizer"] = "ok" if deps.summarize is not None else "absent"
     checks["live_hub"] = f"ok ({deps.hub.subscribers} subscribers)"
     if deps.extra_checks is not None:
+        # The line runtime's checks (broker, PLC links, cameras, models) decide readiness: a line that
+        # cannot see, decide or act is not ready, whatever the database says.
         try:
-            checks.update(deps.extra_checks())
+            runtime = dict(deps.extra_checks())
         except Exception as exc:  # a failing probe is reported, never a 500
-            checks["runtime"] = f"error: {type(exc).__name__}: {exc}"
+            runtime = {"runtime": f"error: {type(exc).__name__}: {exc}"}
+        checks.update(runtime)
+        failed = sorted(k for k, v in runtime.items() if not str(v).startswith("ok"))
+        if failed:
+            ready = False
+            checks["reason"] = "; ".join(f"{k}: {runtime[k]}" for k in failed)
     return JSONResponse(ReadyOut(ready=ready, checks=checks).model_dump(), status_code=200 if ready else 503)
 
 

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,20 +77,59 @@ def test_settings_from_env_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
-def test_detector_specs_load_or_fail_clearly(tmp_path: Path) -> None:
-    from line_agent.runtime import load_detector
-    from vision.detectors.hybrid import HybridDetector
+def _check_config(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("LINEGUARD_")}
+    run_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "line_agent.cli", "check-config", "--quiet", *args],
+                          capture_output=True, text=True, timeout=120, env=run_env)
 
-    assert load_detector("template").name == "template-diff"
-    assert load_detector("onnx:pcb-synth").name.startswith("onnx:pcb-synth")  # the shipped model
-    with pytest.raises(FileNotFoundError, match="no hybrid ONNX model"):
-        load_detector(f"hybrid:{tmp_path}")
-    with pytest.raises(LookupError, match="'no-such-model' is neither a path nor a registry entry"):
-        load_detector("hybrid:no-such-model", registry=tmp_path)
-    assert load_detector("hybrid:pcb-synth-hybrid").name.startswith("hybrid:pcb-synth-hybrid")  # shipped
-    fast = load_detector("hybrid:pcb-synth-hybrid?tta=1")
-    assert isinstance(fast, HybridDetector) and fast.tta == 1 and load_detector("hybrid:pcb-synth-hybrid").tta == 4
-    adaptive = load_detector("hybrid:pcb-synth-hybrid?settled=0.95")
-    assert isinstance(adaptive, HybridDetector) and adaptive.tta == 4 and adaptive.tta_settled == 0.95
-    with pytest.raises(ValueError, match="unknown detector spec"):
-        load_detector("magic")
+
+def _yaml(path: Path, detector: object, plc: dict[str, object], source: str = "synthetic://?seed=1") -> Path:
+    path.write_text(yaml.safe_dump({"line": "l1", "cameras": [{"name": "c1", "source": source,
+                                                                "detector": detector}], "plc": plc}))
+    return path
+
+
+def test_check_config_loads_every_model_and_names_the_missing_one(tmp_path: Path) -> None:
+    plc = {"driver": "modbus", "url": "modbus://127.0.0.1:5020"}
+    ok = _check_config(str(_yaml(tmp_path / "ok.yaml", "hybrid:pcb-synth-hybrid", plc)),
+                       env={"LINEGUARD_DATA_DIR": str(tmp_path / "data")})
+    assert ok.returncode == 0, ok.stderr
+    assert "ok   model c1: hybrid:pcb-synth-hybrid" in ok.stdout
+    bad = _check_config(str(_yaml(tmp_path / "bad.yaml", "hybrid:does-not-exist", plc)),
+                        env={"LINEGUARD_DATA_DIR": str(tmp_path / "data")})
+    assert bad.returncode == 1
+    assert "FAIL model c1" in bad.stderr and "does-not-exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_check_config_refuses_a_url_of_another_driver(tmp_path: Path) -> None:
+    out = _check_config(str(_yaml(tmp_path / "x.yaml", "template",
+                                  {"driver": "modbus", "url": "opc.tcp://127.0.0.1:4840/lineguard/"})))
+    assert out.returncode == 2 and "plc" in out.stderr and "Traceback" not in out.stderr
+    out = _check_config(str(_yaml(tmp_path / "y.yaml", "template",
+                                  {"driver": "opcua", "url": "opc.tcp://127.0.0.1:4840/lineguard/"})))
+    assert out.returncode == 0, out.stderr
+
+
+def test_check_config_probe_reaches_camera_plc_and_broker(tmp_path: Path) -> None:
+    from hardware.sim_plc import SimPlcProcess
+    from line_agent.services import free_port
+
+    dead = free_port()
+    cfg = _yaml(tmp_path / "p.yaml", "template", {"driver": "modbus", "url": f"modbus://127.0.0.1:{dead}"},
+                source=str(tmp_path / "missing.avi"))
+    env = {"LINEGUARD_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}", "LINEGUARD_DATA_DIR": str(tmp_path / "d")}
+    out = _check_config("--probe", str(cfg), env=env)
+    assert out.returncode == 1
+    for what in ("FAIL camera c1", "FAIL plc", "FAIL broker"):
+        assert what in out.stderr, out.stderr
+    sim = SimPlcProcess(0).start()
+    try:
+        cfg = _yaml(tmp_path / "q.yaml", "template", {"driver": "modbus", "url": f"modbus://127.0.0.1:{sim.port}"})
+        env.pop("LINEGUARD_MQTT_URL")
+        env["LINEGUARD_MQTT_LISTEN"] = f"127.0.0.1:{free_port()}"
+        out = _check_config("--probe", str(cfg), env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "ok   camera c1" in out.stdout and "ok   plc: modbus" in out.stdout and "ok   broker" in out.stdout
+    finally:
+        sim.terminate()

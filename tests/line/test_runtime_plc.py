@@ -11,8 +11,8 @@ import pytest
 from hardware.modbus import ModbusDriver
 from hardware.safety import LineController
 from hardware.sim_plc import SimPlc
-from line_agent.live import LiveHub
 from line_agent.config import parse_line_config
+from line_agent.live import LiveHub
 from line_agent.mqtt import Publisher
 from line_agent.runtime import LineRuntime
 

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import typer
 
-DEFAULT_REGISTRY = Path("var/registry")
+def _default_registry() -> Path:
+    """The one model registry (``<LINEGUARD_DATA_DIR>/models`` unless LINEGUARD_MODEL_REGISTRY says otherwise):
+    what ``train`` publishes to, ``eval`` and ``bench`` look in, and ``lineguard run`` loads from."""
+    from line_agent.settings import Settings
+
+    return Settings().registry_dir
+
+
+DEFAULT_REGISTRY = _default_registry()
 
 
 def _fail(msg: str) -> None:

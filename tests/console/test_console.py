@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import psycopg
 import pytest
-from api_support import LINE, ServerThread, controller_factory, make_tokens, seed_inspections
+from api_support import LINE, ServerThread, controller_factory, make_tokens, seed_inspections, write_frame
 
 from line_agent.api.app import create_app
 from line_agent.api.deps import ApiDeps
@@ -64,12 +64,13 @@ class Feeder:
             cv2.circle(img, (180, 145), 18, (20, 20, 20), -1)
         ok, jpeg = cv2.imencode(".jpg", img)
         assert ok
-        (self.frames / f"{iid}.jpg").write_bytes(jpeg.tobytes())
         decision = "reject" if reject else "pass"
         now = datetime.now(UTC)
+        # Where the runtime keeps a frame: by line, camera and inspection id (line_agent.frames).
+        write_frame(self.frames, LINE, "cam-1", iid, now.timestamp(), image=img)
         conn.execute("INSERT INTO inspections (inspection_id, ts, line, camera, part_id, decision, n_defects,"
-                     " latency_ms, model, frame_path) VALUES (%s,%s,%s,'cam-1',%s,%s,%s,9.5,'pcb:v2',%s)",
-                     (iid, now, LINE, f"L-{self.n}", decision, int(reject), f"{iid}.jpg"))
+                     " latency_ms, model) VALUES (%s,%s,%s,'cam-1',%s,%s,%s,9.5,'pcb:v2')",
+                     (iid, now, LINE, f"L-{self.n}", decision, int(reject)))
         boxes = []
         if reject:
             conn.execute("INSERT INTO defects VALUES (%s,0,%s,%s,'cam-1','short',0.93,%s,%s,%s,%s)",

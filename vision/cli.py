@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+
 def _default_registry() -> Path:
     """The one model registry (``<LINEGUARD_DATA_DIR>/models`` unless LINEGUARD_MODEL_REGISTRY says otherwise):
     what ``train`` publishes to, ``eval`` and ``bench`` look in, and ``lineguard run`` loads from."""

@@ -70,8 +70,10 @@ class LiveHub:
                 camera = str(payload.get("camera", ""))
                 if not isinstance(jpeg, bytes | bytearray) or not camera:
                     raise ValueError("a frame event needs 'camera' and 'jpeg' bytes")
-                self._frames[camera] = LatestFrame(camera, self._seq, bytes(jpeg), payload)
-                key = f"frame:{camera}"
+                # Two lines may both have a camera "top": a frame belongs to its line and camera.
+                where = f"{payload.get('line', '')}/{camera}"
+                self._frames[where] = LatestFrame(camera, self._seq, bytes(jpeg), payload)
+                key = f"frame:{where}"
             else:
                 key = f"{kind}:{payload.get('line', '')}"
             payload = _jsonable(payload)
@@ -88,11 +90,16 @@ class LiveHub:
             items = list(self._latest.values())
         return sorted(items, key=lambda e: int(e["data"].get("seq", 0)))
 
-    def latest_frame(self, camera: str) -> LatestFrame | None:
+    def latest_frame(self, camera: str, line: str | None = None) -> LatestFrame | None:
+        """The newest frame of ``line``'s ``camera``; without a line, the newest of any line's camera of that name."""
         with self._lock:
-            return self._frames.get(camera)
+            if line is not None:
+                return self._frames.get(f"{line}/{camera}")
+            same = [f for f in self._frames.values() if f.camera == camera]
+        return max(same, key=lambda f: f.seq) if same else None
 
     def cameras(self) -> list[str]:
+        """``line/camera`` of every camera that has sent a frame."""
         with self._lock:
             return sorted(self._frames)
 

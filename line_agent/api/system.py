@@ -16,6 +16,7 @@ from line_agent.api.auth import ErrorOut, Principal, Role, guarded, hash_token, 
 from line_agent.api.control import COMMAND_ROLES
 from line_agent.api.db import audit, deps_of, fetch_all, pool_of
 from line_agent.api.schemas import HealthOut, LiveEvent, LoginIn, MeOut, ReadyOut, TokenCreated, TokenIn, TokenOut
+from line_agent.contracts import contract_schemas
 
 router = APIRouter()
 HEARTBEAT_S = 15.0
@@ -77,6 +78,16 @@ async def readyz(request: Request) -> JSONResponse:
             **guarded(Role.viewer, {200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}}))
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/api/contracts", response_model=dict[str, Any], tags=["system"],
+            summary="The message contracts: verdicts, line actions, energy metrics, JSON schemas",
+            description="`line_agent.contracts.contract_schemas()`: the verdict list (the console takes its "
+                        "decision buttons and colours' keys from it), line actions, energy metric units and the "
+                        "JSON schemas of the inspection, telemetry point and machine event messages (docs/MQTT.md).",
+            **guarded(Role.viewer))
+async def contracts() -> dict[str, Any]:
+    return contract_schemas()
 
 
 def _can(role: Role) -> dict[str, bool]:
@@ -204,8 +215,11 @@ async def live_events(request: Request, max_s: Annotated[float, Query(ge=0, le=8
             response_class=Response,
             **guarded(Role.viewer, {200: {"content": {"image/jpeg": {}}, "description": "JPEG."},
                                     404: {"model": ErrorOut, "description": "No frame from this camera yet."}}))
-async def live_frame(request: Request, camera: Annotated[str, Path(min_length=1, max_length=128)]) -> Response:
-    f = deps_of(request).hub.latest_frame(camera)
+async def live_frame(request: Request, camera: Annotated[str, Path(min_length=1, max_length=128)],
+                     line: Annotated[str | None, Query(min_length=1, max_length=128,
+                                                       description="The camera's line (cameras of two lines "
+                                                                   "may share a name).")] = None) -> Response:
+    f = deps_of(request).hub.latest_frame(camera, line)
     if f is None:
         raise HTTPException(404, f"no frame from camera {camera!r} yet")
     return Response(f.jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store", "X-Seq": str(f.seq)})

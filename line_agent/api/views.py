@@ -104,8 +104,8 @@ def _frame_file(deps: ApiDeps, row: dict[str, Any], kind: FrameKind = "test") ->
         return None
 
 
-def _hub_frame(deps: ApiDeps, inspection_id: str, camera: str) -> bytes | None:
-    f = deps.hub.latest_frame(camera)
+def _hub_frame(deps: ApiDeps, inspection_id: str, camera: str, line: str | None = None) -> bytes | None:
+    f = deps.hub.latest_frame(camera, line)
     if f is not None and str(f.meta.get("inspection_id", "")) == inspection_id:
         return f.jpeg
     return None
@@ -177,7 +177,7 @@ async def get_frame(request: Request, inspection_id: InspectionId) -> Response:
     path = await run_in_threadpool(_frame_file, deps, row)
     if path is not None:
         return FileResponse(path, media_type=_IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream"))
-    jpeg = _hub_frame(deps, inspection_id, str(row["camera"]))
+    jpeg = _hub_frame(deps, inspection_id, str(row["camera"]), str(row["line"]))
     if jpeg is not None:
         return Response(jpeg, media_type="image/jpeg")
     raise HTTPException(404, f"no frame stored for inspection {inspection_id!r}")
@@ -226,7 +226,7 @@ async def save_labels(request: Request, inspection_id: InspectionId, body: Label
     deps = deps_of(request)
     row = await _get_inspection(request, inspection_id)
     frame = await run_in_threadpool(_frame_file, deps, row)
-    jpeg = None if frame is not None else _hub_frame(deps, inspection_id, str(row["camera"]))
+    jpeg = None if frame is not None else _hub_frame(deps, inspection_id, str(row["camera"]), str(row["line"]))
     if frame is None and jpeg is None:
         raise HTTPException(409, f"no frame stored for inspection {inspection_id!r}")
     labels = [(b.cls, b.x1, b.y1, b.x2, b.y2) for b in body.labels]

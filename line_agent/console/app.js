@@ -117,7 +117,8 @@ async function loadFrame(meta) {
   if (live.loading) { live.pending = meta; return; }  // keep only the newest while one is loading
   live.loading = true;
   try {
-    const blob = await apiBlob(`/api/live/frame/${encodeURIComponent(meta.camera)}`);
+    const line = meta.line ? `?line=${encodeURIComponent(meta.line)}` : "";
+    const blob = await apiBlob(`/api/live/frame/${encodeURIComponent(meta.camera)}${line}`);
     const bmp = await createImageBitmap(blob);
     drawDetections($("live-canvas"), bmp, meta.boxes || [], meta.decision);
     $("frame-meta").textContent = `${meta.inspection_id || ""} · ${fmtTime(meta.ts)}`;

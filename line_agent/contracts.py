@@ -25,7 +25,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StringConstraints,
+    ValidationError,
+)
 
 # ---- timestamps --------------------------------------------------------------------------------------
 #: Accepted time range for any timestamp from outside, epoch seconds: 2000-01-01 .. 2100-01-01 UTC.
@@ -73,14 +83,18 @@ def epoch_seconds(value: Any, field: str = "ts") -> float:
 
 
 def epoch_millis(value: Any, field: str = "timestamp") -> float:
-    """Milliseconds since the epoch (Sparkplug's unit) -> epoch seconds, through the same range check."""
+    """Milliseconds since the epoch (Sparkplug's unit) -> epoch seconds, through the same range check.
+
+    Never raises anything but ContractError (a uint64 past year 9999 included)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ContractError(f"{field}: expected milliseconds since the epoch, got {type(value).__name__}")
     try:
         seconds = float(value) / 1000.0
     except OverflowError:
         raise ContractError(f"{field}: number too large for a time") from None
-    return epoch_seconds(seconds, field)
+    if not math.isfinite(seconds) or not TS_MIN <= seconds <= TS_MAX:
+        raise ContractError(f"{field}: {value} ms is not a time between 2000 and 2100")
+    return seconds
 
 
 def utc(ts: float) -> datetime:
@@ -103,19 +117,17 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME, patte
 #: Free identifiers (part ids, event ids, model names, codes): any text but NUL, bounded.
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME, pattern=r"^[^\x00]*$")]
 Text = Annotated[str, StringConstraints(max_length=MAX_NAME, pattern=r"^[^\x00]*$")]
+#: Inspection ids: also the frame's file name (line_agent/frames.py), so a plain id only.
+INSPECTION_ID_PATTERN: Final = r"^[A-Za-z0-9_-]+$"
 
 
 def is_name(value: str) -> bool:
     return bool(_NAME_RE.match(value)) and len(value) <= MAX_NAME
 
 
-def _finite(v: float) -> float:
-    if not math.isfinite(v):
-        raise ValueError("must be a finite number")
-    return v
-
-
-Finite = Annotated[float, AfterValidator(_finite)]
+#: A finite number: an int or a float, never a string, a boolean, NaN or an infinity. Checked inside
+#: pydantic-core (no Python call per value: ingest validates telemetry by the hundred thousand).
+Finite = Annotated[float, Strict(), AllowInfNan(False)]
 
 
 # ---- verdicts and actions ----------------------------------------------------------------------------
@@ -155,7 +167,7 @@ class Defect(_Message):
     """One detected defect: class, confidence and box in pixels ``[x1, y1, x2, y2]``."""
 
     cls: Ident
-    confidence: Annotated[float, Field(ge=0.0, le=1.0)]
+    confidence: Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
     box: tuple[Finite, Finite, Finite, Finite]
 
 
@@ -167,12 +179,13 @@ class TruthLabel(_Message):
 
 
 class Inspection(_Message):
-    """One part inspected: what the line runtime publishes on ``<prefix>/<site>/<line>/<camera>/inspection``.
+    """One part inspected: what the line runtime publishes on ``<prefix>/<site>/<line>/<cell>/inspection``
+    (the line's ``mqtt.cell``, ``inspection`` by default).
 
     Frames are never named by a path here: a stored frame is found by ``inspection_id`` inside the frames
     folder of its line and camera (``frame_saved`` says whether one was kept)."""
 
-    inspection_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    inspection_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=INSPECTION_ID_PATTERN)]
     ts: EpochSeconds
     site: Name
     line: Name
@@ -180,7 +193,7 @@ class Inspection(_Message):
     part_id: Ident
     decision: Verdict
     defects: list[Defect] = Field(default_factory=list, max_length=10_000)
-    latency_ms: Annotated[float, Field(ge=0.0, le=3_600_000.0)] | None = None
+    latency_ms: Annotated[float, Strict(), Field(ge=0.0, le=3_600_000.0)] | None = None
     model: Text = ""
     frame_saved: bool = False
     truth: list[TruthLabel] | None = None
@@ -197,7 +210,7 @@ class TelemetryPoint(_Message):
 
     ts: EpochSeconds
     device: Ident | None = None
-    metrics: Annotated[dict[Ident, Finite | bool], Field(min_length=1)]
+    metrics: Annotated[dict[Ident, Finite | StrictBool], Field(min_length=1)]
 
 
 class MachineEvent(BaseModel):
@@ -210,8 +223,8 @@ class MachineEvent(BaseModel):
     device: Ident | None = None
     kind: Ident = "fault"
     code: Text = ""
-    severity: Annotated[int, Field(ge=-32768, le=32767)] = 0
-    duration_s: Annotated[float, Field(ge=0.0, le=366 * 86400.0)] | None = None
+    severity: Annotated[int, Strict(), Field(ge=-32768, le=32767)] = 0
+    duration_s: Annotated[float, Strict(), Field(ge=0.0, le=366 * 86400.0)] | None = None
 
 
 # ---- energy ------------------------------------------------------------------------------------------
@@ -254,6 +267,80 @@ def topic(site: str, line: str, cell: str, kind: TopicKind | str, prefix: str = 
         if not is_name(part):
             raise ContractError(f"topic {label} {part!r}: use letters, digits, '_', '-' or '.' only")
     return f"{prefix}/{site}/{line}/{cell}/{TopicKind(kind).value}"
+
+
+# ---- validation errors as one line -----------------------------------------------------------------
+#: What a pattern means, for people: a dead letter's reason says the rule, not the regular expression.
+_PATTERN_RULES: Final = {
+    r"^[^\x00]*$": "contains a NUL character",
+    NAME_PATTERN: "use letters, digits, '_', '-' or '.' only",
+    INSPECTION_ID_PATTERN: "use letters, digits, '_' or '-' only",
+}
+#: Fields the contract no longer takes, and why (a message that still sends one is refused).
+RETIRED_FIELDS: Final = {
+    "frame_path": "not accepted: frames are found by line, camera and inspection_id (send frame_saved)",
+}
+_UNION_TAGS: Final = frozenset({"float", "bool"})  # pydantic names the branch of a union in the location
+
+
+def _loc_part(part: Any) -> str:
+    text = str(part)
+    if len(text) > 50:
+        text = text[:50] + "..."
+    # A location names the offending key as it came: no NUL or lone surrogate may reach a reason.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _loc(loc: tuple[Any, ...], root: str) -> str:
+    """``("defects", 0, "box", 3)`` -> ``defects[0].box[3]``; with root "point": ``(3, "ts")`` -> ``point 3 ts``."""
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"{root} {part}" if i == 0 and root else f"[{part}]"
+        elif part == "[key]":
+            out += " key"
+        else:
+            sep = "" if not out else (" " if i == 1 and root and isinstance(loc[0], int) else ".")
+            out += sep + _loc_part(part)
+    return out
+
+
+def describe(exc: ValidationError, root: str = "") -> str:
+    """A pydantic ValidationError as one short line naming the field and the rule, for a dead letter's reason:
+    ``decision: Input should be 'pass', 'rework' or 'reject'``. ``root`` names the items of a top-level list
+    (``point 3 ts: ...``)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    if not errors:
+        return str(exc)[:300]
+    first = errors[0]
+    loc = tuple(first["loc"])
+    rest = len(errors) - 1
+    if (len(errors) > 1 and loc and loc[-1] in _UNION_TAGS and errors[1]["loc"][:-1] == loc[:-1]
+            and errors[1]["loc"][-1] in _UNION_TAGS):
+        loc = loc[:-1]  # the branches of one union (number | boolean): one problem, said once
+        rest = sum(1 for e in errors[1:] if tuple(e["loc"][:-1]) != loc)
+    kind = first["type"]
+    ctx = first.get("ctx") or {}
+    if kind == "value_error" and isinstance(ctx.get("error"), ContractError):
+        # The check names its field itself ("ts: ... is not epoch seconds"): only say where it sits.
+        where = _loc(loc[:-1], root)
+        text = f"{where} {ctx['error']}" if where else str(ctx["error"])
+    else:
+        msg = first["msg"]
+        if kind == "string_pattern_mismatch":
+            msg = _PATTERN_RULES.get(str(ctx.get("pattern")), msg)
+        elif kind == "string_unicode":
+            msg = "not valid Unicode (a lone surrogate)"
+        elif kind == "extra_forbidden":
+            msg = RETIRED_FIELDS.get(str(loc[-1]) if loc else "", "not a field of this message (unknown fields"
+                                     " are refused)")
+        elif kind == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        where = _loc(loc, root)
+        text = f"{where}: {msg}" if where else msg
+    if rest > 0:
+        text += f" (and {rest} more problem{'s' if rest > 1 else ''})"
+    return text[:500]
 
 
 def contract_schemas() -> dict[str, Any]:

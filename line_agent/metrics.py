@@ -34,3 +34,14 @@ API_REQUESTS = Counter("lineguard_api_requests", "API requests by route and stat
 API_LATENCY = Histogram(
     "lineguard_api_request_seconds", "API request latency by route.", ["route"], buckets=_LATENCY_BUCKETS
 )
+DEAD_LETTERS_TRUNCATED = Counter(
+    "lineguard_dead_letters_truncated",
+    "Dead letters stored with only the head of their payload (its size and SHA-256 kept; docs/MQTT.md).",
+)
+DEAD_LETTERS_DROPPED = Counter(
+    "lineguard_dead_letters_dropped",
+    "Bad messages acknowledged without a dead_letter row: quota = the table is full, unwritable = the row itself"
+    " was refused.",
+    ["reason"],
+)
+DEAD_LETTER_BYTES = Gauge("lineguard_dead_letter_bytes", "Estimated bytes held in dead_letter, against its quota.")

@@ -5,7 +5,8 @@ A rule triggers on a detection when the class matches (``*`` = any), the confide
 The first rule (in order) that triggers decides that detection's action; a detection no rule triggers on
 gets ``default_action`` (``pass``), except class ``unknown`` which gets ``unknown_action`` (default
 ``rework``: a difference nobody can name is sent to a person, not shipped). The part's decision is the
-most severe action over its detections: reject > rework > pass.
+most severe action over its detections: reject > rework > pass. An action is a ``line_agent.contracts.Verdict``,
+the verdict the inspection event carries (one definition for QA, the runtime, ingest, the API and the console).
 
 YAML (a line file's ``qa:`` block, or the same keys at top level)::
 
@@ -21,23 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from line_agent.contracts import Verdict
 from vision.types import DEFECT_CLASSES, UNKNOWN_CLASS, Detection
-
-
-class Action(StrEnum):
-    PASS = "pass"
-    REWORK = "rework"
-    REJECT = "reject"
-
-
-_SEVERITY = {Action.PASS: 0, Action.REWORK: 1, Action.REJECT: 2}
 
 
 class QARule(BaseModel):
@@ -49,7 +41,7 @@ class QARule(BaseModel):
     min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
     min_area_px: float = Field(default=0.0, ge=0.0)
     min_size_px: float = Field(default=0.0, ge=0.0)
-    action: Action
+    action: Verdict
 
     @field_validator("classes")
     @classmethod
@@ -73,10 +65,10 @@ class QARule(BaseModel):
 
 @dataclass(slots=True)
 class QADecision:
-    """The part's action and, per triggering detection, the action and the rule index (-1: default)."""
+    """The part's verdict (``action``) and, per triggering detection, its verdict and rule index (-1: default)."""
 
-    action: Action
-    reasons: list[tuple[Detection, Action, int]] = field(default_factory=list)
+    action: Verdict
+    reasons: list[tuple[Detection, Verdict, int]] = field(default_factory=list)
 
 
 class QARules(BaseModel):
@@ -85,20 +77,20 @@ class QARules(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rules: list[QARule] = Field(default_factory=list)
-    default_action: Action = Action.PASS
-    unknown_action: Action = Action.REWORK
+    default_action: Verdict = Verdict.PASS
+    unknown_action: Verdict = Verdict.REWORK
 
     def decide(self, detections: Sequence[Detection]) -> QADecision:
-        out = QADecision(Action.PASS)
+        out = QADecision(Verdict.PASS)
         for d in detections:
             idx, act = -1, (self.unknown_action if d.cls == UNKNOWN_CLASS else self.default_action)
             for i, r in enumerate(self.rules):
                 if r.triggers(d):
                     idx, act = i, r.action
                     break
-            if act != Action.PASS:
+            if act != Verdict.PASS:
                 out.reasons.append((d, act, idx))
-            if _SEVERITY[act] > _SEVERITY[out.action]:
+            if act.severity > out.action.severity:
                 out.action = act
         return out
 

@@ -7,12 +7,14 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from line_agent.contracts import Verdict
 from vision.types import DEFECT_CLASSES
 
 # PostgreSQL text cannot hold NUL; saying so in the schema keeps clients (and Schemathesis) honest.
 Text = Annotated[str, StringConstraints(max_length=2000, pattern=r"^[^\x00]*$")]
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
-DecisionKind = Literal["pass", "reject", "rework"]
+# A part's verdict: the one enum of line_agent.contracts (QA, the runtime, ingest, the API, the console).
+DecisionKind = Verdict
 LineStateKind = Literal["running", "stopped", "unknown"]
 CommandStatus = Literal["ok", "refused", "error", "pending"]
 DefectClass = Literal["open", "short", "mousebite", "spur", "spurious_copper", "pin_hole"]

@@ -32,6 +32,18 @@ export async function api(path, { method = "GET", body, headers = {} } = {}) {
   return data;
 }
 
+// The message contracts (GET /api/contracts: line_agent.contracts.contract_schemas()), fetched once per page.
+// The verdict list (pass / rework / reject) is the server's: the console never spells it out itself.
+let contractsOnce = null;
+export function contracts() {
+  if (!contractsOnce) contractsOnce = api("/api/contracts").catch((e) => { contractsOnce = null; throw e; });
+  return contractsOnce;
+}
+
+export async function verdicts() {
+  return (await contracts()).verdicts;
+}
+
 export async function apiBlob(path) {
   const r = await fetch(path, { headers: { Authorization: `Bearer ${auth.token}` } });
   if (!r.ok) throw new ApiError(r.status, `HTTP ${r.status}`, null);

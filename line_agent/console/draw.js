@@ -1,5 +1,12 @@
 // Drawing a frame with its boxes and class labels on a <canvas> (live view and label editor).
+// A colour per verdict. Which verdicts exist is the server's word (verdicts() in api.js, GET /api/contracts);
+// a verdict without a colour here is drawn grey.
 export const DECISION_COLOR = { pass: "#1f9d55", reject: "#d64545", rework: "#d99a00" };
+const UNKNOWN_COLOR = "#555";
+
+export function decisionColor(verdict) {
+  return DECISION_COLOR[verdict] || UNKNOWN_COLOR;
+}
 
 export function drawDetections(canvas, img, boxes, decision, selected = -1) {
   // Drawn at the image's own resolution; CSS scales the canvas to fit. Returns the drawing scale (1).
@@ -27,7 +34,7 @@ export function drawDetections(canvas, img, boxes, decision, selected = -1) {
   if (decision) {
     const t = decision.toUpperCase();
     g.font = `bold ${fs + 2}px system-ui, sans-serif`;
-    g.fillStyle = DECISION_COLOR[decision] || "#555";
+    g.fillStyle = decisionColor(decision);
     g.fillRect(0, 0, g.measureText(t).width + 16, fs + 12);
     g.fillStyle = "#fff";
     g.fillText(t, 8, fs + 4);

@@ -1,5 +1,5 @@
 // The console's tabs besides Live: review gallery + label editor, telemetry, agent, control, models.
-import { api, apiBlob, esc, fmtNum, fmtTime, newKey } from "./api.js";
+import { api, apiBlob, esc, fmtNum, fmtTime, newKey, verdicts } from "./api.js";
 import { COLORS, barChart, lineChart } from "./charts.js";
 import { drawDetections } from "./draw.js";
 
@@ -305,12 +305,13 @@ export function initControl(session) {
 async function loadControl() {
   const can = S.me.can;
   if (can.override) {
-    const page = await api(`/api/inspections?line=${encodeURIComponent(S.line)}&limit=8`);
+    const [page, all] = await Promise.all([api(`/api/inspections?line=${encodeURIComponent(S.line)}&limit=8`),
+      verdicts()]);  // the verdicts an override may choose: the server's contract, not a list here
     $("override-table").innerHTML = `<thead><tr><th>Time</th><th>Part</th><th>Camera</th><th>Defects</th><th>Decision</th><th>Override</th></tr></thead><tbody>` +
       page.items.map((i) => `<tr><td>${esc(fmtTime(i.ts))}</td><td>${esc(i.part_id)}</td><td>${esc(i.camera)}</td>
         <td>${esc(i.classes.join(", ") || "–")}</td><td><span class="badge ${esc(i.override || i.decision)}">${esc(i.override || i.decision)}</span></td>
-        <td>${["pass", "reject", "rework"].filter((d) => d !== (i.override || i.decision)).map((d) =>
-          `<button class="small" data-ovid="${esc(i.inspection_id)}" data-ovto="${d}">${d}</button>`).join(" ")}</td></tr>`).join("") + "</tbody>";
+        <td>${all.filter((d) => d !== (i.override || i.decision)).map((d) =>
+          `<button class="small" data-ovid="${esc(i.inspection_id)}" data-ovto="${esc(d)}">${esc(d)}</button>`).join(" ")}</td></tr>`).join("") + "</tbody>";
     for (const b of $("override-table").querySelectorAll("button[data-ovid]")) {
       b.addEventListener("click", async () => {
         const ok = await confirmDialog("Override decision", `Override inspection ${b.dataset.ovid} to "${b.dataset.ovto}"?`, b.dataset.ovto);

@@ -1,7 +1,11 @@
 """The plain JSON convention: ``<prefix>/<site>/<line>/<cell>/<kind>``, kind = telemetry | event | inspection.
 
-Every field is checked before anything is stored: a message that breaks a rule becomes one dead letter
-naming the rule; it never raises out of here. See docs/MQTT.md for the payloads.
+Every message is validated with the contract models of ``line_agent.contracts`` (``TelemetryPoint``,
+``MachineEvent``, ``Inspection``): the line runtime builds the same models to publish, so both sides share
+one definition of every field and rule. What pydantic does not check is checked here: payload size, JSON
+itself (UTF-8, no NaN/Infinity), the topic, the number of points, and that the free-form fields of an
+event can go into a jsonb column. A message that breaks a rule becomes one dead letter naming the field
+and the rule; nothing raises out of here. See docs/MQTT.md for the payloads.
 """
 
 from __future__ import annotations
@@ -9,21 +13,32 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
-from line_agent.ingest.rows import Batch, DeadLetter, DefectRow, EventRow, InspectionRow, TelemetryRow
+from pydantic import TypeAdapter, ValidationError
 
-MAX_PAYLOAD = 16 * 1024 * 1024  # bytes: bigger is a mistake or an attack, not telemetry
-MAX_NAME = 200  # characters for ids, names, codes
-MAX_TEXT = 4096  # characters for free text (frame paths)
-MAX_POINTS = 200_000  # points in one message
-TS_MIN, TS_MAX = 946_684_800.0, 4_102_444_800.0  # 2000-01-01 .. 2100-01-01 UTC: catches ms-vs-s mix-ups
-KINDS = ("telemetry", "event", "inspection")
+from line_agent.contracts import (
+    INBOUND_KINDS,
+    MAX_NAME,
+    MAX_POINTS,
+    Inspection,
+    MachineEvent,
+    TelemetryPoint,
+    TopicKind,
+    describe,
+)
+from line_agent.ingest.rows import Batch, DefectRow, EventRow, InspectionRow, TelemetryRow, dead_letter
+
+MAX_PAYLOAD: Final = 16 * 1024 * 1024  # bytes: bigger is a mistake or an attack, not telemetry
+MAX_TEXT: Final = 4096  # characters for free text in an event's extra fields
+KINDS: Final = tuple(k.value for k in INBOUND_KINDS)
 # Published by lineguard itself (the agent's summaries and alerts, already stored where they are
 # made): ingest subscribes to the same tree, recognises them and leaves them alone.
-OUTBOUND_KINDS = ("summary", "alert")
-DECISIONS = ("pass", "reject", "rework")
+OUTBOUND_KINDS: Final = (TopicKind.SUMMARY.value, TopicKind.ALERT.value)
+# An event's own fields that come from the topic: neither validated nor kept in its payload.
+_TOPIC_FIELDS: Final = frozenset({"site", "line", "cell"})
+# The whole list at once: one call into pydantic-core per message, not one per point.
+_POINTS: Final = TypeAdapter(list[TelemetryPoint])
 
 
 class BadMessage(ValueError):
@@ -34,9 +49,8 @@ def _reject_constant(name: str) -> float:
     raise BadMessage(f"non-finite number {name} is not allowed")
 
 
-def _text(obj: Any, field: str, *, limit: int = MAX_NAME, default: str | None = None) -> str:
-    if obj is None and default is not None:
-        return default
+def _text(obj: Any, field: str, *, limit: int = MAX_NAME) -> str:
+    """Text that PostgreSQL can store (topic levels, the keys and strings of an event's extra fields)."""
     if not isinstance(obj, str):
         raise BadMessage(f"{field}: expected a string, got {type(obj).__name__}")
     if len(obj) > limit:
@@ -48,41 +62,6 @@ def _text(obj: Any, field: str, *, limit: int = MAX_NAME, default: str | None = 
     except UnicodeEncodeError as exc:  # lone surrogates from \ud800-style escapes
         raise BadMessage(f"{field}: not valid Unicode ({exc.reason})") from None
     return obj
-
-
-def _number(obj: Any, field: str) -> float:
-    if isinstance(obj, bool):  # machine states are often booleans: store them as 0/1
-        return 1.0 if obj else 0.0
-    if not isinstance(obj, int | float):
-        raise BadMessage(f"{field}: expected a number, got {type(obj).__name__}")
-    try:
-        v = float(obj)
-    except OverflowError:
-        raise BadMessage(f"{field}: integer too large for a double") from None
-    if not math.isfinite(v):
-        raise BadMessage(f"{field}: non-finite number")
-    return v
-
-
-def _opt_number(obj: Any, field: str) -> float | None:
-    return None if obj is None else _number(obj, field)
-
-
-def parse_ts(obj: Any, field: str = "ts") -> float:
-    """Epoch seconds (number) or an ISO 8601 string with a zone -> epoch seconds."""
-    if isinstance(obj, str):
-        try:
-            dt = datetime.fromisoformat(_text(obj, field, limit=64))
-        except ValueError:
-            raise BadMessage(f"{field}: not an ISO 8601 time: {obj[:64]!r}") from None
-        if dt.tzinfo is None:
-            raise BadMessage(f"{field}: ISO time without a zone")
-        v = dt.timestamp()
-    else:
-        v = _number(obj, field)
-    if not TS_MIN <= v <= TS_MAX:
-        raise BadMessage(f"{field}: {v} is not epoch seconds between 2000 and 2100")
-    return v
 
 
 def _check_json(obj: Any, field: str, depth: int = 0) -> None:
@@ -119,23 +98,26 @@ def parse_topic(topic: str) -> tuple[str, str, str, str]:
     return site, line, cell, kind
 
 
-def _telemetry(obj: Any, site: str, line: str, cell: str, out: list[TelemetryRow]) -> None:
+def _telemetry(obj: Any, site: str, line: str, cell: str) -> list[TelemetryRow]:
     points = obj if isinstance(obj, list) else [obj]
-    n = 0
-    for i, p in enumerate(points):
-        if not isinstance(p, dict):
-            raise BadMessage(f"point {i}: expected an object, got {type(p).__name__}")
-        ts = parse_ts(p.get("ts"), f"point {i} ts")
-        device = _text(p.get("device"), f"point {i} device", default=cell)
-        metrics = p.get("metrics")
-        if not isinstance(metrics, dict) or not metrics:
-            raise BadMessage(f"point {i} metrics: expected a non-empty object of name: number")
-        n += len(metrics)
-        if n > MAX_POINTS:
+    if not points:
+        raise BadMessage("telemetry: no points")
+    if len(points) > MAX_POINTS:
+        raise BadMessage(f"more than {MAX_POINTS} points in one message")
+    try:
+        validated = _POINTS.validate_python(points)
+    except ValidationError as exc:
+        raise BadMessage(describe(exc, root="point")) from None
+    rows: list[TelemetryRow] = []
+    append = rows.append
+    for p in validated:
+        ts = p.ts
+        device = cell if p.device is None else p.device
+        for name, value in p.metrics.items():
+            append(TelemetryRow(ts, site, line, cell, device, name, float(value)))  # booleans as 0/1
+        if len(rows) > MAX_POINTS:
             raise BadMessage(f"more than {MAX_POINTS} points in one message")
-        for name, value in metrics.items():
-            out.append(TelemetryRow(ts, site, line, cell, device, _text(name, f"point {i} metric name"),
-                                    _number(value, f"point {i} metrics.{name[:50]}")))
+    return rows
 
 
 def stable_id(*parts: str | bytes) -> str:
@@ -150,53 +132,30 @@ def stable_id(*parts: str | bytes) -> str:
 def _event(obj: Any, topic: str, raw: bytes, site: str, line: str, cell: str) -> EventRow:
     if not isinstance(obj, dict):
         raise BadMessage(f"event: expected an object, got {type(obj).__name__}")
-    known = {"event_id", "ts", "device", "kind", "code", "severity", "duration_s", "site", "line", "cell"}
-    extra = {k: v for k, v in obj.items() if k not in known}
-    _check_json(extra, "event payload")
-    event_id = obj.get("event_id")
-    eid = _text(event_id, "event_id") if event_id is not None else stable_id(topic, raw)
-    severity = obj.get("severity", 0)
-    if isinstance(severity, bool) or not isinstance(severity, int) or not -32768 <= severity <= 32767:
-        raise BadMessage("severity: expected a small integer")
+    try:
+        ev = MachineEvent.model_validate(obj)
+    except ValidationError as exc:
+        raise BadMessage(describe(exc)) from None
+    extra = {k: v for k, v in (ev.model_extra or {}).items() if k not in _TOPIC_FIELDS}
+    _check_json(extra, "event payload")  # fields beyond the contract's: kept in events.payload (jsonb)
     return EventRow(
-        eid, parse_ts(obj.get("ts")), site, line, cell,
-        _text(obj.get("device"), "device", default=cell),
-        _text(obj.get("kind"), "kind", default="fault"),
-        _text(obj.get("code"), "code", default=""),
-        severity, _opt_number(obj.get("duration_s"), "duration_s"), extra,
+        ev.event_id if ev.event_id is not None else stable_id(topic, raw), ev.ts, site, line, cell,
+        cell if ev.device is None else ev.device, ev.kind, ev.code, ev.severity, ev.duration_s, extra,
     )
 
 
 def _inspection(obj: Any, site: str, line: str, cell: str) -> InspectionRow:
     if not isinstance(obj, dict):
         raise BadMessage(f"inspection: expected an object, got {type(obj).__name__}")
-    decision = obj.get("decision")
-    if decision not in DECISIONS:
-        raise BadMessage(f"decision: expected one of {', '.join(DECISIONS)}")
-    defects_in = obj.get("defects") or []
-    if not isinstance(defects_in, list):
-        raise BadMessage("defects: expected a list")
-    defects: list[DefectRow] = []
-    for i, d in enumerate(defects_in):
-        if not isinstance(d, dict):
-            raise BadMessage(f"defects[{i}]: expected an object")
-        box = d.get("box")
-        if not isinstance(box, list) or len(box) != 4:
-            raise BadMessage(f"defects[{i}].box: expected [x1, y1, x2, y2]")
-        x1, y1, x2, y2 = (_number(v, f"defects[{i}].box") for v in box)
-        defects.append(DefectRow(i, _text(d.get("cls"), f"defects[{i}].cls"),
-                                 _number(d.get("confidence"), f"defects[{i}].confidence"), x1, y1, x2, y2))
-    truth = obj.get("truth")
-    _check_json(truth, "truth")
-    frame_path = obj.get("frame_path")
-    return InspectionRow(
-        _text(obj.get("inspection_id"), "inspection_id"), parse_ts(obj.get("ts")),
-        _text(obj.get("site"), "site", default=site), _text(obj.get("line"), "line", default=line),
-        _text(obj.get("camera"), "camera", default=cell), _text(obj.get("part_id"), "part_id"),
-        decision, _opt_number(obj.get("latency_ms"), "latency_ms"), _text(obj.get("model"), "model", default=""),
-        None if frame_path is None else _text(frame_path, "frame_path", limit=MAX_TEXT),
-        truth, tuple(defects),
-    )
+    try:
+        # site, line and camera default to the topic's site, line and cell
+        ins = Inspection.model_validate({"site": site, "line": line, "camera": cell, **obj})
+    except ValidationError as exc:
+        raise BadMessage(describe(exc)) from None
+    defects = tuple(DefectRow(i, d.cls, d.confidence, *d.box) for i, d in enumerate(ins.defects))
+    truth = None if ins.truth is None else [t.model_dump(mode="json") for t in ins.truth]
+    return InspectionRow(ins.inspection_id, ins.ts, ins.site, ins.line, ins.camera, ins.part_id, ins.decision.value,
+                         ins.latency_ms, ins.model, ins.frame_saved, truth, defects)
 
 
 def decode_json(topic: str, raw: bytes, out: Batch) -> None:
@@ -215,17 +174,13 @@ def decode_json(topic: str, raw: bytes, out: Batch) -> None:
             raise BadMessage(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
         except RecursionError:
             raise BadMessage("invalid JSON: nested too deeply") from None
-        if kind == "telemetry":
-            rows: list[TelemetryRow] = []
-            _telemetry(obj, site, line, cell, rows)
-            if not rows:
-                raise BadMessage("telemetry: no points")
-            out.telemetry.extend(rows)  # only once the whole message is good
-        elif kind == "event":
+        if kind == TopicKind.TELEMETRY:
+            out.telemetry.extend(_telemetry(obj, site, line, cell))  # only once the whole message is good
+        elif kind == TopicKind.EVENT:
             out.events.append(_event(obj, topic, raw, site, line, cell))
         else:
             out.inspections.append(_inspection(obj, site, line, cell))
     except BadMessage as exc:
-        out.dead.append(DeadLetter("mqtt", topic, str(exc), raw))
+        out.dead.append(dead_letter("mqtt", topic, str(exc), raw))
     except Exception as exc:  # a rule we did not think of: still a dead letter, never a dead worker
-        out.dead.append(DeadLetter("mqtt", topic, f"undecodable: {type(exc).__name__}: {exc}"[:500], raw))
+        out.dead.append(dead_letter("mqtt", topic, f"undecodable: {type(exc).__name__}: {exc}"[:500], raw))

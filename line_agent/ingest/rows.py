@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+#: Bytes of a bad message's payload a dead letter keeps (its size and SHA-256 are kept whole).
+DEAD_LETTER_HEAD = 4096
 
 
 class TelemetryRow(NamedTuple):
@@ -52,18 +56,47 @@ class InspectionRow(NamedTuple):
     decision: str
     latency_ms: float | None
     model: str
-    frame_path: str | None
+    frame_saved: bool  # a frame is found by line, camera and inspection_id (line_agent/frames.py), never a path
     truth: Any
     defects: tuple[DefectRow, ...]
 
 
 class DeadLetter(NamedTuple):
-    """A message we could not decode: kept whole with the reason, never dropped."""
+    """A message we could not decode or store: its reason, the head of its payload, its size and digests.
+
+    Build it with ``dead_letter()``, which hashes the whole payload and keeps only its first
+    ``DEAD_LETTER_HEAD`` bytes: a 16 MiB attack costs the dead_letter table 4 KiB, not 16 MiB."""
 
     source: str
     topic: str
     reason: str
-    payload: bytes
+    payload: bytes  # the first DEAD_LETTER_HEAD bytes
+    size: int = -1  # bytes of the whole payload (-1: ``payload`` is the whole payload)
+    sha256: bytes = b""  # SHA-256 of the whole payload
+    digest: bytes = b""  # de-duplication key: SHA-256 of (source, topic, whole payload)
+
+    @property
+    def truncated(self) -> bool:
+        return self.size > len(self.payload)
+
+    def complete(self) -> DeadLetter:
+        """Size and digests filled in (a DeadLetter built by hand with a whole payload), head cut."""
+        if self.digest and self.sha256 and self.size >= 0:
+            return self
+        return dead_letter(self.source, self.topic, self.reason, self.payload)
+
+    def with_reason(self, reason: str) -> DeadLetter:
+        return self._replace(reason=reason)
+
+
+def dead_letter(source: str, topic: str, reason: str, raw: bytes) -> DeadLetter:
+    """The dead letter of a whole payload ``raw``: head, size, SHA-256 and the de-duplication digest."""
+    key = hashlib.sha256()
+    for part in (source.encode(), topic.encode("utf-8", "replace"), raw):
+        key.update(len(part).to_bytes(8, "big"))
+        key.update(part)
+    return DeadLetter(source, topic, reason, bytes(raw[:DEAD_LETTER_HEAD]), len(raw), hashlib.sha256(raw).digest(),
+                      key.digest())
 
 
 @dataclass
@@ -90,7 +123,7 @@ class Batch:
             "telemetry": [list(r) for r in self.telemetry],
             "events": [list(r) for r in self.events],
             "inspections": [[*r[:-1], [list(d) for d in r.defects]] for r in self.inspections],
-            "dead": [[d.source, d.topic, d.reason, d.payload.decode("latin-1")] for d in self.dead],
+            "dead": [dead_jsonable(d) for d in self.dead],
         }
 
     @classmethod
@@ -98,7 +131,26 @@ class Batch:
         return cls(
             telemetry=[TelemetryRow(*r) for r in data["telemetry"]],
             events=[EventRow(*r) for r in data["events"]],
-            inspections=[InspectionRow._make([*r[:-1], tuple(DefectRow(*d) for d in r[-1])])
-                         for r in data["inspections"]],
-            dead=[DeadLetter(d[0], d[1], d[2], d[3].encode("latin-1")) for d in data["dead"]],
+            inspections=[_inspection_row(r) for r in data["inspections"]],
+            dead=[dead_from_jsonable(d) for d in data["dead"]],
         )
+
+
+def _inspection_row(r: list[Any]) -> InspectionRow:
+    row = InspectionRow._make([*r[:-1], tuple(DefectRow(*d) for d in r[-1])])
+    if not isinstance(row.frame_saved, bool):  # a spool file from before frame_saved: there was a frame_path
+        row = row._replace(frame_saved=row.frame_saved is not None)
+    return row
+
+
+def dead_jsonable(d: DeadLetter) -> list[Any]:
+    d = d.complete()
+    return [d.source, d.topic, d.reason, d.payload.decode("latin-1"), d.size, d.sha256.hex(), d.digest.hex()]
+
+
+def dead_from_jsonable(d: list[Any]) -> DeadLetter:
+    """Bytes as latin-1 text (every byte round-trips); a 4-item list is a spool file from before the digests."""
+    payload = str(d[3]).encode("latin-1")
+    if len(d) < 7:
+        return dead_letter(str(d[0]), str(d[1]), str(d[2]), payload)
+    return DeadLetter(str(d[0]), str(d[1]), str(d[2]), payload, int(d[4]), bytes.fromhex(d[5]), bytes.fromhex(d[6]))

@@ -6,7 +6,9 @@ A seq gap or an alias that no birth defined triggers a rebirth request (NCMD ``N
 NDEATH/DDEATH mark the node's/device's metrics stale (a ``state`` event; see ``is_stale``).
 
 Mapping to rows (docs/MQTT.md): group -> line, edge node -> cell, device -> device (the node itself
-is device ``""``). Numeric and boolean metrics -> telemetry. String metrics named ``Faults/<CODE>`` ->
+is device ``""``). Numeric and boolean metrics -> telemetry; DateTime metrics -> telemetry with the time as
+epoch seconds. Every timestamp (milliseconds) goes through ``contracts.epoch_millis``: outside 2000..2100 the
+message is a dead letter, as in the JSON convention. String metrics named ``Faults/<CODE>`` ->
 a fault event whose id is the string value (stable ids for de-duplication); other string metrics ->
 ``state`` events. ``bdSeq`` and ``Node Control/*`` are protocol bookkeeping and are not stored.
 """
@@ -18,11 +20,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import pysparkplug as spb
 
-from line_agent.ingest.decode_json import MAX_NAME, MAX_PAYLOAD, stable_id
-from line_agent.ingest.rows import Batch, DeadLetter, EventRow, TelemetryRow
+from line_agent.contracts import MAX_NAME, ContractError, epoch_millis
+from line_agent.ingest.decode_json import MAX_PAYLOAD, stable_id
+from line_agent.ingest.rows import Batch, EventRow, TelemetryRow, dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ REBIRTH_METRIC = "Node Control/Rebirth"
 _NUMERIC = {
     spb.DataType.INT8, spb.DataType.INT16, spb.DataType.INT32, spb.DataType.INT64,
     spb.DataType.UINT8, spb.DataType.UINT16, spb.DataType.UINT32, spb.DataType.UINT64,
-    spb.DataType.FLOAT, spb.DataType.DOUBLE, spb.DataType.BOOLEAN, spb.DataType.DATETIME,
+    spb.DataType.FLOAT, spb.DataType.DOUBLE, spb.DataType.BOOLEAN,
 }
 _STRING = {spb.DataType.STRING, spb.DataType.TEXT, spb.DataType.UUID}
 
@@ -98,10 +102,10 @@ class SparkplugDecoder:
         """Decode one message into ``out``; malformed ones become a dead letter, never an exception."""
         try:
             self._decode(topic, raw, out)
-        except SparkplugError as exc:
-            out.dead.append(DeadLetter("sparkplug", topic, str(exc), raw))
+        except (SparkplugError, ContractError) as exc:
+            out.dead.append(dead_letter("sparkplug", topic, str(exc), raw))
         except Exception as exc:  # truncated protobuf, bad enum values, ...: the payload is at fault
-            out.dead.append(DeadLetter("sparkplug", topic, f"undecodable: {type(exc).__name__}: {exc}"[:500], raw))
+            out.dead.append(dead_letter("sparkplug", topic, f"undecodable: {type(exc).__name__}: {exc}"[:500], raw))
 
     def _decode(self, topic: str, raw: bytes, out: Batch) -> None:
         if len(raw) > MAX_PAYLOAD:
@@ -167,27 +171,35 @@ class SparkplugDecoder:
 
     def _death(self, group: str, node_id: str, device: str, code: str, ts_ms: int | None, raw: bytes,
                out: Batch) -> None:
-        ts = (ts_ms or int(time.time() * 1000)) / 1000.0
+        # A Will is composed when the node connects: it may carry no timestamp; then "now" is when it died.
+        ts = epoch_millis(ts_ms, f"{code} timestamp") if ts_ms else time.time()
         out.events.append(EventRow(
             stable_id(group, node_id, device, code, raw), ts, self.site, group, node_id, device, "state", code,
             0, None, {"stale": True},
         ))
 
-    def _rows(self, group: str, node_id: str, device: str, ts_ms: int, metrics: tuple[spb.Metric, ...],
+    def _rows(self, group: str, node_id: str, device: str, ts_ms: int | None, metrics: tuple[spb.Metric, ...],
               out: Batch) -> None:
         rows: list[TelemetryRow] = []
         events: list[EventRow] = []
+        payload_ts: float | None = None
         for m in metrics:
             name = m.name or ""
             if not name or name == "bdSeq" or name.startswith("Node Control/"):
                 continue
             if len(name) > MAX_NAME or "\x00" in name:
                 raise SparkplugError(f"metric name too long or with NUL: {name[:50]!r}")
-            ts = (m.timestamp if m.timestamp is not None else ts_ms) / 1000.0
+            # Milliseconds, range-checked like every other timestamp (a uint64 past year 9999 included).
+            if m.timestamp is not None:
+                ts = epoch_millis(m.timestamp, f"metric {name[:50]!r} timestamp")
+            else:
+                if payload_ts is None:
+                    payload_ts = epoch_millis(ts_ms, "payload timestamp")
+                ts = payload_ts
             if m.is_null or m.value is None:
                 continue  # a null value says "unknown": nothing to store
-            if m.datatype in _NUMERIC:
-                v = float(m.value)  # type: ignore[arg-type]
+            if m.datatype in _NUMERIC or m.datatype == spb.DataType.DATETIME:
+                v = _number(m.value, name)
                 if not math.isfinite(v):
                     raise SparkplugError(f"metric {name[:50]!r}: non-finite value")
                 rows.append(TelemetryRow(ts, self.site, group, node_id, device, name, v))
@@ -206,3 +218,16 @@ class SparkplugDecoder:
             # bytes, datasets, templates: not time-series values; skipped (documented in docs/MQTT.md)
         out.telemetry.extend(rows)
         out.events.extend(events)
+
+
+def _number(value: object, name: str) -> float:
+    """A numeric, Boolean or DateTime metric's value as a double (a DateTime as epoch seconds, UTC)."""
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return aware.timestamp()
+    if isinstance(value, bool | int | float):
+        try:
+            return float(value)
+        except OverflowError:
+            raise SparkplugError(f"metric {name[:50]!r}: value too large for a double") from None
+    raise SparkplugError(f"metric {name[:50]!r}: expected a number, got {type(value).__name__}")

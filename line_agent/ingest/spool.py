@@ -4,15 +4,25 @@ One file per batch, written to a temporary name, fsynced, then renamed: after ``
 batch survives a crash or power cut, so the MQTT messages behind it may be acknowledged. Files are
 replayed oldest first and deleted only after their transaction committed; a crash in between replays
 the file again, which the idempotent writer turns into no change.
+
+A file keeps its batch message by message (each with its dead-letter identity, not its whole payload): if
+the database refuses one message's rows on replay, that message alone becomes a dead letter and the
+others are stored, exactly as for a live batch. A file that cannot be read at all is renamed ``.corrupt``
+(kept for a person, never replayed again), so it cannot stop every restart.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from line_agent.ingest.rows import Batch
+from line_agent.ingest.rows import Batch, DeadLetter, dead_from_jsonable, dead_jsonable
+
+#: One decoded message in a spool file: what identifies it as a dead letter (source, topic, payload head,
+#: size, digests; None for a file from before parts were kept) and its rows.
+Part = tuple[DeadLetter | None, Batch]
 
 
 class Spool:
@@ -37,8 +47,11 @@ class Spool:
         """Past max_bytes: the worker stops acknowledging and lets the broker hold the rest."""
         return self.bytes >= self.max_bytes
 
-    def append(self, batch: Batch) -> Path:
-        data = json.dumps(batch.to_jsonable(), separators=(",", ":")).encode()
+    def append(self, batch: Batch, parts: Sequence[Part] | None = None) -> Path:
+        """Spool ``batch``; ``parts`` = the same rows message by message (without: one part, no identity)."""
+        items = [(None, batch)] if parts is None else parts
+        body = {"v": 2, "parts": [[None if ref is None else dead_jsonable(ref), b.to_jsonable()] for ref, b in items]}
+        data = json.dumps(body, separators=(",", ":")).encode()
         path = self.dir / f"{self._next:012d}.batch"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
@@ -56,8 +69,20 @@ class Spool:
         return path
 
     @staticmethod
-    def read(path: Path) -> Batch:
-        return Batch.from_jsonable(json.loads(path.read_bytes()))
+    def read(path: Path) -> list[Part]:
+        """The file's parts (a file written before parts were kept is one part without identity)."""
+        data = json.loads(path.read_bytes())
+        if "parts" not in data:
+            return [(None, Batch.from_jsonable(data))]
+        return [(None if ref is None else dead_from_jsonable(ref), Batch.from_jsonable(b)) for ref, b in data["parts"]]
+
+    def quarantine(self, path: Path) -> Path:
+        """Set an unreadable file aside (``.corrupt``, not replayed again); its bytes leave the count."""
+        size = path.stat().st_size
+        target = path.with_suffix(".corrupt")
+        os.replace(path, target)
+        self.bytes = max(0, self.bytes - size)
+        return target
 
     def remove(self, path: Path) -> None:
         size = path.stat().st_size

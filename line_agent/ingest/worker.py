@@ -12,6 +12,10 @@ Flow control, end to end:
   broker holds the rest (back-pressure, not memory growth). The internal queue holds 2 x inflight
   as a hard bound even against a broker that overshoots (Mosquitto 2.0.11 does after a burst of
   acks): a full queue blocks paho's network thread, TCP fills, and the broker queues the rest.
+* One bad message never stops the worker: whatever goes wrong decoding or writing it (a rule, a value
+  the database refuses, an exception nobody foresaw) makes that message a dead letter and the worker
+  acknowledges it. Only an unreachable database is retried (spool meanwhile), never a bad message; a
+  spooled batch the database refuses on replay is written message by message the same way.
 * ``$share/<group>/<filter>`` (MQTT 5 shared subscription): N workers split the JSON topics.
   Sparkplug B is stateful (births, aliases, seq), so only worker 0 subscribes to it, unshared.
   One worker alone subscribes plainly (see ``IngestConfig.share_group``).
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,10 +45,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from line_agent.ingest.decode_json import decode_json
-from line_agent.ingest.rows import Batch, DeadLetter
+from line_agent.ingest.rows import Batch, DeadLetter, dead_letter
 from line_agent.ingest.sparkplug import NAMESPACE, SparkplugDecoder, rebirth_command
 from line_agent.ingest.spool import Spool
-from line_agent.ingest.writer import BatchWriter
+from line_agent.ingest.writer import DEFAULT_DEAD_LETTER_QUOTA, BatchWriter
 from line_agent.mqtt import parse_mqtt_url
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,9 @@ class IngestConfig:
     db_retry_s: float = 1.0  # while the database is away, try it again this often
     rollup_every_s: float = 10.0  # plain PostgreSQL: refresh the 1m/1h rollups this often
     use_copy: bool | None = None
+    # Bytes the dead_letter table may hold; past it bad messages are counted, not stored (0 = no limit).
+    # LINEGUARD_DEAD_LETTER_QUOTA_BYTES.
+    dead_letter_quota_bytes: int = DEFAULT_DEAD_LETTER_QUOTA
 
     @property
     def client_id(self) -> str:
@@ -88,6 +96,10 @@ class IngestConfig:
         if not settings.database_url or not settings.mqtt_url:
             raise ValueError("ingest needs LINEGUARD_DATABASE_URL and LINEGUARD_MQTT_URL "
                              "(lineguard demo/run set them for the processes they start)")
+        quota = (getattr(settings, "dead_letter_quota_bytes", None)
+                 or os.environ.get("LINEGUARD_DEAD_LETTER_QUOTA_BYTES"))
+        if quota not in (None, ""):
+            overrides.setdefault("dead_letter_quota_bytes", int(quota))
         return cls(mqtt_url=settings.mqtt_url, database_url=settings.database_url,
                    data_dir=Path(settings.data_dir), **overrides)
 
@@ -101,6 +113,7 @@ class IngestStats:
     spooled_batches: int = 0
     replayed_batches: int = 0
     db_errors: int = 0
+    refused: int = 0  # messages whose rows could not be stored (now dead letters)
     started: float = field(default_factory=time.time)
 
 
@@ -120,7 +133,8 @@ class IngestWorker:
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker acknowledged our subscriptions (SUBACK)
         self._q: queue.Queue[_Msg] = queue.Queue(maxsize=cfg.inflight * 2)
-        self.writer = BatchWriter(cfg.database_url, use_copy=cfg.use_copy)
+        self.writer = BatchWriter(cfg.database_url, use_copy=cfg.use_copy,
+                                  dead_letter_quota_bytes=cfg.dead_letter_quota_bytes)
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes)
         self.sparkplug = SparkplugDecoder(cfg.sparkplug_site, request_rebirth=self._request_rebirth)
         self._migrated = False
@@ -232,10 +246,14 @@ class IngestWorker:
 
     def _decode(self, m: _Msg) -> Batch:
         b = Batch()
-        if m.topic.startswith(NAMESPACE + "/"):
-            self.sparkplug.decode(m.topic, m.payload, b)
-        else:
-            decode_json(m.topic, m.payload, b)
+        try:
+            if m.topic.startswith(NAMESPACE + "/"):
+                self.sparkplug.decode(m.topic, m.payload, b)
+            else:
+                decode_json(m.topic, m.payload, b)
+        except Exception as exc:  # the decoders dead-letter on their own; this is a bug there, still one message
+            log.exception("ingest %s: decoder failed on %s", self.cfg.client_id, m.topic[:200])
+            b = Batch(dead=[dead_letter(_source(m.topic), m.topic, _why("undecodable", exc), m.payload)])
         return b
 
     def _step(self, wait_s: float) -> None:
@@ -286,9 +304,24 @@ class IngestWorker:
         if not self._migrated:
             from line_agent.store.migrate import migrate
 
-            migrate(self.cfg.database_url)
+            try:
+                migrate(self.cfg.database_url)
+            except Exception as exc:  # the schema, not a message, is at fault: retry like a database away
+                raise _DatabaseUnavailable(f"migration failed: {type(exc).__name__}: {exc}") from exc
             self._migrated = True
         self.writer.write(batch)
+
+    def _transient(self, exc: BaseException) -> bool:
+        """True: the database is away (connection lost, shutting down, disk full): retry, spool meanwhile.
+        False: the database refused this data, or the data broke the writer: a dead letter, never a retry."""
+        if isinstance(exc, _DatabaseUnavailable):
+            return True
+        if isinstance(exc, psycopg.errors.ProgramLimitExceeded):  # class 54: a value too large, not an outage
+            return False
+        if isinstance(exc, psycopg.OperationalError):
+            return True
+        conn = self.writer.conn
+        return isinstance(exc, psycopg.Error) and conn is not None and (conn.closed or conn.broken)
 
     def _drain_spool(self) -> bool:
         """Replay spooled batches oldest first; True when the spool is empty."""
@@ -296,10 +329,26 @@ class IngestWorker:
             return False
         for path in self.spool.files():
             try:
-                self._write(self.spool.read(path))
-            except psycopg.OperationalError as exc:
-                self._db_down(exc)
-                return False
+                parts = self.spool.read(path)
+            except Exception as exc:  # unreadable (a disk fault, a foreign file): set aside, never replayed again
+                target = self.spool.quarantine(path)
+                log.error("ingest %s: spool file %s unreadable (%s); kept as %s", self.cfg.client_id, path.name,
+                          _why("error", exc), target.name)
+                continue
+            batch = Batch()
+            for _, part in parts:
+                batch.extend(part)
+            try:
+                self._write(batch)
+            except Exception as exc:
+                if self._transient(exc):
+                    self._db_down(exc)
+                    return False
+                log.warning("ingest %s: spooled batch %s refused (%s); writing message by message",
+                            self.cfg.client_id, path.name, _why("error", exc))
+                items = [(ref if ref is not None else _spool_identity(path, part), part) for ref, part in parts]
+                if not self._store_one_by_one(items):
+                    return False
             self.spool.remove(path)
             self.stats.replayed_batches += 1
         if self.spool.bytes == 0:
@@ -315,35 +364,52 @@ class IngestWorker:
                 try:
                     self._write(batch)
                     return
-                except psycopg.OperationalError as exc:
-                    self._db_down(exc)
-                except psycopg.Error as exc:
-                    # Not the connection: some row the database refuses. Find it, dead-letter it, keep the rest.
-                    log.warning("ingest %s: batch refused (%s); writing message by message", self.cfg.client_id, exc)
-                    if self._store_one_by_one(msgs, parts):
-                        return
-                    continue
+                except Exception as exc:
+                    if self._transient(exc):
+                        self._db_down(exc)
+                    else:
+                        # Not the connection: some row the database (or the writer) refuses. Find the
+                        # message, dead-letter it, keep the rest.
+                        log.warning("ingest %s: batch refused (%s); writing message by message", self.cfg.client_id,
+                                    _why("error", exc))
+                        if self._store_one_by_one([(_Identity(m), p) for m, p in zip(msgs, parts, strict=True)]):
+                            return
+                        continue
             if not self.spool.full:
-                self.spool.append(batch)
+                self.spool.append(batch, [(_identity(m), p) for m, p in zip(msgs, parts, strict=True)])
                 self.stats.spooled_batches += 1
                 return
             # Spool full: hold these messages unacknowledged; the broker keeps the rest.
             time.sleep(self.cfg.db_retry_s)
 
-    def _store_one_by_one(self, msgs: list[_Msg], parts: list[Batch]) -> bool:
-        for m, part in zip(msgs, parts, strict=True):
+    def _store_one_by_one(self, items: Sequence[tuple[DeadLetter | _Identity, Batch]]) -> bool:
+        """Write each message's rows alone; one that fails for its data becomes a dead letter. False when
+        the database went away meanwhile (the caller retries the lot: what was written is idempotent)."""
+        for ident, part in items:
             try:
                 self._write(part)
-            except psycopg.OperationalError as exc:
-                self._db_down(exc)
-                return False
-            except psycopg.Error as exc:
-                reason = f"refused by the database: {type(exc).__name__}: {str(exc).strip()[:300]}"
-                part.telemetry.clear()
-                part.events.clear()
-                part.inspections.clear()
-                part.dead[:] = [DeadLetter("mqtt", m.topic, reason, m.payload)]
-                self._write(part)
+                continue
+            except Exception as exc:
+                if self._transient(exc):
+                    self._db_down(exc)
+                    return False
+                reason = _why("refused by the database" if isinstance(exc, psycopg.Error) else "could not be stored",
+                              exc)
+            ref = ident.get() if isinstance(ident, _Identity) else ident
+            log.warning("ingest %s: message on %s dead-lettered: %s", self.cfg.client_id, ref.topic[:200], reason)
+            self.stats.refused += 1
+            try:
+                self._write(Batch(dead=[ref.with_reason(reason)]))
+            except Exception as exc:
+                if self._transient(exc):
+                    self._db_down(exc)
+                    return False
+                # Even its dead letter is refused: count it and go on; a retry would fail the same way forever.
+                from line_agent.metrics import DEAD_LETTERS_DROPPED
+
+                DEAD_LETTERS_DROPPED.labels(reason="unwritable").inc()
+                log.error("ingest %s: dead letter for %s not stored either (%s)", self.cfg.client_id,
+                          ref.topic[:200], _why("error", exc))
         return True
 
     def _maybe_refresh_rollups(self) -> None:
@@ -363,6 +429,44 @@ class IngestWorker:
         except psycopg.Error as exc:
             log.warning("ingest %s: rollup refresh failed: %s", self.cfg.client_id, exc)
         self._last_rollup = time.monotonic()
+
+
+class _DatabaseUnavailable(Exception):
+    """The database cannot take writes for a reason no message causes (its schema could not be migrated)."""
+
+
+def _source(topic: str) -> str:
+    return "sparkplug" if topic.startswith(NAMESPACE + "/") else "mqtt"
+
+
+def _why(what: str, exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{what}: {type(exc).__name__}: {text}"[:500]
+
+
+def _identity(m: _Msg) -> DeadLetter:
+    """What a message's dead letter would be (head, size, digests), without a reason yet."""
+    return dead_letter(_source(m.topic), m.topic, "", m.payload)
+
+
+class _Identity:
+    """A message's dead-letter identity, hashed only if it is needed."""
+
+    __slots__ = ("m",)
+
+    def __init__(self, m: _Msg) -> None:
+        self.m = m
+
+    def get(self) -> DeadLetter:
+        return _identity(self.m)
+
+
+def _spool_identity(path: Path, part: Batch) -> DeadLetter:
+    """A part of a spool file written before parts carried their message: its rows stand in for the payload."""
+    import json
+
+    raw = json.dumps(part.to_jsonable(), separators=(",", ":")).encode()
+    return dead_letter("spool", f"spool/{path.name}", "", raw)
 
 
 # -- several workers as processes -----------------------------------------------------------------

@@ -1,8 +1,12 @@
 """Batched, exactly-once writes: binary COPY, with a temp staging table + INSERT ... ON CONFLICT DO NOTHING.
 
-The natural keys (telemetry (line, device, metric, ts), events.event_id, inspections.inspection_id,
+The natural keys (telemetry (line, cell, device, metric, ts), events.event_id, inspections.inspection_id,
 dead_letter.digest) make every write idempotent: a batch written twice (broker re-delivery, a spool
 replayed after a crash between commit and ack) is stored once. One batch = one transaction.
+
+Dead letters keep the head of their payload (``rows.DEAD_LETTER_HEAD`` bytes) with its size and SHA-256,
+and stop being stored once the dead_letter table holds ``dead_letter_quota_bytes`` (counted in
+``lineguard_dead_letters_dropped_total``): a flood of bad messages cannot fill the database.
 
 Telemetry (the volume) first tries one COPY straight into ``telemetry`` inside a savepoint: a batch
 with no key already stored (the normal case) is written once. If any key exists (re-delivery), the
@@ -15,8 +19,8 @@ multi-row INSERT ... ON CONFLICT DO NOTHING instead (or ``use_copy=False``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -34,7 +38,10 @@ _STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS lg_stage_telemetry (ts timestamptz, site text, line text, cell text,"
     " device text, metric text, value double precision) ON COMMIT DELETE ROWS"
 )
-_FROM_STAGE = f"INSERT INTO telemetry ({_COLS}) SELECT {_COLS} FROM lg_stage_telemetry ON CONFLICT DO NOTHING"
+#: The natural key of a telemetry point (the primary key; migration 013): re-sending a point never adds a row.
+TELEMETRY_KEY = "line, cell, device, metric, ts"
+_ON_CONFLICT = f"ON CONFLICT ({TELEMETRY_KEY}) DO NOTHING"
+_FROM_STAGE = f"INSERT INTO telemetry ({_COLS}) SELECT {_COLS} FROM lg_stage_telemetry {_ON_CONFLICT}"
 _ROWS_PER_INSERT = 1000  # multi-row INSERT on PostgreSQL: 7,000 parameters per statement
 # PGlite's socket server drops the connection on large messages (~600 telemetry rows did it): stay small.
 _ROWS_PER_INSERT_SMALL = 200
@@ -49,19 +56,38 @@ def _chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
         yield seq[i:i + n]
 
 
+DEFAULT_DEAD_LETTER_QUOTA = 256 << 20  # bytes the dead_letter table may hold before new ones are dropped
+_DEAD_LETTER_ROW_OVERHEAD = 100  # bytes per row beyond its payload head, topic and reason (an estimate)
+_QUOTA_RECOUNT_S = 30.0  # how often the table's size is counted again (other workers, deletions)
+
+
 def digest(d: DeadLetter) -> bytes:
-    h = hashlib.sha256()
-    for part in (d.source.encode(), d.topic.encode("utf-8", "replace"), d.payload):
-        h.update(len(part).to_bytes(8, "big"))
-        h.update(part)
-    return h.digest()
+    """The de-duplication key of a dead letter: SHA-256 of (source, topic, whole payload)."""
+    return d.complete().digest
+
+
+def _clean(text: str, limit: int) -> str:
+    """Text PostgreSQL accepts: no NUL, no lone surrogate."""
+    return text.encode("utf-8", "replace").decode("utf-8")[:limit].replace("\x00", "")
+
+
+def _dead_letter_cost(d: DeadLetter) -> int:
+    return len(d.payload) + len(d.topic) + len(d.reason) + _DEAD_LETTER_ROW_OVERHEAD
 
 
 class BatchWriter:
     """Writes ``Batch``es over one connection (reconnecting on demand). Not thread-safe: one per thread."""
 
-    def __init__(self, url: str, *, use_copy: bool | None = None, optimistic: bool = True) -> None:
+    def __init__(self, url: str, *, use_copy: bool | None = None, optimistic: bool = True,
+                 dead_letter_quota_bytes: int = DEFAULT_DEAD_LETTER_QUOTA) -> None:
         self.url = url
+        # Bytes of dead letters the table may hold (0 = no limit). Counted from the table now and then and
+        # kept up to date with our own writes in between: several workers together may overshoot a little.
+        self.dead_letter_quota = dead_letter_quota_bytes
+        self._dl_used: int | None = None
+        self._dl_counted_at = 0.0
+        self._dl_pending: tuple[int, int, int] = (0, 0, 0)  # (bytes, truncated, dropped) of this transaction
+        self.dead_letters_dropped = 0
         self.use_copy = use_copy  # None: COPY unless the server is PGlite (no COPY FROM STDIN there)
         # Optimistic: COPY straight into telemetry first (one write instead of two); only a batch that
         # hits an existing key (a re-delivery) goes the staging + ON CONFLICT way. Same result.
@@ -111,6 +137,7 @@ class BatchWriter:
                 # Its own short transaction: the partition's lock is not held across the whole batch.
                 with conn.transaction():
                     self._ensure_partitions(conn, batch.telemetry)
+            self._dl_pending = (0, 0, 0)
             with conn.transaction():
                 if batch.telemetry:
                     self._telemetry(conn, batch.telemetry)
@@ -123,6 +150,11 @@ class BatchWriter:
         except psycopg.OperationalError:
             self.close()
             raise
+        except BaseException:
+            self._dl_used = None  # count again: what this transaction would have added was rolled back
+            raise
+        if batch.dead:
+            self._dead_letters_committed()
 
     def _ensure_partitions(self, conn: psycopg.Connection, rows: list[TelemetryRow]) -> None:
         if not self.partitioned:
@@ -160,8 +192,7 @@ class BatchWriter:
         row_sql = "(%s,%s,%s,%s,%s,%s,%s)"
         for chunk in _chunks(out, _ROWS_PER_INSERT_SMALL):
             conn.execute(
-                f"INSERT INTO telemetry ({_COLS}) VALUES "
-                + _values_sql(len(chunk), row_sql) + " ON CONFLICT DO NOTHING",
+                f"INSERT INTO telemetry ({_COLS}) VALUES " + _values_sql(len(chunk), row_sql) + " " + _ON_CONFLICT,
                 [v for r in chunk for v in r],
             )
 
@@ -190,11 +221,12 @@ class BatchWriter:
             params: list[Any] = []
             for r in chunk:
                 params.extend((r.inspection_id, r.ts, r.site, r.line, r.camera, r.part_id, r.decision,
-                               len(r.defects), r.latency_ms, r.model, r.frame_path,
+                               len(r.defects), r.latency_ms, r.model, bool(r.frame_saved),
                                None if r.truth is None else Jsonb(r.truth)))
+            # frame_path is never written: a path taken from a message must not name a file (line_agent/frames.py).
             conn.execute(
                 "INSERT INTO inspections (inspection_id, ts, site, line, camera, part_id, decision, n_defects,"
-                " latency_ms, model, frame_path, truth) VALUES " + _values_sql(len(chunk), row_sql)
+                " latency_ms, model, frame_saved, truth) VALUES " + _values_sql(len(chunk), row_sql)
                 + " ON CONFLICT (inspection_id) DO NOTHING",
                 params,
             )
@@ -212,13 +244,55 @@ class BatchWriter:
             )
 
     def _dead(self, conn: psycopg.Connection, rows: list[DeadLetter]) -> None:
-        for chunk in _chunks(rows, self._small // 8):
+        keep: list[DeadLetter] = []
+        added = truncated = dropped = 0
+        used = self._dead_letter_bytes(conn) if self.dead_letter_quota > 0 else 0
+        for d in rows:
+            d = d.complete()
+            cost = _dead_letter_cost(d)
+            if self.dead_letter_quota > 0 and used + added + cost > self.dead_letter_quota:
+                dropped += 1
+                continue
+            added += cost
+            truncated += d.truncated
+            keep.append(d)
+        self._dl_pending = (added, truncated, dropped)
+        if dropped:
+            log.warning("dead_letter holds ~%d bytes of its %d-byte quota: %d dead letter(s) not stored"
+                        " (lineguard_dead_letters_dropped_total)", used + added, self.dead_letter_quota, dropped)
+        row_sql = "(%s,%s,%s,%s,%s,%s,%s)"
+        for chunk in _chunks(keep, self._small // 8):
             params: list[Any] = []
             for d in chunk:
-                params.extend((d.source, d.topic.encode("utf-8", "replace").decode("utf-8")[:1000].replace("\x00", ""),
-                               d.reason.replace("\x00", "")[:2000], d.payload, digest(d)))
+                params.extend((_clean(d.source, 100), _clean(d.topic, 1000), _clean(d.reason, 2000), d.payload,
+                               d.size, d.sha256, d.digest))
             conn.execute(
-                "INSERT INTO dead_letter (source, topic, reason, payload, digest) VALUES "
-                + _values_sql(len(chunk), "(%s,%s,%s,%s,%s)") + " ON CONFLICT (digest) DO NOTHING",
+                "INSERT INTO dead_letter (source, topic, reason, payload, payload_size, payload_sha256, digest)"
+                " VALUES " + _values_sql(len(chunk), row_sql) + " ON CONFLICT (digest) DO NOTHING",
                 params,
             )
+
+    def _dead_letter_bytes(self, conn: psycopg.Connection) -> int:
+        """Estimated bytes the dead_letter table holds (counted again every _QUOTA_RECOUNT_S)."""
+        now = time.monotonic()
+        if self._dl_used is None or now - self._dl_counted_at > _QUOTA_RECOUNT_S:
+            row = conn.execute(
+                "SELECT coalesce(sum(coalesce(octet_length(payload), 0) + octet_length(topic) + octet_length(reason)"
+                " + %s), 0) FROM dead_letter", (_DEAD_LETTER_ROW_OVERHEAD,)).fetchone()
+            self._dl_used = int(row[0]) if row else 0
+            self._dl_counted_at = now
+        return self._dl_used
+
+    def _dead_letters_committed(self) -> None:
+        from line_agent.metrics import DEAD_LETTER_BYTES, DEAD_LETTERS_DROPPED, DEAD_LETTERS_TRUNCATED
+
+        added, truncated, dropped = self._dl_pending
+        self._dl_pending = (0, 0, 0)
+        if self._dl_used is not None:
+            self._dl_used += added
+            DEAD_LETTER_BYTES.set(self._dl_used)
+        if truncated:
+            DEAD_LETTERS_TRUNCATED.inc(truncated)
+        if dropped:
+            DEAD_LETTERS_DROPPED.labels(reason="quota").inc(dropped)
+            self.dead_letters_dropped += dropped

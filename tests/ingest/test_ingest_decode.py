@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pysparkplug as spb
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from line_agent.ingest.decode_json import decode_json
-from line_agent.ingest.rows import Batch
+from line_agent.ingest.rows import DEAD_LETTER_HEAD, Batch
 from line_agent.ingest.sparkplug import SparkplugDecoder
 
 T = 1_790_000_000.0
@@ -35,6 +36,7 @@ def test_telemetry_single_and_list() -> None:
 
 
 def test_event_and_inspection() -> None:
+    """Through the contract models: the same definition the runtime publishes with."""
     b = dec("lineguard/s1/L1/press/event",
             json.dumps({"event_id": "e1", "ts": T, "code": "TWF", "duration_s": 30, "extra": {"a": [1]}}))
     (e,) = b.events
@@ -47,6 +49,24 @@ def test_event_and_inspection() -> None:
     (i,) = b.inspections
     assert (i.inspection_id, i.camera, i.decision, len(i.defects), i.defects[0].cls) == ("i1", "top", "reject", 1,
                                                                                          "short")
+    assert (i.site, i.line, i.frame_saved) == ("s1", "L1", False)  # site and line from the topic
+
+
+def test_inspection_built_by_the_runtime_is_what_ingest_takes() -> None:
+    """The runtime publishes ``Inspection(...).model_dump_json()``: ingest stores exactly that."""
+    from line_agent.contracts import Defect, Inspection, TruthLabel, Verdict
+
+    ins = Inspection(inspection_id="9f1c2d", ts=T, site="s1", line="L1", camera="top", part_id="top-1",
+                     decision=Verdict.REWORK, defects=[Defect(cls="spur", confidence=0.5, box=(1.0, 2.0, 3.0, 4.0))],
+                     latency_ms=12.5, model="m", frame_saved=True,
+                     truth=[TruthLabel(cls="spur", box=(1.0, 2.0, 3.0, 4.0))])
+    b = dec("lineguard/s1/L1/inspection/inspection", ins.model_dump_json())
+    assert not b.dead
+    (i,) = b.inspections
+    assert (i.inspection_id, i.camera, i.decision, i.frame_saved, i.latency_ms) == ("9f1c2d", "top", "rework", True,
+                                                                                    12.5)
+    assert i.defects == ((0, "spur", 0.5, 1.0, 2.0, 3.0, 4.0),)
+    assert i.truth == [{"cls": "spur", "box": [1.0, 2.0, 3.0, 4.0]}]
 
 
 def test_event_without_id_gets_a_stable_one() -> None:
@@ -55,27 +75,51 @@ def test_event_without_id_gets_a_stable_one() -> None:
     assert a.events[0].event_id == b.events[0].event_id
 
 
-BAD = [
-    (TOPIC, b"{not json", "invalid JSON"),
-    (TOPIC, b'{"ts": 1790000000, "metrics": {"a": NaN}}', "non-finite"),
-    (TOPIC, b'{"ts": 1790000000, "metrics": {"a": Infinity}}', "non-finite"),
-    (TOPIC, b'{"ts": 1790000000, "metrics": {"a": 1e400}}', "non-finite"),
-    (TOPIC, b'{"ts": 1790000000, "metrics": {"a": "12"}}', "expected a number"),
-    (TOPIC, b'{"ts": 1790000000, "metrics": [1, 2]}', "metrics"),
+BAD = [  # (topic, payload, the reason's text: it names the field and the rule)
+    (TOPIC, b"{not json", "invalid JSON: Expecting property name"),
+    (TOPIC, b'{"ts": 1790000000, "metrics": {"a": NaN}}', "non-finite number NaN"),
+    (TOPIC, b'{"ts": 1790000000, "metrics": {"a": Infinity}}', "non-finite number Infinity"),
+    (TOPIC, b'{"ts": 1790000000, "metrics": {"a": 1e400}}', "point 0 metrics.a: Input should be a finite number"),
+    (TOPIC, b'{"ts": 1790000000, "metrics": {"a": "12"}}', "point 0 metrics.a: Input should be a valid number"),
+    (TOPIC, b'{"ts": 1790000000, "metrics": [1, 2]}', "point 0 metrics: Input should be a valid dictionary"),
+    (TOPIC, b'{"ts": 1790000000, "metrics": {}}', "point 0 metrics: Dictionary should have at least 1 item"),
     (TOPIC, b'[]', "no points"),
-    (TOPIC, b'{"ts": 1790000000000, "metrics": {"a": 1}}', "epoch seconds"),
-    (TOPIC, b'{"metrics": {"a": 1}}', "ts"),
+    (TOPIC, b'{"ts": 1790000000000, "metrics": {"a": 1}}', "point 0 ts: 1790000000000.0 is not epoch seconds"),
+    (TOPIC, b'[{"ts": 1790000000, "metrics": {"a": 1}}, {"ts": 0, "metrics": {"a": 1}}]', "point 1 ts: 0.0 is not"),
+    (TOPIC, b'{"ts": "2026-09-21T10:00:00", "metrics": {"a": 1}}', "point 0 ts: ISO time without a zone"),
+    (TOPIC, b'{"ts": true, "metrics": {"a": 1}}', "point 0 ts: expected epoch seconds or an ISO 8601 time"),
+    (TOPIC, b'{"metrics": {"a": 1}}', "point 0 ts: Field required"),
+    (TOPIC, b'{"ts": 1790000000, "metrics": {"a": 1}, "unit": "W"}', "point 0 unit: not a field of this message"),
     (TOPIC, b'{"ts": 1790000000, "metrics": {"a": 1}}\xff\xfe', "not UTF-8"),
-    (TOPIC, json.dumps({"ts": T, "metrics": {"x" * 10_000: 1}}).encode(), "longer than"),
-    (TOPIC, b'{"ts": 1790000000, "device": "\\ud800", "metrics": {"a": 1}}', "not valid Unicode"),
-    (TOPIC, b'{"ts": 1790000000, "device": "a\\u0000b", "metrics": {"a": 1}}', "NUL"),
+    (TOPIC, json.dumps({"ts": T, "metrics": {"x" * 10_000: 1}}).encode(), "key: String should have at most 200"),
+    (TOPIC, b'{"ts": 1790000000, "device": "\\ud800", "metrics": {"a": 1}}', "point 0 device: not valid Unicode"),
+    (TOPIC, b'{"ts": 1790000000, "device": "a\\u0000b", "metrics": {"a": 1}}', "point 0 device: contains a NUL"),
+    (TOPIC, b'{"ts": 1790000000, "metrics": {"\\ud800": 1}}', "not valid Unicode"),
     ("lineguard/s1/L1/press/bogus", b"{}", "topic kind"),
     ("lineguard/L1/telemetry", b"{}", "expected <prefix>"),
     ("lineguard/s1/L1/cam/inspection", b'{"inspection_id": "i", "ts": 1790000000, "part_id": "p", "decision": "ok"}',
-     "decision"),
-    ("lineguard/s1/L1/cam/inspection", b'{"ts": 1790000000, "part_id": "p", "decision": "pass"}', "inspection_id"),
-    ("lineguard/s1/L1/press/event", b'{"ts": 1790000000, "severity": "high"}', "severity"),
-    ("lineguard/s1/L1/press/event", b'{"ts": 1790000000, "note": "\\u0000"}', "NUL"),
+     "decision: Input should be 'pass', 'rework' or 'reject'"),
+    ("lineguard/s1/L1/cam/inspection", b'{"ts": 1790000000, "part_id": "p", "decision": "pass"}',
+     "inspection_id: Field required"),
+    ("lineguard/s1/L1/cam/inspection",
+     b'{"inspection_id": "../x", "ts": 1790000000, "part_id": "p", "decision": "pass"}',
+     "inspection_id: use letters, digits"),
+    ("lineguard/s1/L1/cam/inspection", b'{"inspection_id": "i", "ts": 1790000000, "part_id": "p", "decision": "pass",'
+     b' "camera": "../etc"}', "camera: use letters, digits"),
+    ("lineguard/s1/L1/cam/inspection", b'{"inspection_id": "i", "ts": 1790000000, "part_id": "p", "decision": "pass",'
+     b' "defects": [{"cls": "short", "confidence": 1.5, "box": [1, 2, 3, 4]}]}',
+     "defects[0].confidence: Input should be less than or equal to 1"),
+    ("lineguard/s1/L1/cam/inspection", b'{"inspection_id": "i", "ts": 1790000000, "part_id": "p", "decision": "pass",'
+     b' "defects": [{"cls": "short", "confidence": 0.5, "box": [1, 2, 3]}]}', "defects[0].box[3]: Field required"),
+    # The retired frame path: an extra field, refused with the reason (frames are found by inspection id).
+    ("lineguard/s1/L1/cam/inspection", b'{"inspection_id": "i", "ts": 1790000000, "part_id": "p", "decision": "pass",'
+     b' "frame_path": "/etc/passwd"}', "frame_path: not accepted: frames are found by line, camera and inspection_id"),
+    ("lineguard/s1/L1/press/event", b'{"ts": 1790000000, "severity": "high"}', "severity: Input should be a valid int"),
+    ("lineguard/s1/L1/press/event", b'{"ts": 1790000000, "severity": true}', "severity: Input should be a valid int"),
+    ("lineguard/s1/L1/press/event", b'{"ts": 1790000000, "note": "\\u0000"}', "event payload.note: contains a NUL"),
+    ("lineguard/s1/L1/press/event", b'{"ts": 1790000000, "note": {"\\ud800": 1}}', "event payload.note key: not valid"),
+    ("lineguard/s1/L1/press/event", b'{"ts": 1790000000, "n": 100000000000000000000}', "integer out of range"),
+    ("lineguard/s1/L1/press/event", b'{"code": "TWF"}', "ts: Field required"),
 ]
 
 
@@ -85,7 +129,9 @@ def test_malformed_json_is_dead_lettered_with_reason(topic: str, payload: bytes,
     assert not b.telemetry and not b.events and not b.inspections
     (d,) = b.dead
     assert reason in d.reason
-    assert d.payload == payload
+    # The head of the payload, its size and SHA-256 (docs/MQTT.md "Validation and dead letters").
+    assert d.payload == payload[:DEAD_LETTER_HEAD] and d.size == len(payload)
+    assert d.sha256 == hashlib.sha256(payload).digest() and d.truncated == (len(payload) > DEAD_LETTER_HEAD)
 
 
 def test_a_bad_point_rejects_its_whole_message_only() -> None:
@@ -223,3 +269,51 @@ def test_outbound_agent_messages_are_neither_stored_nor_dead_lettered() -> None:
     decode_json("lineguard/plant1/L1/agent/summary", b'{"headline": "ok"}', b)
     decode_json("lineguard/plant1/L1/agent/alert", b"not even json", b)
     assert len(b) == 0
+
+
+# ---- Sparkplug: hostile timestamps and DateTime metrics -----------------------------------------
+def birth_with(metric: spb.Metric, ms: int | None = MS) -> bytes:
+    return spb.NBirth(timestamp=ms, seq=0, metrics=(
+        spb.Metric(timestamp=MS, name="bdSeq", datatype=spb.DataType.INT64, value=1),
+        spb.Metric(timestamp=MS, name="temp", datatype=spb.DataType.DOUBLE, value=20.0),
+        metric,
+    )).encode(include_dtypes=True)
+
+
+@pytest.mark.parametrize(("ms", "what"), [
+    (2**63, "past year 9999 (OverflowError in the writer before)"),
+    (253_402_300_800_000, "year 10000"),
+    (32_503_680_000_000, "year 3000"),
+    (1_000, "1970"),
+    (0, "the epoch itself"),
+])
+def test_sparkplug_metric_timestamp_out_of_range_is_dead_lettered(ms: int, what: str) -> None:
+    d = SparkplugDecoder(rebirth_holdoff_s=0)
+    b = Batch()
+    d.decode("spBv1.0/L1/NBIRTH/cell", birth_with(spb.Metric(timestamp=ms, name="power_w",
+                                                             datatype=spb.DataType.DOUBLE, value=1.0)), b)
+    assert not b.telemetry and not b.events, what
+    (dl,) = b.dead
+    assert dl.source == "sparkplug" and "metric 'power_w' timestamp" in dl.reason
+    assert "between 2000 and 2100" in dl.reason
+
+
+def test_sparkplug_payload_timestamp_is_range_checked_too() -> None:
+    d = SparkplugDecoder(rebirth_holdoff_s=0)
+    b = Batch()
+    no_ts = spb.Metric(timestamp=None, name="power_w", datatype=spb.DataType.DOUBLE, value=1.0)  # type: ignore[arg-type]
+    d.decode("spBv1.0/L1/NBIRTH/cell", birth_with(no_ts, ms=2**64 - 1), b)
+    (dl,) = b.dead
+    assert "payload timestamp" in dl.reason
+
+
+def test_sparkplug_datetime_metric_is_stored_as_epoch_seconds_with_the_others() -> None:
+    from datetime import UTC, datetime
+
+    when = datetime(2026, 3, 1, 6, 30, tzinfo=UTC)
+    d = SparkplugDecoder(rebirth_holdoff_s=0)
+    b = Batch()
+    d.decode("spBv1.0/L1/NBIRTH/cell", birth_with(spb.Metric(timestamp=MS, name="last_service",
+                                                             datatype=spb.DataType.DATETIME, value=when)), b)
+    assert not b.dead
+    assert {r.metric: r.value for r in b.telemetry} == {"temp": 20.0, "last_service": when.timestamp()}

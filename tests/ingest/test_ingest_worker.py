@@ -3,6 +3,7 @@ back-pressure."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -12,6 +13,8 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ingest_support import IngestHarness, Pub, count, wait_for
+
+from line_agent.ingest.rows import DEAD_LETTER_HEAD
 
 T = 1_790_000_000.0
 
@@ -31,7 +34,7 @@ def test_all_kinds_stored_once_even_when_redelivered(harness: IngestHarness, pub
             "inspection_id": "i-1", "ts": T, "camera": "top", "part_id": "p-1", "decision": "reject",
             "defects": [{"cls": "short", "confidence": 0.91, "box": [1, 2, 3, 4]},
                         {"cls": "spur", "confidence": 0.5, "box": [5, 6, 7, 8]}], "latency_ms": 3.2,
-            "model": "m", "truth": [{"cls": "short", "box": [1, 2, 3, 4]}]})),
+            "model": "m", "frame_saved": True, "truth": [{"cls": "short", "box": [1, 2, 3, 4]}]})),
     ]
     for _ in range(3):  # the same messages three times: a replay, a re-delivery
         for t, p in msgs:
@@ -42,7 +45,8 @@ def test_all_kinds_stored_once_even_when_redelivered(harness: IngestHarness, pub
     assert count(url, "SELECT count(*) FROM telemetry WHERE line = 'L1'") == 100
     assert count(url, "SELECT count(DISTINCT (device, metric, ts)) FROM telemetry WHERE line = 'L1'") == 100
     assert count(url, "SELECT count(*) FROM events WHERE event_id = 'e-1' AND code = 'TWF' AND duration_s = 12.5") == 1
-    assert count(url, "SELECT count(*) FROM inspections WHERE inspection_id = 'i-1' AND n_defects = 2") == 1
+    assert count(url, "SELECT count(*) FROM inspections WHERE inspection_id = 'i-1' AND n_defects = 2"
+                      " AND frame_saved") == 1
     assert count(url, "SELECT count(*) FROM defects WHERE inspection_id = 'i-1'") == 2
     assert count(url, "SELECT count(*) FROM dead_letter") == 0
     assert w.writer.copy_staged >= 1  # the repeats went through staging + ON CONFLICT
@@ -83,13 +87,15 @@ def test_fuzzed_payloads_dead_lettered_and_good_ones_around_them_stored(harness:
     assert count(url, "SELECT count(*) FROM telemetry WHERE line = %s AND cell = 'press'", (line,)) == \
         10 * (len(bad) + 1)
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT topic, reason, payload FROM dead_letter WHERE topic = ANY(%s)",
-                            (sent_bad,)).fetchall()
+        rows = conn.execute("SELECT topic, reason, payload, payload_size, payload_sha256 FROM dead_letter"
+                            " WHERE topic = ANY(%s)", (sent_bad,)).fetchall()
     assert sorted(r[0] for r in rows) == sorted(sent_bad)
     by_topic = {r[0]: r for r in rows}
     for topic, b in zip(sent_bad, bad, strict=True):
-        assert by_topic[topic][1]  # a reason
-        assert bytes(by_topic[topic][2]) == b  # the raw bytes, unchanged
+        _, reason, head, size, sha = by_topic[topic]
+        assert reason  # a reason
+        # the raw bytes, unchanged: the first 4 KiB, with the whole payload's size and SHA-256
+        assert bytes(head) == b[:DEAD_LETTER_HEAD] and size == len(b) and bytes(sha) == hashlib.sha256(b).digest()
 
 
 def test_two_workers_share_the_subscription(harness: IngestHarness, pub: Pub) -> None:

@@ -41,7 +41,7 @@ def dataset(line: str) -> Batch:
         elif i % 10 == 1:
             defects = (DefectRow(0, "open", 0.7, 1, 2, 3, 4),)
         b.inspections.append(InspectionRow(f"{line}-i{i}", ts, "s1", line, "top", f"p{i}",
-                                           "reject" if defects else "pass", 4.2, "m", None, None, defects))
+                                           "reject" if defects else "pass", 4.2, "m", i % 2 == 0, None, defects))
     for i, (dev, code, dur) in enumerate([("press1", "TWF", 30.0), ("press1", "TWF", 45.0), ("press2", "HDF", 120.0),
                                           ("press1", "OSF", None)]):
         b.events.append(EventRow(f"{line}-e{i}", T0S + 600 * i + 1, "s1", line, "press", dev, "fault", code, 2,
@@ -208,3 +208,110 @@ def test_copy_path_on_postgres(plain_url: str) -> None:
     w.close()
     with psycopg.connect(plain_url) as conn:
         assert conn.execute("SELECT count(*) FROM telemetry WHERE line = 'C'").fetchone() == (3001,)
+
+
+def test_telemetry_key_includes_the_cell(engine_url: str) -> None:
+    """Two cells (Sparkplug edge nodes of one group) with the same device, metric and time keep both points."""
+    line = f"K{abs(hash(engine_url)) % 100000}"
+    rows = [TelemetryRow(T0S, "", line, cell, "", "temp", v) for cell, v in (("press", 40.0), ("oven", 180.0))]
+    w = BatchWriter(engine_url)
+    try:
+        w.write(Batch(telemetry=rows))
+        w.write(Batch(telemetry=rows))  # re-delivered: still one row per cell
+    finally:
+        w.close()
+    with psycopg.connect(engine_url) as conn:
+        got = sorted(conn.execute("SELECT cell, value FROM telemetry WHERE line = %s", (line,)).fetchall())
+    assert got == [("oven", 180.0), ("press", 40.0)]
+
+
+def test_dead_letters_keep_head_size_and_digest(engine_url: str) -> None:
+    from line_agent.ingest.rows import DEAD_LETTER_HEAD, dead_letter
+
+    payload = bytes(range(256)) * 100  # 25,600 bytes
+    topic = f"lineguard/s1/DL{abs(hash(engine_url)) % 100000}/x/telemetry"
+    w = BatchWriter(engine_url)
+    try:
+        w.write(Batch(dead=[dead_letter("mqtt", topic, "bad", payload)]))
+        w.write(Batch(dead=[dead_letter("mqtt", topic, "bad", payload)]))  # the same message again: one row
+    finally:
+        w.close()
+    with psycopg.connect(engine_url) as conn:
+        rows = conn.execute("SELECT payload, payload_size, payload_sha256 FROM dead_letter WHERE topic = %s",
+                            (topic,)).fetchall()
+    import hashlib
+
+    assert [(bytes(p), n, bytes(h)) for p, n, h in rows] == [
+        (payload[:DEAD_LETTER_HEAD], len(payload), hashlib.sha256(payload).digest())]
+
+
+def _migrate_until(url: str, last: str) -> None:
+    """Apply the migrations up to ``last`` (an older schema), as a database made by an older version."""
+    import line_agent.store.migrate as m
+
+    everything = m.migration_files
+    try:
+        m.migration_files = lambda: [f for f in everything() if f[0] <= last]  # type: ignore[assignment]
+        m.migrate(url)
+    finally:
+        m.migration_files = everything  # type: ignore[assignment]
+
+
+def test_upgrade_keeps_rows_and_moves_the_key_plain(fresh_db: str) -> None:
+    from line_agent.store.migrate import migrate
+
+    _migrate_until(fresh_db, "011_ingest.sql")
+    with psycopg.connect(fresh_db) as conn:
+        conn.execute("SELECT lg_ensure_day_partition('2026-09-21')")
+        conn.execute("INSERT INTO telemetry (ts, line, cell, device, metric, value) VALUES"
+                     " ('2026-09-21 08:00Z', 'U', 'a', '', 'm', 1), ('2026-09-22 08:00Z', 'U', 'a', '', 'm', 2)")
+        conn.execute("INSERT INTO inspections (inspection_id, ts, line, camera, part_id, decision, frame_path)"
+                     " VALUES ('old', now(), 'U', 'c', 'p', 'pass', 'frames/old.jpg')")
+        conn.execute("INSERT INTO dead_letter (source, topic, reason, payload, digest) VALUES"
+                     " ('mqtt', 't', 'r', '\\x0102', '\\x01')")
+    assert "013_telemetry_cell_key.plain.sql" in migrate(fresh_db)
+    w = BatchWriter(fresh_db)
+    try:  # the same point from another cell: a second row now; from the same cell: none
+        w.write(Batch(telemetry=[TelemetryRow(datetime(2026, 9, 21, 8, tzinfo=UTC).timestamp(), "", "U", cell, "",
+                                              "m", 3.0) for cell in ("a", "b")]))
+    finally:
+        w.close()
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT cell, value FROM telemetry WHERE line = 'U' ORDER BY ts, cell").fetchall() == [
+            ("a", 1.0), ("b", 3.0), ("a", 2.0)]
+        assert conn.execute("SELECT frame_path, frame_saved FROM inspections").fetchall() == [("frames/old.jpg",
+                                                                                              False)]
+        assert conn.execute("SELECT payload_size, length(payload_sha256) FROM dead_letter").fetchall() == [(2, 32)]
+        keys = {r[0] for r in conn.execute(
+            "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid"
+            " WHERE c.contype = 'p' AND t.relname ~ '^telemetry(_default|_[0-9]{8})?$'")}
+    assert keys == {"PRIMARY KEY (line, cell, device, metric, ts)"}  # the table and each day partition
+
+
+def test_upgrade_keeps_rows_and_moves_the_key_timescale() -> None:
+    """On a hypertable with a compressed chunk: decompressed, re-keyed, still de-duplicating."""
+    from timescale_server import missing_reason, timescale_server
+
+    from line_agent.store.migrate import migrate
+
+    if missing_reason():
+        pytest.skip(f"TimescaleDB test server unavailable: {missing_reason()}")
+    old = datetime.now(UTC) - timedelta(days=60)
+    with timescale_server() as url:
+        _migrate_until(url, "011_ingest.sql")
+        with psycopg.connect(url, autocommit=True) as conn:
+            for i in range(20):
+                conn.execute("INSERT INTO telemetry (ts, line, cell, device, metric, value)"
+                             " VALUES (%s, 'U', 'a', '', 'm', %s)", (old + timedelta(seconds=i), float(i)))
+            conn.execute("SELECT compress_chunk(c) FROM show_chunks('telemetry') c")
+        assert "013_telemetry_cell_key.timescale.sql" in migrate(url)
+        w = BatchWriter(url)
+        try:
+            w.write(Batch(telemetry=[TelemetryRow(old.timestamp(), "", "U", cell, "", "m", 9.0) for cell in "ab"]))
+        finally:
+            w.close()
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*), count(*) FILTER (WHERE cell = 'b') FROM telemetry WHERE line = 'U'"
+                                ).fetchone() == (21, 1)
+            assert conn.execute("SELECT value FROM telemetry WHERE line = 'U' AND cell = 'a' AND ts = %s",
+                                (old,)).fetchone() == (0.0,)  # the first value stored wins

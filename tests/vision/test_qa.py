@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from line_agent.contracts import Verdict
 from vision.config import CameraConfig, load_cameras, make_source
 from vision.detectors.factory import HybridDetectorConfig, OnnxDetectorConfig, TemplateDetectorConfig
-from vision.qa import Action, QARule, QARules
+from vision.qa import QARule, QARules
 from vision.sources import DatasetSource, FolderSource, SyntheticSource, VideoSource
 from vision.types import Box, Detection
 
 RULES = QARules(
     rules=[
-        QARule(classes=["short", "open"], min_confidence=0.5, action=Action.REJECT),
-        QARule(classes=["*"], min_confidence=0.6, min_area_px=400, action=Action.REWORK),
-        QARule(classes=["pin_hole"], min_confidence=0.3, min_size_px=30, action=Action.REJECT),
+        QARule(classes=["short", "open"], min_confidence=0.5, action=Verdict.REJECT),
+        QARule(classes=["*"], min_confidence=0.6, min_area_px=400, action=Verdict.REWORK),
+        QARule(classes=["pin_hole"], min_confidence=0.3, min_size_px=30, action=Verdict.REJECT),
     ]
 )
 
@@ -29,40 +30,40 @@ def D(cls: str, conf: float, w: float = 10, h: float = 10) -> Detection:
 
 
 def test_no_detection_passes() -> None:
-    assert RULES.decide([]).action == Action.PASS
+    assert RULES.decide([]).action == Verdict.PASS
 
 
 @pytest.mark.parametrize(
     ("dets", "action"),
     [
-        ([D("short", 0.9)], Action.REJECT),
-        ([D("short", 0.4)], Action.PASS),  # below the rule's confidence
-        ([D("spur", 0.9, 10, 10)], Action.PASS),  # 100 px < 400 px area
-        ([D("spur", 0.9, 20, 20)], Action.REWORK),
-        ([D("spur", 0.5, 20, 20)], Action.PASS),
-        ([D("pin_hole", 0.4, 30, 5)], Action.REJECT),  # longer side 30 px meets min_size_px
-        ([D("pin_hole", 0.4, 29, 5)], Action.PASS),
-        ([D("spur", 0.9, 20, 20), D("open", 0.7)], Action.REJECT),  # most severe wins
-        ([D("spur", 0.9, 20, 20), D("mousebite", 0.2)], Action.REWORK),
+        ([D("short", 0.9)], Verdict.REJECT),
+        ([D("short", 0.4)], Verdict.PASS),  # below the rule's confidence
+        ([D("spur", 0.9, 10, 10)], Verdict.PASS),  # 100 px < 400 px area
+        ([D("spur", 0.9, 20, 20)], Verdict.REWORK),
+        ([D("spur", 0.5, 20, 20)], Verdict.PASS),
+        ([D("pin_hole", 0.4, 30, 5)], Verdict.REJECT),  # longer side 30 px meets min_size_px
+        ([D("pin_hole", 0.4, 29, 5)], Verdict.PASS),
+        ([D("spur", 0.9, 20, 20), D("open", 0.7)], Verdict.REJECT),  # most severe wins
+        ([D("spur", 0.9, 20, 20), D("mousebite", 0.2)], Verdict.REWORK),
     ],
 )
-def test_decisions(dets: list[Detection], action: Action) -> None:
+def test_decisions(dets: list[Detection], action: Verdict) -> None:
     assert RULES.decide(dets).action == action
 
 
 def test_first_matching_rule_and_reasons() -> None:
     d = D("open", 0.9, 30, 30)  # matches rule 0 (reject) and rule 1 (rework): rule 0 decides
     dec = RULES.decide([d, D("spur", 0.1)])
-    assert dec.action == Action.REJECT
-    assert dec.reasons == [(d, Action.REJECT, 0)]
+    assert dec.action == Verdict.REJECT
+    assert dec.reasons == [(d, Verdict.REJECT, 0)]
 
 
 def test_unknown_class_configurable() -> None:
-    assert QARules().decide([D("unknown", 0.9)]).action == Action.REWORK
-    assert QARules(unknown_action=Action.PASS).decide([D("unknown", 0.9)]).action == Action.PASS
-    explicit = QARules(rules=[QARule(classes=["unknown"], min_confidence=0.0, action=Action.REJECT)])
-    assert explicit.decide([D("unknown", 0.1)]).action == Action.REJECT
-    assert QARules(default_action=Action.REWORK).decide([D("spur", 0.01)]).action == Action.REWORK
+    assert QARules().decide([D("unknown", 0.9)]).action == Verdict.REWORK
+    assert QARules(unknown_action=Verdict.PASS).decide([D("unknown", 0.9)]).action == Verdict.PASS
+    explicit = QARules(rules=[QARule(classes=["unknown"], min_confidence=0.0, action=Verdict.REJECT)])
+    assert explicit.decide([D("unknown", 0.1)]).action == Verdict.REJECT
+    assert QARules(default_action=Verdict.REWORK).decide([D("spur", 0.01)]).action == Verdict.REWORK
 
 
 def test_yaml_loading_and_errors(tmp_path: Path) -> None:
@@ -73,8 +74,8 @@ def test_yaml_loading_and_errors(tmp_path: Path) -> None:
         "    - {min_area_px: 100, action: rework}\n"
     )
     r = QARules.from_yaml(f)
-    assert r.unknown_action == Action.REJECT and r.rules[1].classes == ["*"]
-    assert r.decide([D("short", 0.6)]).action == Action.REJECT
+    assert r.unknown_action == Verdict.REJECT and r.rules[1].classes == ["*"]
+    assert r.decide([D("short", 0.6)]).action == Verdict.REJECT
     f.write_text("qa:\n  rules:\n    - {classes: [scratch], action: reject}\n")
     with pytest.raises(ValueError, match=r"(?s)line\.yaml: invalid QA rules.*unknown class\(es\) \['scratch'\]"):
         QARules.from_yaml(f)
@@ -164,7 +165,7 @@ def test_load_cameras(tmp_path: Path) -> None:
     )
     cams = load_cameras(f)
     assert [c.name for c in cams] == ["top", "bottom"]
-    assert cams[0].qa.rules[0].action == Action.REJECT and cams[1].fps_limit == 5
+    assert cams[0].qa.rules[0].action == Verdict.REJECT and cams[1].fps_limit == 5
     assert cams[1].detector == OnnxDetectorConfig(model="pcb") and cams[0].detector == TemplateDetectorConfig()
     f.write_text("cameras:\n  - {name: a, source: usb://0}\n  - {name: a, source: usb://1}\n")
     with pytest.raises(ValueError, match="camera names must be unique"):

@@ -42,7 +42,7 @@ from line_agent.store.migrate import migrate
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from hardware.safety import LineController
+    from hardware.isolated import IsolatedController
     from line_agent.runtime import LineRuntime
     from vision.config import CameraConfig
     from vision.detectors.base import Detector
@@ -183,17 +183,20 @@ class LineRun:
     reject_latency_ms: list[float]
 
 
-def build_controller(line: LineConfig, on_audit: Any = None) -> LineController:
-    """The line's controller over the driver its ``plc.driver`` names (modbus, opcua, sparkplug)."""
+def build_controller(line: LineConfig, on_audit: Any = None) -> IsolatedController:
+    """The line's controller over the driver its ``plc.driver`` names (modbus, opcua, sparkplug), on a thread
+    and event loop of its own: the heartbeat must not wait on the API, the cameras or a slow client."""
     from hardware.drivers import make_driver
+    from hardware.isolated import IsolatedController
     from hardware.safety import LineController
     from hardware.tags import TagMap
 
     if line.plc.url is None:
         raise ServiceError(f"line {line.line}: plc.url is required")
     driver = make_driver(line.plc.driver, line.plc.url, TagMap.load(line.plc.tags))
-    return LineController(driver, heartbeat_period_s=line.plc.heartbeat_period_s, plc_watchdog_s=line.plc.watchdog_s,
-                          on_audit=on_audit, actor=f"runtime:{line.line}", line=line.line)
+    ctl = LineController(driver, heartbeat_period_s=line.plc.heartbeat_period_s, plc_watchdog_s=line.plc.watchdog_s,
+                         on_audit=on_audit, actor=f"runtime:{line.line}", line=line.line)
+    return IsolatedController(ctl, name=line.line)
 
 
 class PlantApp:
@@ -226,7 +229,7 @@ class PlantApp:
         self.detector_factory = detector_factory
         self.data = settings.data_dir.resolve()
         self.runtimes: dict[str, LineRuntime] = {}
-        self.controllers: dict[str, LineController] = {}
+        self.controllers: dict[str, IsolatedController] = {}
         self.publisher: Any = None
         self.stop_event = asyncio.Event()
 

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import cv2
 
 from hardware.driver import LinkState
-from hardware.safety import Cause, CommandRefused, LineController
+from hardware.isolated import Controller
+from hardware.safety import Cause, CommandRefused
 from line_agent.actions import DecisionRules
 from line_agent.config import LineConfig
 from line_agent.contracts import Defect, Inspection, LineAction, TruthLabel, Verdict, topic
@@ -109,7 +110,7 @@ class LineRuntime:
         self,
         cfg: LineConfig,
         *,
-        controller: LineController | None,
+        controller: Controller | None,
         publisher: Publisher,
         hub: LiveHub,
         frames_dir: Path,

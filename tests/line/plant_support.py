@@ -112,9 +112,9 @@ def base_env(data_dir: Path, db_url: str, mqtt_url: str) -> dict[str, str]:
     return env
 
 
-def start_plc_sim(protocol: str, log_dir: Path, mqtt_url: str) -> tuple[Proc, str]:
+def start_plc_sim(protocol: str, log_dir: Path, mqtt_url: str, *extra: str) -> tuple[Proc, str]:
     """``lineguard plc-sim --protocol X`` as its own process; returns it and the URL it printed."""
-    cmd = [sys.executable, "-m", "line_agent.cli", "plc-sim", "--protocol", protocol]
+    cmd = [sys.executable, "-m", "line_agent.cli", "plc-sim", "--protocol", protocol, *extra]
     if protocol == "sparkplug":  # an edge node on the broker, under an id of its own
         cmd += ["--broker", mqtt_url, "--edge-node-id", f"plc-{uuid.uuid4().hex[:6]}"]
     else:

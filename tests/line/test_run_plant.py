@@ -9,6 +9,7 @@ Nothing simulated may reach the store from ``run``; a stopped line must stay sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sys
@@ -217,3 +218,70 @@ def start_plc_sim_on(port: int, logs: Path) -> Proc:
                                   "--port", str(port)], env, logs)
     proc.wait_for_line("plc-sim:", 60)
     return proc
+
+
+def test_heartbeat_holds_while_the_api_takes_large_bodies_and_slow_clients(
+    tmp_path: Path, fresh_db: str, mqtt_url: str
+) -> None:
+    """Four 100 MB bodies and 40 slow clients against the API of a running line: the PLC (watchdog 0.5 s)
+    never loses the heartbeat, so the line keeps running (a safe state would have stopped it for good)."""
+    import socket
+    import threading
+
+    import httpx
+    import psutil
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    plc, url = start_plc_sim("modbus", logs, mqtt_url, "--watchdog-s", "0.5")
+    video = write_video(tmp_path / "camera.avi")
+    cfg = line_yaml(tmp_path / "line.yaml", line="load-1", driver="modbus", plc_url=url, video=video)
+    text = cfg.read_text().replace("watchdog_s: 1.0", "watchdog_s: 0.5").replace("heartbeat_period_s: 0.2",
+                                                                                 "heartbeat_period_s: 0.1")
+    cfg.write_text(text.split("control:")[0] + "control:\n  reject_gate: true\n  stop: null\n")
+    port = free_port()
+    run = start_run(cfg, base_env(tmp_path / "data", fresh_db, mqtt_url), logs, port)
+    stop = threading.Event()
+    try:
+        api = Api(port)
+        wait_until(lambda: api.state("load-1")["state"] == "stopped", 30, "the line state")
+        assert api.command("start", "load-1", "load test").status_code == 200
+        rss0 = psutil.Process(run.proc.pid).memory_info().rss
+
+        def big_body() -> None:
+            def chunks():  # type: ignore[no-untyped-def]
+                block = b"x" * (1 << 20)
+                for _ in range(100):
+                    if stop.is_set():
+                        return
+                    yield block
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(f"http://127.0.0.1:{port}/api/login", content=chunks(),
+                           headers={"Content-Type": "application/json"}, timeout=30)
+
+        def slow_client() -> None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                for ch in b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{":
+                    if stop.is_set():
+                        return
+                    s.sendall(bytes([ch]))
+                    time.sleep(0.2)
+
+        workers = [threading.Thread(target=big_body) for _ in range(4)]
+        workers += [threading.Thread(target=slow_client) for _ in range(40)]
+        for w in workers:
+            w.start()
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            assert _plc_running("modbus", url), "the PLC left RUN: its heartbeat watchdog tripped"
+            time.sleep(0.3)
+        stop.set()
+        for w in workers:
+            w.join(30)
+        grown = (psutil.Process(run.proc.pid).memory_info().rss - rss0) / 2**20
+        assert grown < 150, f"lineguard grew {grown:.0f} MiB under large bodies"
+        assert api.state("load-1")["state"] == "running"
+    finally:
+        stop.set()
+        run.stop()
+        plc.stop()

@@ -45,3 +45,9 @@ DEAD_LETTERS_DROPPED = Counter(
     ["reason"],
 )
 DEAD_LETTER_BYTES = Gauge("lineguard_dead_letter_bytes", "Estimated bytes held in dead_letter, against its quota.")
+
+# Store and forward at the edge (line_agent/outbox.py): what waits on disk for the broker.
+OUTBOX_PENDING = Gauge("lineguard_outbox_pending", "Messages waiting in the edge outbox for the broker.", ["outbox"])
+OUTBOX_BYTES = Gauge("lineguard_outbox_bytes", "Bytes waiting in the edge outbox.", ["outbox"])
+OUTBOX_DROPPED = Counter("lineguard_outbox_dropped", "Oldest outbox messages dropped because it was full.",
+                         ["outbox"])

@@ -1,7 +1,8 @@
 """MQTT publishing for the line runtime (paho-mqtt, MQTT 5, QoS 1).
 
-Published messages wait in paho's queue while the broker is away and go out on reconnect, so a
-broker restart loses nothing the runtime publishes; ``max_queued`` bounds the memory that costs.
+The runtime publishes through a disk outbox (line_agent/outbox.py): a broker outage or a restart of
+lineguard loses nothing it published. Without an outbox (replays, tools), messages wait in paho's queue
+while the broker is away and go out on reconnect; ``max_queued`` bounds the memory that costs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from line_agent.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class Publisher:
         max_queued: int = 100_000,
         max_inflight: int = 1000,
         will: tuple[str, bytes] | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         host, port, user, password, tls = parse_mqtt_url(url)
         self.client = mqtt.Client(
@@ -69,6 +73,10 @@ class Publisher:
         self.client.on_publish = self._on_publish
         self.client.connect_async(host, port, keepalive=30)
         self.client.loop_start()
+        #: With an outbox, publish() is durable: the message is on disk before it returns (see outbox.py).
+        self.outbox = outbox
+        if outbox is not None:
+            outbox.start(self)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if not rc.is_failure:
@@ -81,11 +89,30 @@ class Publisher:
         with self._lock:
             self.acked += 1
 
+    # ----- the outbox's transport (line_agent/outbox.py)
+    def is_connected(self) -> bool:
+        return self.connected.is_set()
+
+    def send(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo | None:
+        """Queue one QoS 1 message; the returned info says when the broker acknowledged it (None: not queued)."""
+        info = self.client.publish(topic, payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return None
+        with self._lock:
+            self.sent += 1
+        return info
+
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
         return self.connected.wait(timeout_s)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> bool:
-        """Queue one message; False (and counted in ``dropped``) only when the bounded queue is full."""
+        """Queue one message; False (and counted in ``dropped``) only when the bounded queue is full.
+
+        With an outbox (QoS 1, not retained) the message goes to disk first and is sent from there: blocking
+        for an fsync, so call it off the event loop."""
+        if self.outbox is not None and qos == 1 and not retain:
+            self.outbox.put(topic, payload)
+            return True
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             self.dropped += 1
@@ -109,6 +136,11 @@ class Publisher:
         return False
 
     def close(self, flush_timeout_s: float = 5.0) -> None:
+        if self.outbox is not None:
+            if not self.outbox.drain(flush_timeout_s):
+                log.warning("%d messages stay in the outbox %s; they are sent at the next start",
+                            self.outbox.pending, self.outbox.path)
+            self.outbox.close()
         self.flush(flush_timeout_s)
         self.client.disconnect()
         self.client.loop_stop()

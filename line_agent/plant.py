@@ -153,11 +153,14 @@ def child_env(db_url: str, mqtt_url: str, data_dir: Path) -> dict[str, str]:
             "LINEGUARD_DATA_DIR": str(data_dir)}
 
 
-def start_ingest(workers: int, db_url: str, mqtt_url: str, data_dir: Path, timeout_s: float = 60.0) -> ChildProcess:
+def start_ingest(workers: int, db_url: str, mqtt_url: str, data_dir: Path, timeout_s: float = 60.0,
+                 *, required: bool = True) -> ChildProcess:
     """Start ``lineguard ingest`` and wait until every worker has subscribed.
 
     Until then a message would reach no one (a shared subscription that does not exist yet queues
-    nothing), so the line must not start publishing before.
+    nothing), so the line must not start publishing before. ``required=False`` (``run``): a broker that
+    is away does not keep the line from starting; the workers' sessions persist in the broker once made,
+    and what the runtime publishes meanwhile waits in its outbox.
     """
     run_dir = data_dir / "run"
     for old in run_dir.glob("*.subscribed") if run_dir.exists() else []:
@@ -171,6 +174,10 @@ def start_ingest(workers: int, db_url: str, mqtt_url: str, data_dir: Path, timeo
         if run_dir.exists() and len(list(run_dir.glob("*.subscribed"))) >= workers:
             return child
         time.sleep(0.1)
+    if not required:
+        log.warning("ingest workers have not subscribed within %.0f s (broker unreachable?); going on: "
+                    "the runtime's outbox keeps what it publishes (see %s/logs)", timeout_s, data_dir)
+        return child
     child.stop()
     raise ServiceError(f"ingest workers did not subscribe within {timeout_s:.0f}s (see {data_dir}/logs)")
 
@@ -259,12 +266,17 @@ class PlantApp:
         from line_agent.audit import AuditWriter
         from line_agent.live import LiveHub
         from line_agent.mqtt import Publisher
+        from line_agent.outbox import Outbox
         from line_agent.runtime import LineRuntime
 
         self.stop_event = stop = asyncio.Event()
         hub = LiveHub()
         audit = AuditWriter(self.db_url)
-        self.publisher = publisher = Publisher(self.mqtt_url, client_id=f"lineguard-runtime-{os.getpid()}")
+        # Everything the runtime publishes goes through the disk outbox: nothing is lost while the
+        # broker or the plant network is away, or when lineguard restarts meanwhile.
+        outbox = Outbox(self.data / "outbox" / "runtime.sqlite", max_bytes=self.settings.outbox_max_bytes)
+        self.publisher = publisher = Publisher(self.mqtt_url, client_id=f"lineguard-runtime-{os.getpid()}",
+                                               outbox=outbox)
         for line in self.lines:
             ctl = build_controller(line, on_audit=audit.hook(line.line))
             # The heartbeat only: the line stays as the PLC has it (stopped after a restart of lineguard).
@@ -338,6 +350,6 @@ def run_plant(settings: Settings, lines: Sequence[LineConfig], ingest_workers: i
     data.mkdir(parents=True, exist_ok=True)
     with infrastructure(settings, broker_listen=settings.listen) as (db_url, mqtt_url), \
             contextlib.ExitStack() as children:
-        ingest = start_ingest(ingest_workers, db_url, mqtt_url, data)
+        ingest = start_ingest(ingest_workers, db_url, mqtt_url, data, timeout_s=15.0, required=False)
         children.callback(ingest.stop)
         asyncio.run(PlantApp(settings, lines, db_url, mqtt_url).run())

@@ -359,7 +359,8 @@ class LineRuntime:
                 TruthLabel(cls=lb.cls, box=(lb.box.x1, lb.box.y1, lb.box.x2, lb.box.y2)) for lb in frame.truth
             ],
         )
-        self.publisher.publish(self.topic_for(cam.name), event.model_dump_json())
+        # Durable (fsynced into the outbox) before the part counts as published: off the event loop.
+        await asyncio.to_thread(self.publisher.publish, self.topic_for(cam.name), event.model_dump_json())
         self.inspected += 1
         shown = event.model_dump(mode="json", exclude={"truth"})
         self.hub.publish("inspection", shown)

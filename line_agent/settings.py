@@ -37,6 +37,10 @@ class Settings(BaseSettings):
         default="127.0.0.1:1883",
         description="host:port the embedded broker listens on when no mqtt_url is set (line equipment connects here).",
     )
+    outbox_max_bytes: int = Field(
+        default=1 << 30, ge=1 << 20,
+        description="Disk the edge outbox may hold while the broker is away; past it the oldest messages go.",
+    )
     camera_no_frame_s: float = Field(
         default=10.0, gt=0, description="A running line's camera with no frame for this long makes /readyz 503."
     )

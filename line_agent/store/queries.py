@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 import psycopg
 
+from line_agent import energy as energy_mod
+from line_agent.meters import MetersConfig
+
 Resolution = Literal["raw", "1m", "1h"]
 
 
@@ -82,39 +85,39 @@ def _line_filter(line: str | None, device: str | None = None) -> tuple[str, dict
 
 def energy(
     conn: psycopg.Connection, line: str | None, start: datetime, end: datetime, interval_s: int = 3600, *,
-    metric: str = "power_w", source: Literal["power", "counter"] = "power", unit_w: float = 1.0,
-    device: str | None = None, max_gap_s: float = 300.0,
+    metric: str | None = None, source: Literal["power", "counter", "interval"] | None = None, unit_w: float = 1.0,
+    device: str | None = None, max_gap_s: float | None = None, meters: MetersConfig | None = None,
 ) -> list[EnergyInterval]:
-    """kWh per device per interval.
+    """kWh per device per interval, computed by ``line_agent.energy`` (the one energy computation).
 
-    ``source="power"``: integrate the power metric over time (each sample holds until the next one,
-    at most ``max_gap_s``: a silent meter is not assumed to keep drawing); ``unit_w`` = watts per unit
-    of the metric (1 for W, 1000 for kW). ``source="counter"``: sum the increases of a cumulative
-    energy counter in kWh; a decrease is a counter reset, counted from zero.
+    Which reading counts is the line's meters (``meters``; default: the plant default, i.e. the documented
+    contract: a device's ``energy_kwh``/``energy_wh`` counter, else its ``power_w``/``power_kw``). ``metric``
+    (with ``source`` and ``unit_w``, W per unit of a power metric) reads that one metric instead, for every
+    device that sends it; ``max_gap_s`` is then the power meter's nominal period.
     """
     if interval_s <= 0:
         raise ValueError("interval_s must be positive")
-    filt, params = _line_filter(line, device)
-    params.update(metric=metric, start=start, end=end, w=interval_s, gap=max_gap_s, unit=unit_w)
-    bucket = "to_timestamp(floor(extract(epoch FROM ts) / %(w)s) * %(w)s)"
-    if source == "power":
-        sql = f"""
-            SELECT bucket, device, sum(value * %(unit)s * LEAST(dt, %(gap)s)) / 3.6e6 AS kwh FROM (
-                SELECT {bucket} AS bucket, device, value,
-                       extract(epoch FROM lead(ts) OVER (PARTITION BY line, device ORDER BY ts) - ts) AS dt
-                FROM telemetry WHERE metric = %(metric)s AND ts >= %(start)s AND ts < %(end)s {filt}
-            ) s WHERE dt IS NOT NULL AND value IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"""
-    elif source == "counter":
-        sql = f"""
-            SELECT bucket, device, sum(CASE WHEN d < 0 THEN value ELSE d END) AS kwh FROM (
-                SELECT {bucket} AS bucket, device, value,
-                       value - lag(value) OVER (PARTITION BY line, device ORDER BY ts) AS d
-                FROM telemetry WHERE metric = %(metric)s AND ts >= %(start)s AND ts < %(end)s {filt}
-            ) s WHERE d IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"""
+    if metric is not None:
+        meters = _one_metric(metric, source, unit_w, max_gap_s)
+    res = energy_mod.compute(conn, line, start, end, bucket_s=interval_s, meters=meters, device=device)
+    out = [EnergyInterval(_utc(datetime.fromtimestamp(res.edges[k], UTC)), d.device, d.kwh[k])
+           for d in res.devices for k in range(len(res.edges) - 1) if d.kwh[k] != 0.0]
+    return sorted(out, key=lambda e: (e.start, e.device))
+
+
+def _one_metric(metric: str, source: str | None, unit_w: float, period_s: float | None) -> MetersConfig:
+    """A meters section that reads ``metric`` on every device (the ``metric=`` form of ``energy``)."""
+    from line_agent.meters import MeterConfig, MeterKind
+
+    kind = MeterKind(source) if source else (MeterKind.COUNTER if metric.startswith("energy") else MeterKind.POWER)
+    if kind is MeterKind.POWER:
+        unit = {1.0: "W", 1000.0: "kW", 1e6: "MW"}.get(unit_w)
+        if unit is None:
+            raise ValueError(f"unit_w must be 1 (W), 1000 (kW) or 1e6 (MW), not {unit_w}")
     else:
-        raise ValueError(f"source must be 'power' or 'counter', not {source!r}")
-    rows = conn.execute(sql, params).fetchall()
-    return [EnergyInterval(_utc(b), d, float(k or 0.0)) for b, d, k in rows]
+        unit = "Wh" if metric.endswith("_wh") else "MWh" if metric.endswith("_mwh") else "kWh"
+    return MetersConfig(devices=(MeterConfig(device="*", metric=metric, kind=kind, unit=unit, period_s=period_s),),
+                        auto=False)
 
 
 def parts_produced(conn: psycopg.Connection, line: str | None, start: datetime, end: datetime, *,
@@ -133,13 +136,13 @@ def parts_produced(conn: psycopg.Connection, line: str | None, start: datetime, 
 
 def energy_per_part(
     conn: psycopg.Connection, line: str | None, start: datetime, end: datetime, *,
-    metric: str = "power_w", source: Literal["power", "counter"] = "power", unit_w: float = 1.0,
-    parts_metric: str | None = None, max_gap_s: float = 300.0,
+    metric: str | None = None, source: Literal["power", "counter", "interval"] | None = None, unit_w: float = 1.0,
+    parts_metric: str | None = None, max_gap_s: float | None = None, meters: MetersConfig | None = None,
 ) -> EnergyPerPart:
-    """Energy of the window (all devices of the line) divided by the parts produced in it."""
-    span = max(1, int((end - start).total_seconds()) + 1)
-    kwh = sum(e.kwh for e in energy(conn, line, start, end, span, metric=metric, source=source, unit_w=unit_w,
-                                    max_gap_s=max_gap_s))
+    """Energy of the window (all devices of the line, by its meters) divided by the parts produced in it."""
+    if metric is not None:
+        meters = _one_metric(metric, source, unit_w, max_gap_s)
+    kwh = energy_mod.compute(conn, line, start, end, meters=meters).total
     parts = parts_produced(conn, line, start, end, parts_metric=parts_metric)
     return EnergyPerPart(kwh, parts, kwh / parts if parts else None)
 

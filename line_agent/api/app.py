@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
 from line_agent import metrics as m
-from line_agent.api import control, system, views
+from line_agent.api import alarms, control, system, views
 from line_agent.api.auth import Role, TokenCache, ensure_bootstrap_token
 from line_agent.api.deps import ApiDeps
 from line_agent.api.limits import AuthFailures, BodyLimit
@@ -106,7 +106,7 @@ def create_app(deps: ApiDeps, *, controller_factory: Callable[[], Awaitable[Any]
     app.state.deps = deps
     app.state.token_cache = TokenCache()
     app.state.auth_failures = AuthFailures(deps.auth_fail_burst, deps.auth_fail_window_s, deps.auth_fail_clients)
-    for r in (system.router, control.router, views.router):
+    for r in (system.router, control.router, views.router, alarms.router):
         app.include_router(r)
 
     @app.middleware("http")

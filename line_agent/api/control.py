@@ -19,8 +19,8 @@ from line_agent.api.auth import ErrorOut, Principal, Role, guarded, principal, u
 from line_agent.api.db import audit, deps_of, fetch_all, fetch_one, jsonable, pool_of
 from line_agent.api.deps import ApiDeps, LineControl
 from line_agent.api.schemas import (
-    AuditOut,
-    AuditPage,
+    AuditRow,
+    AuditRowPage,
     CameraOut,
     CauseOut,
     CommandIn,
@@ -400,16 +400,38 @@ async def override_inspection(request: Request, body: OverrideIn, inspection_id:
 
 
 # ---- audit ----------------------------------------------------------------------------------------
-@router.get("/api/audit", response_model=AuditPage, tags=["audit"], summary="Audit trail",
-            description="Append-only record of commands, overrides, label corrections and token changes.",
+@router.get("/api/audit", response_model=AuditRowPage, tags=["audit"], summary="Audit trail",
+            description="Append-only record of commands, overrides, label corrections, token changes, alarms and the "
+                        "controller's PLC writes. Filters: `action` (prefix), `who` (`people`: a person, through the "
+                        "API or as the actor of a PLC write; `system`: the runtime, the PLC, bootstrap), `line`, "
+                        "`since` / `until`. `group=true` folds per-part PLC writes (`plc.reject_part`) into one "
+                        "entry per actor, line, result and hour (`count`, `first_ts`).",
             **guarded(Role.operator))
 async def list_audit(request: Request, limit: Limit = 50, offset: Offset = 0,
-                     action: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$")] = None) -> AuditPage:
+                     action: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$")] = None,
+                     who: Literal["people", "system"] | None = None, line: Ident | None = None,
+                     since: datetime | None = None, until: datetime | None = None,
+                     group: bool = False) -> AuditRowPage:
+    people = "(role IN ('viewer', 'operator', 'supervisor', 'admin') OR actor LIKE 'user:%%')"
+    where = ("(%(a)s::text IS NULL OR action LIKE %(a)s || '%%')"
+             f" AND (%(who)s::text IS NULL OR (%(who)s = 'people') = {people})"
+             " AND (%(line)s::text IS NULL OR detail->>'line' = %(line)s"
+             "      OR (action LIKE 'command.%%' AND target = %(line)s))"
+             " AND (%(since)s::timestamptz IS NULL OR ts >= %(since)s)"
+             " AND (%(until)s::timestamptz IS NULL OR ts < %(until)s)")
     rows = await fetch_all(
         request,
-        "SELECT *, count(*) OVER () AS total FROM audit_log WHERE (%(a)s::text IS NULL OR action LIKE %(a)s || '%%')"
-        " ORDER BY audit_id DESC LIMIT %(limit)s OFFSET %(offset)s",
-        {"a": action, "limit": limit, "offset": offset},
+        f"WITH f AS (SELECT * FROM audit_log WHERE {where}), e AS ("
+        " SELECT audit_id, ts, actor, role, action, target, before, after, result, detail, 1 AS count,"
+        "  NULL::timestamptz AS first_ts FROM f WHERE NOT (%(g)s AND action = 'plc.reject_part')"
+        " UNION ALL"
+        " SELECT max(audit_id), max(ts), actor, max(role), action, '', NULL, NULL, result,"
+        "  jsonb_build_object('line', detail->>'line', 'grouped', 'per hour'), count(*), min(ts)"
+        "  FROM f WHERE %(g)s AND action = 'plc.reject_part'"
+        "  GROUP BY actor, action, result, detail->>'line', date_trunc('hour', ts))"
+        " SELECT *, count(*) OVER () AS total FROM e ORDER BY audit_id DESC LIMIT %(limit)s OFFSET %(offset)s",
+        {"a": action, "who": who, "line": line, "since": since, "until": until, "g": group,
+         "limit": limit, "offset": offset},
     )
     total = int(rows[0]["total"]) if rows else 0
-    return AuditPage(items=[AuditOut.model_validate(r) for r in rows], total=total)
+    return AuditRowPage(items=[AuditRow.model_validate(r) for r in rows], total=total)

@@ -339,3 +339,88 @@ class ReadyOut(BaseModel):
 class LiveEvent(BaseModel):
     kind: str
     data: dict[str, Any]
+
+
+# ---- audit trail, grouped (console) ---------------------------------------------------------------
+class AuditRow(AuditOut):
+    """An audit row, or (``count`` > 1) a group of per-part PLC writes (``plc.reject_part``) of one actor, line,
+    result and hour: ``ts`` is the newest, ``first_ts`` the oldest, ``audit_id`` the newest row's id."""
+
+    count: int = Field(default=1, description="Rows this entry stands for (1 unless grouped).")
+    first_ts: datetime | None = Field(default=None, description="Oldest row of a group.")
+
+
+class AuditRowPage(BaseModel):
+    items: list[AuditRow]
+    total: int
+
+
+# ---- alarms and targets ---------------------------------------------------------------------------
+AlarmSeverity = Literal["critical", "high", "medium", "low"]
+Note = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00]*$")]
+
+
+class AlarmOut(BaseModel):
+    alarm_id: int
+    key: str = Field(description="audit:<audit_id> (an event the runtime recorded) or cond:<check> (a condition).")
+    line: str
+    kind: str = Field(description="rule_stop, rule_slow, safe_state, estop, guard_door, stopped_at_plc, plc_link, "
+                                  "camera, model, broker, reject_rate, energy, ...")
+    severity: AlarmSeverity
+    title: str
+    reason: str
+    source: str = Field(description="Who or what raised it: runtime:<line>, plc:<line>, readiness, threshold.")
+    audit_id: int | None = None
+    latched: bool = Field(description="True: stays until a person clears it; false: clears with its condition.")
+    raised_at: datetime
+    cleared_at: datetime | None = None
+    cleared_by: str = ""
+    active: bool
+    acked_at: datetime | None = None
+    acked_by: str | None = None
+    ack_note: str | None = None
+
+
+class AlarmPage(BaseModel):
+    items: list[AlarmOut]
+    total: int
+    active: int = Field(description="Alarms not cleared (all lines asked for).")
+    unacked: int = Field(description="Alarms shown and not acknowledged (the console's header count).")
+
+
+class AlarmNoteIn(Strict):
+    note: Note = Field(default="", description="Why (kept with the acknowledgement and in the audit trail).")
+
+
+class TargetsOut(BaseModel):
+    line: str
+    throughput_ppm: float | None = Field(description="Target parts per minute; none: no target.")
+    throughput_amber: float = Field(description="Fraction of the target below which throughput is amber.")
+    throughput_red: float
+    reject_amber: float = Field(description="Reject rate (0..1) from which it is amber.")
+    reject_red: float = Field(description="Reject rate from which it is red, and an alarm.")
+    reject_window_min: float
+    reject_min_parts: int
+    energy_kwh_h_max: float | None = Field(description="kWh in the last hour above this raises an alarm.")
+    updated_at: datetime | None = None
+    updated_by: str = ""
+
+
+class TargetsIn(Strict):
+    line: Ident | None = None
+    throughput_ppm: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)
+    throughput_amber: float = Field(default=0.9, ge=0, le=1, allow_inf_nan=False)
+    throughput_red: float = Field(default=0.75, ge=0, le=1, allow_inf_nan=False)
+    reject_amber: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False)
+    reject_red: float = Field(default=0.10, ge=0, le=1, allow_inf_nan=False)
+    reject_window_min: float = Field(default=15, ge=1, le=1440, allow_inf_nan=False)
+    reject_min_parts: int = Field(default=20, ge=1, le=1_000_000)
+    energy_kwh_h_max: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TargetsIn:
+        if self.reject_red < self.reject_amber:
+            raise ValueError("reject_red must be >= reject_amber")
+        if self.throughput_red > self.throughput_amber:
+            raise ValueError("throughput_red must be <= throughput_amber")
+        return self

@@ -1,0 +1,339 @@
+"""Alarms and line targets for the supervisor console.
+
+Nothing here invents an alarm: each one is derived from what lineguard already records or checks.
+
+* **Event alarms** come from ``audit_log`` rows the runtime wrote: ``line.*`` (safe state, e-stop, guard door,
+  a stop at the panel, ...) and ``plc.stop`` / ``plc.slow`` by ``runtime:<line>`` (a rule). One alarm per row
+  (``key = audit:<audit_id>``), latched: it stays until a supervisor clears it.
+* **Condition alarms** come from the readiness checks (``ApiDeps.extra_checks``: ``plc:``, ``camera:``,
+  ``model:``, ``broker``), the PLC link of each line's controller, and the line's thresholds in
+  ``line_targets`` (reject rate over a window, kWh in the last hour). One open alarm per condition
+  (``key = cond:<name>``); the API clears it when the condition goes.
+
+The API brings the ``alarms`` table up to date whenever alarms are read (``GET /api/alarms``; the console polls
+it), under an advisory lock so two readers do not raise one alarm twice. Acknowledging (``alarm_acks``) and
+clearing need a supervisor and are audited (``alarm.ack``, ``alarm.clear``) with the person's note.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import psycopg
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from psycopg.rows import dict_row
+from starlette.concurrency import run_in_threadpool
+
+from line_agent.api.auth import ErrorOut, Principal, Role, guarded, principal
+from line_agent.api.control import read_state, resolve_line
+from line_agent.api.db import audit, deps_of, pool_of
+from line_agent.api.deps import ApiDeps
+from line_agent.api.schemas import AlarmNoteIn, AlarmOut, AlarmPage, Ident, TargetsIn, TargetsOut
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+_LOCK = 7242015  # pg advisory lock: one alarm evaluation at a time per database
+# Event alarms: audit action -> (kind, severity, title). Any other line.* is a medium "line event".
+EVENTS: dict[str, tuple[str, str, str]] = {
+    "line.estop": ("estop", "critical", "Emergency stop"),
+    "line.safe_state": ("safe_state", "critical", "PLC in its safe state"),
+    "line.guard_door": ("guard_door", "high", "Guard door opened"),
+    "line.stopped_at_plc": ("stopped_at_plc", "medium", "Line stopped at the PLC"),
+    "plc.stop": ("rule_stop", "high", "Automatic stop by a rule"),
+    "plc.slow": ("rule_slow", "low", "Automatic slow-down by a rule"),
+}
+SEVERITY_ORDER = "CASE a.severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 ELSE 3 END"
+TARGET_COLS = ("throughput_ppm", "throughput_amber", "throughput_red", "reject_amber", "reject_red",
+               "reject_window_min", "reject_min_parts", "energy_kwh_h_max")
+DEFAULT_TARGETS: dict[str, Any] = {"throughput_ppm": None, "throughput_amber": 0.9, "throughput_red": 0.75,
+                                   "reject_amber": 0.05, "reject_red": 0.10, "reject_window_min": 15.0,
+                                   "reject_min_parts": 20, "energy_kwh_h_max": None}
+AlarmId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No such alarm."},
+    409: {"model": ErrorOut, "description": "Already acknowledged / cleared, or its condition is still present."},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    key: str
+    line: str
+    kind: str
+    severity: str
+    title: str
+    reason: str
+    source: str
+
+
+# ---- what is wrong now ----------------------------------------------------------------------------
+def _check_condition(name: str, value: str, lines: list[str]) -> Condition:
+    """A failing readiness check (``plc:<line>``, ``camera:<line>/<cam>``, ``model:<line>/<cam>``, ``broker``)."""
+    kind, _, rest = name.partition(":")
+    line = rest.split("/", 1)[0] if rest else ""
+    if line not in lines:
+        line = lines[0]
+    titles = {"plc": ("plc_link", "critical", "PLC link down"), "camera": ("camera", "high", "Camera without frames"),
+              "model": ("model", "high", "Model not loaded"), "broker": ("broker", "medium", "MQTT broker unreachable")}
+    k, sev, title = titles.get(kind, (kind or "check", "medium", f"Check failed: {name}"))
+    if kind == "camera":
+        title = f"Camera {rest.split('/', 1)[-1]}: no frames"
+    elif kind == "model":
+        title = f"Model of {rest.split('/', 1)[-1]} not loaded"
+    return Condition(f"cond:{name}", line, k, sev, title, str(value), "readiness")
+
+
+async def current_conditions(request: Request, deps: ApiDeps) -> list[Condition]:
+    out: dict[str, Condition] = {}
+    if deps.extra_checks is not None:
+        try:
+            checks = dict(deps.extra_checks())
+        except Exception as exc:  # a failing probe is an alarm of its own, never a 500
+            checks = {"runtime": f"error: {type(exc).__name__}"}
+        for name, value in checks.items():
+            if not str(value).startswith("ok"):
+                c = _check_condition(name, str(value), deps.lines)
+                out[c.key] = c
+    targets = await _targets(request, deps.lines)
+    for line in deps.lines:
+        if deps.controller_for(line) is not None and f"cond:plc:{line}" not in out:
+            st = await read_state(deps, line)
+            if st.state == "unknown":
+                out[f"cond:plc:{line}"] = Condition(f"cond:plc:{line}", line, "plc_link", "critical",
+                                                    "PLC link down", st.reason or "line state unknown", f"plc:{line}")
+        t = targets[line]
+        rate = await _reject_rate(request, line, float(t["reject_window_min"]))
+        if rate is not None and rate[0] >= int(t["reject_min_parts"]) and rate[0] > 0:
+            parts, bad = rate
+            r = bad / parts
+            if r >= float(t["reject_red"]):
+                sev, lim = "high", float(t["reject_red"])
+            elif r >= float(t["reject_amber"]):
+                sev, lim = "medium", float(t["reject_amber"])
+            else:
+                sev = ""
+            if sev:
+                out[f"cond:reject_rate:{line}"] = Condition(
+                    f"cond:reject_rate:{line}", line, "reject_rate", sev, "Reject rate above threshold",
+                    f"{r * 100:.1f} % of {parts} parts in the last {float(t['reject_window_min']):g} min rejected "
+                    f"(threshold {lim * 100:g} %)", "threshold")
+        if t["energy_kwh_h_max"] is not None:
+            kwh = await _kwh_last_hour(request, deps, line)
+            if kwh is not None and kwh > float(t["energy_kwh_h_max"]):
+                out[f"cond:energy:{line}"] = Condition(
+                    f"cond:energy:{line}", line, "energy", "medium", "Energy above threshold",
+                    f"{kwh:.2f} kWh in the last hour (threshold {float(t['energy_kwh_h_max']):g} kWh)", "threshold")
+    return list(out.values())
+
+
+async def _reject_rate(request: Request, line: str, window_min: float) -> tuple[int, int] | None:
+    async with pool_of(request).connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            "SELECT count(*) AS parts, count(*) FILTER (WHERE coalesce(override, decision) = 'reject') AS bad"
+            " FROM inspections WHERE line = %s AND ts >= now() - make_interval(secs => %s)",
+            (line, window_min * 60))
+        row = await cur.fetchone()
+    return None if row is None else (int(row["parts"]), int(row["bad"]))
+
+
+async def _kwh_last_hour(request: Request, deps: ApiDeps, line: str) -> float | None:
+    from line_agent.store import queries
+
+    end = datetime.now(UTC)
+    start = end - timedelta(hours=1)
+
+    def run() -> float:
+        with request.app.state.sync_pool.connection() as conn:
+            return sum(e.kwh for e in queries.energy(conn, line, start, end, 3600, metric=deps.energy_metric,
+                                                     source=deps.energy_source, unit_w=deps.energy_unit_w))
+
+    try:
+        return await run_in_threadpool(run)
+    except psycopg.Error:
+        log.exception("energy threshold check failed for %s", line)
+        return None
+
+
+# ---- bringing the table up to date ---------------------------------------------------------------
+async def sync_alarms(request: Request) -> None:
+    """Raise event alarms from new audit rows; open / update / clear condition alarms."""
+    deps = deps_of(request)
+    conds = await current_conditions(request, deps)  # outside the lock: a PLC read may take seconds
+    async with pool_of(request).connection() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+        cur = conn.cursor(row_factory=dict_row)
+        # First run: look back a day, not over the whole history.
+        await cur.execute(
+            "INSERT INTO alarm_cursor (id, last_audit_id) VALUES (1, coalesce((SELECT max(audit_id) FROM audit_log"
+            " WHERE ts < now() - interval '24 hours'), 0)) ON CONFLICT (id) DO NOTHING")
+        await cur.execute("SELECT last_audit_id FROM alarm_cursor WHERE id = 1")
+        row = await cur.fetchone()
+        last = int(row["last_audit_id"]) if row else 0
+        await cur.execute(
+            "SELECT audit_id, ts, actor, action, target, result, detail FROM audit_log WHERE audit_id > %s"
+            " AND (action LIKE 'line.%%' OR (action IN ('plc.stop', 'plc.slow') AND actor LIKE 'runtime:%%'"
+            " AND result = 'ok')) ORDER BY audit_id LIMIT 2000", (last,))
+        for a in await cur.fetchall():
+            kind, sev, title = EVENTS.get(a["action"], ("line_event", "medium", f"Line event: {a['action']}"))
+            detail = a["detail"] if isinstance(a["detail"], dict) else {}
+            line = str(detail.get("line") or a["target"] or deps.lines[0])
+            await cur.execute(
+                "INSERT INTO alarms (key, line, kind, severity, title, reason, source, audit_id, latched, raised_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, true, %s)"
+                " ON CONFLICT (audit_id) WHERE audit_id IS NOT NULL DO NOTHING",
+                (f"audit:{a['audit_id']}", line, kind, sev, title, str(detail.get("reason") or ""), a["actor"],
+                 a["audit_id"], a["ts"]))
+        # Rows of the last seconds may still be committing with lower ids: read them again next time.
+        await cur.execute(
+            "UPDATE alarm_cursor SET last_audit_id = greatest(last_audit_id, coalesce((SELECT max(audit_id)"
+            " FROM audit_log WHERE audit_id > %s AND ts < now() - interval '10 seconds'), 0)) WHERE id = 1",
+            (last,))
+        for c in conds:
+            await cur.execute(
+                "INSERT INTO alarms (key, line, kind, severity, title, reason, source, latched)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, false)"
+                " ON CONFLICT (key) WHERE cleared_at IS NULL DO UPDATE SET severity = EXCLUDED.severity,"
+                " title = EXCLUDED.title, reason = EXCLUDED.reason",
+                (c.key, c.line, c.kind, c.severity, c.title, c.reason, c.source))
+        await cur.execute(
+            "UPDATE alarms SET cleared_at = now(), cleared_by = 'condition cleared' WHERE NOT latched"
+            " AND cleared_at IS NULL AND NOT (key = ANY(%s))", ([c.key for c in conds],))
+
+
+# ---- routes -------------------------------------------------------------------------------------
+_ALARM_SELECT = ("SELECT a.*, a.cleared_at IS NULL AS active, k.ts AS acked_at, k.actor AS acked_by,"
+                 " k.note AS ack_note FROM alarms a LEFT JOIN alarm_acks k USING (alarm_id)")
+
+
+@router.get("/api/alarms", response_model=AlarmPage, tags=["alarms"], summary="Alarms",
+            description="`state=active` (default): alarms not yet both cleared and acknowledged, most severe first. "
+                        "`state=all`: the history, newest first (`since` for chart markers). Reading brings the "
+                        "alarms up to date with the audit trail, the readiness checks and the line's thresholds.",
+            **guarded(Role.viewer))
+async def list_alarms(request: Request, line: Ident | None = None,
+                      state: Literal["active", "all"] = "active",
+                      since: Annotated[datetime | None, Query(description="Raised at or after (history).")] = None,
+                      limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                      offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> AlarmPage:
+    deps = deps_of(request)
+    if line is not None:
+        line = resolve_line(deps, line)
+    await sync_alarms(request)
+    where = ["(%(line)s::text IS NULL OR a.line = %(line)s)"]
+    if state == "active":
+        where.append("(a.cleared_at IS NULL OR k.alarm_id IS NULL)")
+        order = f"a.cleared_at IS NOT NULL, {SEVERITY_ORDER}, a.raised_at DESC"
+    else:
+        where.append("(%(since)s::timestamptz IS NULL OR a.raised_at >= %(since)s)")
+        order = "a.raised_at DESC, a.alarm_id DESC"
+    p = {"line": line, "since": since, "limit": limit, "offset": offset}
+    async with pool_of(request).connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(f"{_ALARM_SELECT} WHERE {' AND '.join(where)} ORDER BY {order}"
+                          " LIMIT %(limit)s OFFSET %(offset)s", p)
+        rows = await cur.fetchall()
+        await cur.execute(
+            "SELECT count(*) FILTER (WHERE " + " AND ".join(where) + ") AS total,"
+            " count(*) FILTER (WHERE a.cleared_at IS NULL AND (%(line)s::text IS NULL OR a.line = %(line)s))"
+            " AS active, count(*) FILTER (WHERE k.alarm_id IS NULL AND (%(line)s::text IS NULL OR a.line = %(line)s))"
+            " AS unacked"
+            " FROM alarms a LEFT JOIN alarm_acks k USING (alarm_id)", p)
+        n = await cur.fetchone()
+    assert n is not None
+    return AlarmPage(items=[AlarmOut.model_validate(r) for r in rows], total=int(n["total"]),
+                     active=int(n["active"]), unacked=int(n["unacked"]))
+
+
+async def _one(cur: psycopg.AsyncCursor[dict[str, Any]], alarm_id: int) -> dict[str, Any]:
+    await cur.execute(f"{_ALARM_SELECT} WHERE a.alarm_id = %s", (alarm_id,))
+    row = await cur.fetchone()
+    if row is None:
+        raise HTTPException(404, f"no alarm {alarm_id}")
+    return row
+
+
+@router.post("/api/alarms/{alarm_id}/ack", response_model=AlarmOut, tags=["alarms"], summary="Acknowledge an alarm",
+             description="A supervisor says they have seen it, with a note. Audited as `alarm.ack`.",
+             **guarded(Role.supervisor, _NOT_FOUND))
+async def ack_alarm(request: Request, alarm_id: AlarmId, body: AlarmNoteIn,
+                    who: Principal = Depends(principal)) -> AlarmOut:
+    async with pool_of(request).connection() as conn, conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT alarm_id FROM alarms WHERE alarm_id = %s FOR UPDATE", (alarm_id,))
+        before = await _one(cur, alarm_id)
+        if before["acked_at"] is not None:
+            raise HTTPException(409, f"alarm {alarm_id} was already acknowledged by {before['acked_by']}")
+        await cur.execute("INSERT INTO alarm_acks (alarm_id, actor, role, note) VALUES (%s, %s, %s, %s)",
+                          (alarm_id, who.name, who.role.value, body.note))
+        after = await _one(cur, alarm_id)
+        await audit(conn, who, "alarm.ack", f"alarm:{alarm_id}", {"acked": False}, {"acked": True}, "ok",
+                    {"line": before["line"], "alarm": before["title"], "severity": before["severity"],
+                     "reason": body.note, "note": body.note})
+    return AlarmOut.model_validate(after)
+
+
+@router.post("/api/alarms/{alarm_id}/clear", response_model=AlarmOut, tags=["alarms"], summary="Clear an alarm",
+             description="A supervisor clears a latched (event) alarm once its cause is dealt with; a condition alarm "
+                         "clears itself when the condition goes (409 while it lasts). Audited as `alarm.clear`.",
+             **guarded(Role.supervisor, _NOT_FOUND))
+async def clear_alarm(request: Request, alarm_id: AlarmId, body: AlarmNoteIn,
+                      who: Principal = Depends(principal)) -> AlarmOut:
+    async with pool_of(request).connection() as conn, conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT alarm_id FROM alarms WHERE alarm_id = %s FOR UPDATE", (alarm_id,))
+        before = await _one(cur, alarm_id)
+        if before["cleared_at"] is not None:
+            raise HTTPException(409, f"alarm {alarm_id} is already cleared")
+        if not before["latched"]:
+            raise HTTPException(409, "the condition is still present; the alarm clears itself when it goes")
+        await cur.execute("UPDATE alarms SET cleared_at = now(), cleared_by = %s WHERE alarm_id = %s",
+                          (who.name, alarm_id))
+        after = await _one(cur, alarm_id)
+        await audit(conn, who, "alarm.clear", f"alarm:{alarm_id}", {"active": True}, {"active": False}, "ok",
+                    {"line": before["line"], "alarm": before["title"], "reason": body.note, "note": body.note})
+    return AlarmOut.model_validate(after)
+
+
+async def _targets(request: Request, lines: list[str]) -> dict[str, dict[str, Any]]:
+    async with pool_of(request).connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT * FROM line_targets WHERE line = ANY(%s)", (lines,))
+        rows = {r["line"]: r for r in await cur.fetchall()}
+    return {line: rows.get(line) or {"line": line, **DEFAULT_TARGETS, "updated_at": None, "updated_by": ""}
+            for line in lines}
+
+
+@router.get("/api/targets", response_model=TargetsOut, tags=["alarms"], summary="A line's targets and thresholds",
+            description="Throughput target, amber / red thresholds (console colours) and the alarm thresholds.",
+            **guarded(Role.viewer))
+async def get_targets(request: Request, line: Ident | None = None) -> TargetsOut:
+    line_ = resolve_line(deps_of(request), line)
+    return TargetsOut.model_validate((await _targets(request, [line_]))[line_])
+
+
+@router.put("/api/targets", response_model=TargetsOut, tags=["alarms"], summary="Set a line's targets",
+            description="Supervisor; audited as `targets.set` with the values before and after.",
+            **guarded(Role.supervisor))
+async def put_targets(request: Request, body: TargetsIn, who: Principal = Depends(principal)) -> TargetsOut:
+    line = resolve_line(deps_of(request), body.line)
+    before = (await _targets(request, [line]))[line]
+    vals = [getattr(body, c) for c in TARGET_COLS]
+    cols = ", ".join(TARGET_COLS)
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in TARGET_COLS)
+    marks = ", ".join(["%s"] * len(vals))
+    async with pool_of(request).connection() as conn, conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            f"INSERT INTO line_targets (line, {cols}, updated_at, updated_by) VALUES (%s, {marks}, now(), %s)"
+            f" ON CONFLICT (line) DO UPDATE SET {sets}, updated_at = now(), updated_by = EXCLUDED.updated_by"
+            " RETURNING *", (line, *vals, who.name))
+        row = await cur.fetchone()
+        assert row is not None
+        await audit(conn, who, "targets.set", line, {c: before[c] for c in TARGET_COLS},
+                    {c: row[c] for c in TARGET_COLS}, "ok", {"line": line})
+    return TargetsOut.model_validate(row)

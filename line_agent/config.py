@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from line_agent.actions import ControlRules
+from line_agent.meters import DEFAULT_SHIFTS, MetersConfig, ShiftConfig, TimeZone
 from vision.config import CameraConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # safe in MQTT topics and SQL values
@@ -72,6 +73,12 @@ class LineConfig(BaseModel):
     control: ControlRules = Field(default_factory=ControlRules)
     #: Keep one JPEG of every rejected frame (and every Nth passed one) for review and relabelling.
     save_frames: Literal["none", "rejects", "all"] = "rejects"
+    #: Energy meters (line_agent/meters.py); None = the plant-wide default (LINEGUARD_METERS_FILE) or the contract.
+    meters: MetersConfig | None = None
+    #: The plant's time zone (IANA name): days and shifts of summaries and charts are local to it.
+    timezone: TimeZone = "UTC"
+    #: Shift calendar in local time (a shift belongs to the day it starts).
+    shifts: tuple[ShiftConfig, ...] = DEFAULT_SHIFTS
 
     @field_validator("site", "line")
     @classmethod

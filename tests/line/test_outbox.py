@@ -1,0 +1,125 @@
+"""Store and forward at the edge: what the runtime publishes while the broker is away arrives, once, in order.
+
+Against a real Mosquitto that is stopped and started; the outbox file outlives the process that wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from plant_support import Api, base_env, line_yaml, start_plc_sim, start_run, wait_until, write_video
+
+from line_agent.mqtt import Publisher
+from line_agent.outbox import Outbox
+from line_agent.services import EmbeddedBroker, free_port, mosquitto_binary
+
+pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto not installed")
+
+
+class Subscriber:
+    def __init__(self, url: str, topic: str) -> None:
+        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+        self.got: list[int] = []
+        self.ready = threading.Event()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{time.monotonic_ns()}",
+                             protocol=mqtt.MQTTv5)
+        self.c.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
+        self.c.on_subscribe = lambda *a: self.ready.set()
+        self.c.on_message = lambda c, u, m: self.got.append(json.loads(m.payload)["n"])
+        self.c.connect(host, int(port))
+        self.c.loop_start()
+        assert self.ready.wait(10)
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def test_outbox_keeps_messages_across_a_restart_and_sends_them_in_order(tmp_path: Path) -> None:
+    broker = EmbeddedBroker(tmp_path / "broker", port=free_port())
+    path = tmp_path / "outbox.sqlite"
+    # The broker is away: 300 messages go to disk, then the process "restarts" (a new outbox on the file).
+    pub = Publisher(broker.url, "edge-1", outbox=Outbox(path))
+    for n in range(300):
+        pub.publish("lineguard/s/l/inspection/inspection", json.dumps({"n": n}))
+    pub.close(flush_timeout_s=0.5)
+    assert Outbox(path).pending == 300
+    broker.start()
+    try:
+        sub = Subscriber(broker.url, "lineguard/#")
+        pub = Publisher(broker.url, "edge-2", outbox=Outbox(path))
+        for n in range(300, 350):  # new ones after the old ones
+            pub.publish("lineguard/s/l/inspection/inspection", json.dumps({"n": n}))
+        wait_until(lambda: len(sub.got) >= 350, 30, "every message at the subscriber")
+        assert pub.outbox is not None and pub.outbox.drain(10)
+        pub.close()
+        time.sleep(0.3)
+        sub.close()
+    finally:
+        broker.stop()
+    assert sub.got == list(range(350))  # all, once, in order
+    assert Outbox(path).pending == 0
+
+
+def test_a_full_outbox_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite", max_bytes=1 << 20)
+    for n in range(300):
+        box.put("t", b"x" * 10_000 + str(n).encode())
+    assert box.dropped > 0 and box.pending + box.dropped == 300
+    assert box._bytes <= 1 << 20
+    oldest = box._db.execute("SELECT payload FROM outbox ORDER BY id LIMIT 1").fetchone()[0]
+    assert int(bytes(oldest)[10_000:]) == box.dropped  # the oldest went first
+    box.close()
+
+
+def test_inspections_made_during_a_broker_outage_and_a_restart_arrive_once(tmp_path: Path, fresh_db: str) -> None:
+    """The line runs, the broker goes away, lineguard is restarted during the outage, the broker returns:
+    every part inspected (each kept frame on disk) is in the store exactly once."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    broker = EmbeddedBroker(tmp_path / "broker", port=free_port())
+    broker.start()
+    plc, url = start_plc_sim("modbus", logs, broker.url)
+    video = write_video(tmp_path / "camera.avi")
+    cfg = line_yaml(tmp_path / "line.yaml", line="out-1", driver="modbus", plc_url=url, video=video)
+    text = cfg.read_text().split("control:")[0]
+    cfg.write_text(text + "control:\n  reject_gate: true\n  stop: null\nsave_frames: all\n")
+    port = free_port()
+    data = tmp_path / "data"
+    env = base_env(data, fresh_db, broker.url)
+    run = start_run(cfg, env, logs, port)
+    try:
+        api = Api(port)
+        wait_until(lambda: api.state("out-1")["state"] == "stopped", 30, "the line state")
+        assert api.command("start", "out-1", "outage test").status_code == 200
+        frames = data / "frames" / "out-1"
+        wait_until(lambda: len(list(frames.rglob("*_test.png"))) >= 3, 30, "parts inspected")
+        broker.stop()
+        n_before = len(list(frames.rglob("*_test.png")))
+        wait_until(lambda: len(list(frames.rglob("*_test.png"))) >= n_before + 5, 30, "parts during the outage")
+        assert run.stop() == 0, run.output()[-3000:]  # restarted while the broker is still away
+        run = start_run(cfg, env, logs, port)
+        time.sleep(2.0)
+        broker.start()
+        made = {p.name.removesuffix("_test.png") for p in frames.rglob("*_test.png")}
+
+        def stored() -> set[str]:
+            with psycopg.connect(fresh_db) as conn:
+                return {r[0] for r in conn.execute("SELECT inspection_id FROM inspections WHERE line='out-1'")}
+
+        wait_until(lambda: made <= stored(), 60, "every inspection in the store")
+        with psycopg.connect(fresh_db) as conn:
+            rows = conn.execute("SELECT count(*), count(DISTINCT inspection_id) FROM inspections").fetchone()
+        assert rows is not None and rows[0] == rows[1] == len(stored())
+        assert stored() == made  # nothing that was not inspected, nothing missing
+    finally:
+        run.stop()
+        plc.stop()
+        broker.stop()

@@ -34,6 +34,7 @@ from line_agent.api.schemas import (
     OverrideIn,
     SlowIn,
 )
+from line_agent.contracts import Verdict
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -340,7 +341,7 @@ async def post_decision(request: Request, body: DecisionIn, who: Principal = Dep
 @router.get("/api/decisions", response_model=DecisionPage, tags=["decisions"], summary="List decisions",
             **guarded(Role.viewer))
 async def list_decisions(request: Request, limit: Limit = 50, offset: Offset = 0, line: Ident | None = None,
-                         decision: Literal["pass", "reject", "rework"] | None = None) -> DecisionPage:
+                         decision: Verdict | None = None) -> DecisionPage:
     rows = await fetch_all(
         request,
         "SELECT *, count(*) OVER () AS total FROM decisions WHERE (%(line)s::text IS NULL OR line = %(line)s)"

@@ -64,6 +64,39 @@ def narrate(facts: list[Fact], lang: str = "en", line: str = "", hours: float | 
             else f"Inspect {top.names[0]} for the root cause of {top.names[1]}."
         )
 
+    # The line's own stops (audit log): count, stopped time, planned apart, by cause.
+    stops = _one(facts, "stop_total")
+    if stops is not None and stops.value > 0:
+        stopped, unpl, plan = (_one(facts, k) for k in ("stopped_total", "stopped_unplanned", "stopped_planned"))
+        if zh:
+            s = f"产线停机 {_v(stops, lang)} 次"
+            s += f"，共 {_v(stopped, lang)}" if stopped else ""
+            s += f"（非计划 {_v(unpl, lang)}" if unpl else ""
+            s += f"，计划 {_v(plan, lang)}）" if plan else ("）" if unpl else "")
+        else:
+            s = f"Line stopped {_v(stops, lang)} {'time' if round(stops.value) == 1 else 'times'}"
+            s += f", {_v(stopped, lang)} in all" if stopped else ""
+            s += f" ({_v(unpl, lang)} unplanned" if unpl else ""
+            s += f", {_v(plan, lang)} planned)" if plan else (")" if unpl else "")
+        add(s + ("。" if zh else "."), *(x for x in (stops, stopped, unpl, plan) if x))
+        names = {"rule": ("规则", "the burst rule"), "person": ("人员", "a person"), "estop": ("急停", "e-stop"),
+                 "safe_state": ("安全状态", "PLC safe state"), "guard_door": ("防护门", "guard door"),
+                 "panel": ("面板", "the PLC panel")}
+        times = {f.id.removesuffix(".time"): f for f in _by_kind(facts, "stop_cause_time")}
+        for sc in _by_kind(facts, "stop_cause"):
+            cause = str(sc.extra.get("cause", ""))
+            label = names.get(cause, (cause, cause))
+            t = times.get(sc.id)
+            if zh:
+                add(f"{label[0]}停机 {_v(sc, lang)} 次" + (f"，{_v(t, lang)}" if t else "") + "。",
+                    *(x for x in (sc, t) if x))
+            else:
+                add(f"Stops by {label[1]}: {_v(sc, lang)}" + (f", {_v(t, lang)}" if t else "") + ".",
+                    *(x for x in (sc, t) if x))
+    slow = _one(facts, "slow_total")
+    if slow is not None and slow.value > 0:
+        add((f"降速运行 {_v(slow, lang)}。" if zh else f"Line ran slowed for {_v(slow, lang)}."), slow)
+
     # Energy.
     energy = _one(facts, "energy_total")
     per_part = _one(facts, "energy_per_part")
@@ -89,6 +122,11 @@ def narrate(facts: list[Fact], lang: str = "en", line: str = "", hours: float | 
                 word = "above" if delta.value > 0 else "below"
                 s += f" ({_v(delta, lang).lstrip('-')} {word} the {_v(base, lang)} baseline)"
             add(s + ".", *(x for x in (energy, per_part, base, delta) if x))
+    peak = _one(facts, "energy_peak")
+    if peak is not None and peak.at:
+        when = f"{peak.at[:10]} {peak.at[11:16]}"
+        add((f"一刻钟最大需量 {_v(peak, lang)}，{when} 起。" if zh
+             else f"Peak quarter-hour demand {_v(peak, lang)} from {when}."), peak)
     idle = _one(facts, "waste_idle")
     if idle is not None and idle.value > 0:
         dev = f" ({', '.join(idle.names)})" if idle.names else ""
@@ -132,7 +170,7 @@ def narrate(facts: list[Fact], lang: str = "en", line: str = "", hours: float | 
     # Anomalies and candidate causes.
     for a in _by_kind(facts, "anomaly")[:3]:
         what = a.extra.get("metric", "")
-        at = a.at[11:16] if a.at else ""
+        at = f"{a.at[:10]} {a.at[11:16]}" if a.at else ""  # with the date: a window may span days or years
         if zh:
             add(f"异常：{at} 起 {'能耗' if what == 'energy' else '不良率'}偏离基线（z={a.value:.1f}）。", a)
         else:

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -79,6 +79,79 @@ def parse_since(since: str, now: datetime | None = None) -> tuple[datetime, date
     except ValueError:
         raise ValueError(f"--since {since!r}: use a duration like 8h, 30m, 2d or an ISO time") from None
     return (start if start.tzinfo else start.replace(tzinfo=UTC)), now
+
+
+class UnknownLineError(ValueError):
+    """A line neither seen in the store nor configured; the message names the known ones."""
+
+
+_LINES_SQL = """
+WITH RECURSIVE t AS (
+    SELECT min(line) AS l FROM {table}
+    UNION ALL SELECT (SELECT min(line) FROM {table} WHERE line > t.l) FROM t WHERE t.l IS NOT NULL)
+SELECT l FROM t WHERE l IS NOT NULL"""
+
+
+def configured_lines() -> dict[str, Any]:
+    """Line id -> LineConfig of the line YAML the deployment names (``LINEGUARD_LINE_CONFIG``), if any."""
+    from line_agent.config import ConfigError, load_line_config
+    from line_agent.settings import Settings
+
+    try:
+        path = Settings().line_config
+        if path is None or not path.is_file():
+            return {}
+        cfg = load_line_config(path)
+    except (ConfigError, ValueError, OSError) as exc:
+        log.warning("line config not read: %s", exc)
+        return {}
+    return {cfg.line: cfg}
+
+
+def known_lines(conn: psycopg.Connection, configured: set[str] | None = None) -> list[str]:
+    """Lines seen in the store (telemetry, events, inspections, the line's own audit rows) or configured."""
+    out = set(configured if configured is not None else configured_lines())
+    for table in ("telemetry", "events", "inspections"):
+        out.update(str(r[0]) for r in conn.execute(_LINES_SQL.format(table=table)).fetchall())
+    out.update(str(r[0]) for r in conn.execute(
+        "SELECT DISTINCT detail->>'line' FROM audit_log WHERE action LIKE 'plc.%%' OR action LIKE 'line.%%'"
+    ).fetchall() if r[0])
+    return sorted(out)
+
+
+def tool_config_for(line: str, configs: dict[str, Any] | None = None) -> ToolConfig:
+    """The line's meters, time zone and shift calendar from its YAML; defaults (the contract, UTC, A/B/C)."""
+    cfg = (configs if configs is not None else configured_lines()).get(line)
+    if cfg is None:
+        return ToolConfig()
+    return ToolConfig(meters=cfg.meters, timezone=cfg.timezone, shifts=tuple(cfg.shifts))
+
+
+def resolve_window(*, since: str | None = None, start: datetime | None = None, end: datetime | None = None,
+                   shift: str | None = None, day: date | None = None, cfg: ToolConfig | None = None,
+                   now: datetime | None = None) -> tuple[datetime, datetime]:
+    """[start, end) of a summary: a shift of a day (``shift`` + ``day``, the line's calendar and zone), an
+    explicit ``start``/``end`` (end defaults to now), or the last ``since``. Raises ValueError naming the problem."""
+    from line_agent.meters import ShiftError, shift_window
+
+    cfg = cfg or ToolConfig()
+    if shift is not None or day is not None:
+        if shift is None or day is None:
+            raise ValueError("--shift and --date go together (a shift of one day)")
+        if start is not None or end is not None:
+            raise ValueError("give a shift and date, or --from/--to, not both")
+        try:
+            return shift_window(cfg.shifts, shift, day, cfg.timezone)
+        except ShiftError as exc:
+            raise ValueError(str(exc)) from None
+    if start is None:
+        s, default_end = parse_since(since or "8h", end or now)
+        return s, end or default_end
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    if end is not None and end.tzinfo is None:
+        end = end.replace(tzinfo=UTC)
+    return start, end or now or datetime.now(UTC)
 
 
 @dataclass
@@ -284,8 +357,11 @@ def summarize(
     publish: Publish | None = None,
     tools: list[str] | None = None,
     alert: bool = False,
-    cfg: ToolConfig = ToolConfig(),
+    cfg: ToolConfig | None = None,
     site: str = "site",
+    shift: str | None = None,
+    day: date | None = None,
+    check_line: bool = True,
 ) -> SummaryResult:
     """Summarise ``line`` over [start, end) (or the last ``since``), store it, optionally publish it.
 
@@ -297,10 +373,9 @@ def summarize(
         raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
     if not line or not line.strip():
         raise ValueError("line must be a non-empty line id")
-    if start is None:
-        start, default_end = parse_since(since or "8h", end)
-        end = end or default_end
-    end = end or datetime.now(UTC)
+    configs = configured_lines()
+    cfg = cfg or tool_config_for(line, configs)
+    start, end = resolve_window(since=since, start=start, end=end, shift=shift, day=day, cfg=cfg)
     if end < start:
         raise ValueError(f"window end {end.isoformat()} is before its start {start.isoformat()}")
     w = Window(line, start, end)
@@ -310,6 +385,11 @@ def summarize(
     ledger = Ledger(line=line)
     LLM_COST.labels(backend=be.name)  # exported from the first summary on, at $0 until a priced call
     with psycopg.connect(url) as conn:
+        if check_line:
+            known = known_lines(conn, set(configs))
+            if line not in known:
+                raise UnknownLineError(f"unknown line {line!r}; known lines (in the store or configured): "
+                                       f"{', '.join(known) or 'none'}")
         if start == end:
             results: list[ToolResult] = []
             plan: list[str] = []

@@ -2,10 +2,11 @@
 
 Data they read (see docs/AGENT.md):
 * ``events`` with kind='fault': device, code, duration_s (downtime);
-* ``telemetry`` metric ``power_kw`` per device (instantaneous kW; energy is integrated, each sample
-  held until the next one, at most ``max_gap_s``), metric ``state`` per device (running when the
-  value is in ``running_states``; without a state metric a device counts as stopped during its
-  fault events);
+* ``telemetry``: energy through ``line_agent.energy`` by the line's meters (``ToolConfig.meters``; default the
+  documented contract: a device's ``energy_kwh``/``energy_wh`` counter, else its ``power_w``/``power_kw``), metric
+  ``state`` per device (running when the value is in ``running_states``; without a state metric a device
+  counts as stopped during its fault events);
+* ``audit_log``: the line's own stops, slowdowns, safe states and restarts (``line_agent.downtime``);
 * ``inspections`` (one or more per part; a part is good when none of its decisions, or operator
   overrides, is reject/rework) and ``defects`` (class per detection).
 
@@ -14,24 +15,29 @@ Nothing here calls a model: the same inputs always give the same facts.
 
 from __future__ import annotations
 
+import bisect
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
+from line_agent import downtime as downtime_mod
+from line_agent import energy as energy_mod
+from line_agent.meters import DEFAULT_SHIFTS, MetersConfig, ShiftConfig, shifts_between
 from llm_ops.facts import Fact, ToolResult, Window
 
 
 @dataclass(frozen=True)
 class ToolConfig:
-    power_metric: str = "power_kw"
+    meters: MetersConfig | None = None  # the line's meters (line YAML); None = plant default / the contract
+    timezone: str = "UTC"  # the plant's zone: days and shifts of the breakdowns
+    shifts: tuple[ShiftConfig, ...] = DEFAULT_SHIFTS
     state_metric: str = "state"
     running_states: tuple[float, ...] = (2.0,)
-    max_gap_s: float = 300.0  # a power sample stands for at most this long (a silent meter is not a load)
     bucket: timedelta = timedelta(hours=1)
     baseline_days: int = 7
     shift: timedelta = timedelta(hours=8)
@@ -78,19 +84,45 @@ def fault_summary(conn: psycopg.Connection, w: Window, cfg: ToolConfig = ToolCon
     return res
 
 
+def downtime_summary(conn: psycopg.Connection, w: Window, cfg: ToolConfig = ToolConfig()) -> ToolResult:
+    """The line's own stops, slowdowns and restarts (audit_log): durations by cause, planned apart."""
+    res = ToolResult("downtime_summary", w)
+    dt = downtime_mod.read(conn, w.line, w.start, w.end)
+    stops = dt.stops()
+    slows = [e for e in dt.episodes if e.kind == "slow"]
+    if not dt.episodes and not dt.restarts:
+        res.notes.append("no stops or slowdowns of the line in window")
+        return res
+    res.facts.append(Fact("downtime.stops", res.tool, "stop_total", len(stops), "count", (), "line stops", True))
+    res.facts.append(Fact("downtime.stopped", res.tool, "stopped_total", round(dt.seconds(), 1), "s", (),
+                          "time the line stood stopped", True))
+    unplanned = dt.seconds(planned=False)
+    planned = dt.seconds(planned=True)
+    res.facts.append(Fact("downtime.unplanned", res.tool, "stopped_unplanned", round(unplanned, 1), "s", (),
+                          "unplanned stopped time", True))
+    if planned:
+        res.facts.append(Fact("downtime.planned", res.tool, "stopped_planned", round(planned, 1), "s", (),
+                              "planned stopped time (a person's stop whose reason starts with 'planned')", True))
+    if slows:
+        res.facts.append(Fact("downtime.slow", res.tool, "slow_total", round(dt.seconds(kind="slow"), 1), "s", (),
+                              "time the line ran slowed", True, extra={"slowdowns": len(slows)}))
+    res.facts.append(Fact("downtime.restarts", res.tool, "restarts", dt.restarts, "count", (), "restarts"))
+    for cause, (n, sec) in sorted(dt.by_cause().items(), key=lambda kv: (-kv[1][1], kv[0])):
+        res.facts.append(Fact(f"downtime.cause.{cause}", res.tool, "stop_cause", n, "count", (),
+                              f"stops by {cause}", True, extra={"cause": cause}))
+        res.facts.append(Fact(f"downtime.cause.{cause}.time", res.tool, "stop_cause_time", round(sec, 1), "s", (),
+                              f"stopped time after stops by {cause}", extra={"cause": cause}))
+    for e in stops[:10]:
+        res.facts.append(Fact(f"downtime.stop.{e.start:%Y%m%dT%H%M%S}", res.tool, "stop", round(e.duration_s, 1), "s",
+                              (), f"stop by {e.cause}", False, at=_iso(e.start),
+                              extra={"cause": e.cause, "actor": e.actor, "reason": e.reason, "planned": e.planned,
+                                     "start": _iso(e.start), "end": _iso(e.end), "ongoing": e.ongoing}))
+    return res
+
+
 # ---------------------------------------------------------------------------------------------
 # Energy
 # ---------------------------------------------------------------------------------------------
-_ENERGY_SQL = """
-SELECT device, date_bin(%(bucket)s, ts, %(origin)s) AS b,
-       sum(value * LEAST(EXTRACT(EPOCH FROM (coalesce(nts, %(end)s) - ts)), %(gap)s)) / 3600.0 AS kwh
-FROM (SELECT device, ts, value, lead(ts) OVER (PARTITION BY device ORDER BY ts) AS nts
-      FROM telemetry
-      WHERE line = %(line)s AND metric = %(metric)s AND ts >= %(start)s AND ts < %(end)s
-        AND value IS NOT NULL) s
-GROUP BY device, b
-"""
-
 _PARTS_SQL = """
 SELECT date_bin(%(bucket)s, ts, %(origin)s) AS b, count(*) AS parts,
        count(*) FILTER (WHERE NOT bad) AS good
@@ -102,11 +134,26 @@ GROUP BY b
 """
 
 
+def _energy_result(conn: psycopg.Connection, line: str, start: datetime, end: datetime, bucket: timedelta,
+                   origin: datetime, cfg: ToolConfig) -> energy_mod.EnergyResult:
+    width = bucket.total_seconds()
+    return energy_mod.compute(conn, line, start, end, meters=cfg.meters,
+                              edges=energy_mod.bucket_edges(start, end, width, origin.timestamp()))
+
+
 def _energy_buckets(conn: psycopg.Connection, line: str, start: datetime, end: datetime, bucket: timedelta,
                     origin: datetime, cfg: ToolConfig) -> dict[tuple[str, datetime], float]:
-    rows = conn.execute(_ENERGY_SQL, {"line": line, "start": start, "end": end, "bucket": bucket,
-                                      "origin": origin, "gap": cfg.max_gap_s, "metric": cfg.power_metric})
-    return {(str(r[0]), r[1]): float(r[2] or 0.0) for r in rows.fetchall()}
+    """kWh per (device, bucket start aligned to ``origin``), by ``line_agent.energy``."""
+    res = _energy_result(conn, line, start, end, bucket, origin, cfg)
+    width, o = bucket.total_seconds(), origin.timestamp()
+    keys = [datetime.fromtimestamp(o + (x - o) // width * width, UTC).astimezone(start.tzinfo or UTC)
+            for x in res.edges[:-1]]
+    out: dict[tuple[str, datetime], float] = defaultdict(float)
+    for d in res.devices:
+        for k, kwh in enumerate(d.kwh):
+            if kwh:
+                out[(d.device, keys[k])] += kwh
+    return dict(out)
 
 
 def _part_buckets(conn: psycopg.Connection, line: str, start: datetime, end: datetime, bucket: timedelta,
@@ -127,29 +174,66 @@ def _per_part_slices(conn: psycopg.Connection, w: Window, length: timedelta, cfg
     return [per_slice[b] / good for b, (_n, good) in parts.items() if good > 0 and per_slice.get(b, 0) > 0]
 
 
+def _interval(w: Window) -> timedelta:
+    """Interval facts: hours for up to two days, else days."""
+    return timedelta(hours=1) if w.end - w.start <= timedelta(hours=48) else timedelta(days=1)
+
+
 def energy_summary(conn: psycopg.Connection, w: Window, cfg: ToolConfig = ToolConfig()) -> ToolResult:
-    """kWh in the window, per interval, per machine, per good part, and against the recent baseline."""
+    """kWh in the window, per interval, per day and shift, per machine, per good part, peak 15-minute demand,
+    and against the recent baseline."""
     res = ToolResult("energy_summary", w)
-    energy = _energy_buckets(conn, w.line, w.start, w.end, cfg.bucket, w.start, cfg)
-    if not energy:
-        res.notes.append(f"no {cfg.power_metric} telemetry in window")
+    quarter = energy_mod.compute(conn, w.line, w.start, w.end, meters=cfg.meters,
+                                 edges=energy_mod.bucket_edges(w.start, w.end, 900.0))
+    if not quarter.devices:
+        res.notes.append("no energy readings in window (energy_kwh/energy_wh counter or power_w/power_kw, "
+                         "or the line's meters)")
         return res
-    total = sum(energy.values())
+    res.notes += list(quarter.notes)
+    total = quarter.total
     res.facts.append(Fact("energy.total", res.tool, "energy_total", round(total, 2), "kWh", (),
-                          "energy used in window", True))
-    by_dev: dict[str, float] = defaultdict(float)
-    by_bucket: dict[datetime, float] = defaultdict(float)
-    for (dev, b), kwh in energy.items():
-        by_dev[dev] += kwh
-        by_bucket[b] += kwh
-    for dev, kwh in sorted(by_dev.items(), key=lambda kv: -kv[1]):
+                          "energy used in window", True,
+                          extra={"meters": [{"device": d.device, "metric": d.meter.metric, "kind": d.meter.kind.value,
+                                             "unit": d.meter.unit, "period_s": d.quality.period_s}
+                                            for d in quarter.devices]}))
+    for dev, kwh in sorted(quarter.by_device().items(), key=lambda kv: -kv[1]):
         if dev:
             res.facts.append(Fact(f"energy.device.{dev}", res.tool, "energy_device", round(kwh, 2), "kWh", (dev,),
                                   f"energy used by {dev}"))
-    for b in sorted(by_bucket)[:48]:
+    peak = energy_mod.peak_demand(quarter)
+    if peak is not None and peak.kw > 0:
+        res.facts.append(Fact("energy.peak_15min", res.tool, "energy_peak", round(peak.kw, 1), "kW", (),
+                              "peak 15-minute demand", True, at=_iso(peak.start),
+                              extra={"start": _iso(peak.start), "end": _iso(peak.end)}))
+    step = _interval(w)
+    by_bucket = _energy_buckets(conn, w.line, w.start, w.end, step, w.start, cfg)
+    per: dict[datetime, float] = defaultdict(float)
+    for (_dev, b), kwh in by_bucket.items():
+        per[b] += kwh
+    for b in sorted(per)[:48]:
         res.facts.append(Fact(f"energy.interval.{b:%Y%m%dT%H%M}", res.tool, "energy_interval",
-                              round(by_bucket[b], 2), "kWh", (), "energy in interval", at=_iso(b),
-                              extra={"start": _iso(b), "end": _iso(min(b + cfg.bucket, w.end))}))
+                              round(per[b], 2), "kWh", (), "energy in interval", at=_iso(b),
+                              extra={"start": _iso(b), "end": _iso(min(b + step, w.end))}))
+    edges, days = energy_mod.day_edges(w.start, w.end, cfg.timezone)
+    if len(days) > 1:
+        daily = energy_mod.compute(conn, w.line, w.start, w.end, meters=cfg.meters, edges=edges).per_bucket
+        for k, (d, kwh) in enumerate(zip(days, daily, strict=True)):
+            res.facts.append(Fact(f"energy.day.{d.isoformat()}", res.tool, "energy_day", round(kwh, 2), "kWh", (),
+                                  f"energy on {d.isoformat()} ({cfg.timezone})", at=_iso(datetime.fromtimestamp(
+                                      edges[k], UTC)), extra={"day": d.isoformat(), "start": _iso(
+                                      datetime.fromtimestamp(edges[k], UTC)), "end": _iso(
+                                      datetime.fromtimestamp(edges[k + 1], UTC))}))
+    shifts = shifts_between(cfg.shifts, w.start, w.end, cfg.timezone)[:60]
+    if len(shifts) > 1:
+        bounds = sorted({x.timestamp() for _d, _n, a, b in shifts for x in (a, b)})
+        sres = energy_mod.compute(conn, w.line, w.start, w.end, meters=cfg.meters, edges=bounds)
+        per_b = sres.per_bucket
+        for d, name, a, b in shifts:
+            k = bounds.index(a.timestamp())
+            kwh = sum(per_b[k:bounds.index(b.timestamp())])
+            res.facts.append(Fact(f"energy.shift.{d.isoformat()}.{name}", res.tool, "energy_shift", round(kwh, 2),
+                                  "kWh", (), f"energy in shift {name} of {d.isoformat()}", at=_iso(a),
+                                  extra={"day": d.isoformat(), "shift": name, "start": _iso(a), "end": _iso(b)}))
     good = sum(g for _n, g in _part_buckets(conn, w.line, w.start, w.end, w.end - w.start, w.start).values())
     if good > 0:
         per_part = total / good
@@ -266,30 +350,53 @@ def anomalies(conn: psycopg.Connection, w: Window, cfg: ToolConfig = ToolConfig(
 # ---------------------------------------------------------------------------------------------
 # Energy waste
 # ---------------------------------------------------------------------------------------------
-_IDLE_SQL = """
-SELECT s.device,
-       sum(s.value * LEAST(EXTRACT(EPOCH FROM (coalesce(s.nts, %(end)s) - s.ts)), %(gap)s)) / 3600.0
-FROM (SELECT device, ts, value, lead(ts) OVER (PARTITION BY device ORDER BY ts) AS nts
-      FROM telemetry WHERE line = %(line)s AND metric = %(metric)s AND ts >= %(start)s AND ts < %(end)s
-        AND value IS NOT NULL) s
-LEFT JOIN LATERAL (
-    SELECT t.value FROM telemetry t
-    WHERE t.line = %(line)s AND t.device = s.device AND t.metric = %(state)s AND t.ts <= s.ts
-    ORDER BY t.ts DESC LIMIT 1) st ON true
-WHERE (st.value IS NOT NULL AND NOT (st.value = ANY(%(running)s)))
-   OR (st.value IS NULL AND EXISTS (
-        SELECT 1 FROM events e WHERE e.line = %(line)s AND e.device = s.device AND e.kind = 'fault'
-          AND e.ts <= s.ts AND s.ts < e.ts + make_interval(secs => coalesce(e.duration_s, 0))))
-GROUP BY s.device ORDER BY 2 DESC
-"""
+def _fine_step(w: Window) -> float:
+    """Bucket width for state-by-state energy: one minute, coarser for long windows (at most ~20,000 buckets)."""
+    return max(60.0, (w.end - w.start).total_seconds() / 20_000)
+
+
+def _idle_energy(conn: psycopg.Connection, w: Window, cfg: ToolConfig) -> dict[str, float]:
+    """kWh per device in fine buckets whose start finds the device not running (its ``state`` metric; with no
+    state metric, inside one of its faults)."""
+    step = _fine_step(w)
+    res = energy_mod.compute(conn, w.line, w.start, w.end, meters=cfg.meters,
+                             edges=energy_mod.bucket_edges(w.start, w.end, step, w.start.timestamp()))
+    states = conn.execute(
+        "SELECT device, extract(epoch FROM ts)::float8, value FROM telemetry WHERE line = %(line)s AND metric ="
+        " %(state)s AND ts >= %(start)s - interval '1 day' AND ts < %(end)s ORDER BY device, ts",
+        _params(w, state=cfg.state_metric)).fetchall()
+    by_dev: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for dev, t, v in states:
+        by_dev[str(dev)][0].append(float(t))
+        by_dev[str(dev)][1].append(float(v))
+    faults = conn.execute(
+        "SELECT device, extract(epoch FROM ts)::float8, coalesce(duration_s, 0) FROM events WHERE line = %(line)s"
+        " AND kind = 'fault' AND ts >= %(start)s - interval '1 day' AND ts < %(end)s", _params(w)).fetchall()
+    spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for dev, t, d in faults:
+        spans[str(dev)].append((float(t), float(t) + float(d)))
+    running = set(cfg.running_states)
+    out: dict[str, float] = defaultdict(float)
+    for d in res.devices:
+        st = by_dev.get(d.device)
+        for k, kwh in enumerate(d.kwh):
+            if not kwh:
+                continue
+            t = res.edges[k]
+            if st is not None:
+                i = bisect.bisect_right(st[0], t) - 1
+                idle = i >= 0 and st[1][i] not in running
+            else:
+                idle = any(a <= t < b for a, b in spans.get(d.device, ()))
+            if idle:
+                out[d.device] += kwh
+    return dict(out)
 
 
 def energy_waste(conn: psycopg.Connection, w: Window, cfg: ToolConfig = ToolConfig()) -> ToolResult:
     """kWh drawn while machines were stopped/idle, and kWh per good part against the best recent shift."""
     res = ToolResult("energy_waste", w)
-    rows = conn.execute(_IDLE_SQL, _params(w, gap=cfg.max_gap_s, metric=cfg.power_metric,
-                                           state=cfg.state_metric, running=list(cfg.running_states))).fetchall()
-    idle = [(str(d), float(k or 0)) for d, k in rows if (k or 0) > 0.005]
+    idle = sorted(((d, k) for d, k in _idle_energy(conn, w, cfg).items() if k > 0.005), key=lambda x: (-x[1], x[0]))
     total_idle = sum(k for _d, k in idle)
     res.facts.append(Fact("waste.idle", res.tool, "waste_idle", round(total_idle, 2), "kWh",
                           tuple(d for d, _k in idle[:3] if d), "energy drawn while stopped or idle",
@@ -357,13 +464,17 @@ def candidate_causes(conn: psycopg.Connection, w: Window, cfg: ToolConfig = Tool
                                   extra={**extra, "type": "defect_after_fault"}))
     rework_times = [p[1] for p in parts if p[3]]
     if len(rework_times) >= cfg.min_cause_support:
-        rows = conn.execute(
-            "SELECT ts, sum(value) FROM telemetry WHERE line = %(line)s AND metric = %(metric)s"
-            " AND ts >= %(start)s AND ts < %(end)s GROUP BY ts ORDER BY ts",
-            _params(w, metric=cfg.power_metric),
-        ).fetchall()
-        near = [float(v) for t, v in rows if any(abs((t - r).total_seconds()) <= 60 for r in rework_times)]
-        far = [float(v) for t, v in rows if not any(abs((t - r).total_seconds()) <= 60 for r in rework_times)]
+        step = _fine_step(w)
+        fine = energy_mod.compute(conn, w.line, w.start, w.end, meters=cfg.meters,
+                                  edges=energy_mod.bucket_edges(w.start, w.end, step, w.start.timestamp()))
+        rw = sorted(r.timestamp() for r in rework_times)
+        near: list[float] = []
+        far: list[float] = []
+        for k, kwh in enumerate(fine.per_bucket):
+            a, b = fine.edges[k], fine.edges[k + 1]
+            kw = kwh * 3600.0 / (b - a)
+            i = bisect.bisect_left(rw, a - 60.0)
+            (near if i < len(rw) and rw[i] < b + 60.0 else far).append(kw)
         if near and far and statistics.fmean(far) > 0:
             ratio = statistics.fmean(near) / statistics.fmean(far)
             if ratio >= 1.2:
@@ -397,6 +508,8 @@ TOOLS: dict[str, ToolSpec] = {
     t.name: t
     for t in (
         ToolSpec("fault_summary", fault_summary, "Fault counts and downtime by machine and failure code."),
+        ToolSpec("downtime_summary", downtime_summary, "The line's stops, slowdowns and restarts with causes and "
+                 "durations, planned and unplanned apart."),
         ToolSpec("energy_summary", energy_summary, "Energy kWh total, per interval, per machine, per good part, "
                  "and against the recent baseline."),
         ToolSpec("defect_summary", defect_summary, "Parts inspected, good, reject rate, defect rate by class."),
@@ -408,7 +521,7 @@ TOOLS: dict[str, ToolSpec] = {
 }
 
 FIXED_PLAN: tuple[str, ...] = tuple(TOOLS)
-ALERT_PLAN: tuple[str, ...] = ("anomalies", "fault_summary", "defect_summary")
+ALERT_PLAN: tuple[str, ...] = ("anomalies", "fault_summary", "downtime_summary", "defect_summary")
 
 
 def run_tools(conn: psycopg.Connection, w: Window, names: tuple[str, ...] | list[str] = FIXED_PLAN,

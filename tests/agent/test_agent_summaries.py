@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from line_agent.agent import get_summary, summarize
+from line_agent.agent.core import UnknownLineError
 from line_agent.agent.scenarios import Scenario
 from llm_ops.backends import Completion, FallbackChain, Message, OpenAICompatBackend
 from llm_ops.narrator import narrate_from_prompt
@@ -166,12 +167,15 @@ def test_backend_timeout_gives_clear_stored_outcome(scenario_db: tuple[str, dict
 def test_line_without_data_and_empty_window(scenario_db: tuple[str, dict[str, Scenario]]) -> None:
     url, scen = scenario_db
     s = scen["steady"]
-    r = summarize(url, "NOPE", start=s.start, end=s.end, backend=ScriptedBackend(["ok"]))
+    with pytest.raises(UnknownLineError, match=r"unknown line 'NOPE'; known lines .*L1, L2"):
+        summarize(url, "NOPE", start=s.start, end=s.end, backend=ScriptedBackend(["ok"]))
+    long_ago = (s.start - timedelta(days=400), s.end - timedelta(days=400))
+    r = summarize(url, s.line, start=long_ago[0], end=long_ago[1], backend=ScriptedBackend(["ok"]))
     assert r.verdict == "no_data" and "no data" in r.headline and r.detail["reason"].startswith("no data")
     assert stored(url, r.summary_id)["verdict"] == "no_data"
     e = summarize(url, s.line, start=s.end, end=s.end)
     assert e.verdict == "no_data" and e.detail["reason"].startswith("empty window")
-    z = summarize(url, "NOPE", start=s.start, end=s.end, lang="zh")
+    z = summarize(url, s.line, start=long_ago[0], end=long_ago[1], lang="zh")
     assert "无数据" in z.prose
     with pytest.raises(ValueError, match="before its start"):
         summarize(url, s.line, start=s.end, end=s.start)
@@ -186,7 +190,9 @@ def test_publish_on_real_broker(scenario_db: tuple[str, dict[str, Scenario]], mq
 
     url, scen = scenario_db
     s = scen["energy_waste"]
-    host, port = mqtt_url.removeprefix("mqtt://").split(":")
+    from line_agent.mqtt import parse_mqtt_url
+
+    host, port, user, password, _tls = parse_mqtt_url(mqtt_url)
     got: list[bytes] = []
     ready = threading.Event()
     received = threading.Event()
@@ -199,9 +205,13 @@ def test_publish_on_real_broker(scenario_db: tuple[str, dict[str, Scenario]], mq
         received.set()
 
     sub.on_message = on_message
+    if user:
+        sub.username_pw_set(user, password)
     sub.connect(host, int(port))
     sub.loop_start()
     pub = mqtt.Client()
+    if user:
+        pub.username_pw_set(user, password)
     pub.connect(host, int(port))
     pub.loop_start()
     try:

@@ -49,25 +49,52 @@ def _database(db: str | None, *, throwaway: bool = False) -> Iterator[str]:
 @agent_app.command("summarize")
 def summarize_cmd(
     line: Annotated[str, typer.Option("--line", help="Line id, e.g. L1.")],
-    since: Annotated[str, typer.Option("--since", help="Window length back from now (8h, 30m, 2d) or ISO start.")]
-    = "8h",
+    since: Annotated[str | None, typer.Option("--since", help="Window back from now (8h, 30m, 2d) or an ISO start "
+                                                                "(then up to --to, else now). Default 8h.")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="Window start, ISO 8601 (naive = UTC).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Window end, ISO 8601 (default now).")] = None,
+    shift: Annotated[str | None, typer.Option("--shift", help="A shift of the line's calendar (with --date).")] = None,
+    day: Annotated[str | None, typer.Option("--date", help="The day the shift starts, YYYY-MM-DD.")] = None,
     lang: Annotated[str, typer.Option("--lang", help="en | zh")] = "en",
     backend: BackendOpt = None,
     db: DbOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the stored result as JSON.")] = False,
 ) -> None:
-    """Summarise LINE over the last SINCE, verify every number, store it (table summaries), print it."""
-    from line_agent.agent.core import parse_since, summarize
+    """Summarise LINE over a window, verify every number, store it (table summaries), print it.
+
+    Windows: --from/--to, --shift NAME --date YYYY-MM-DD (the line YAML's shifts and timezone), or --since."""
+    from datetime import date, datetime
+
+    from line_agent.agent.core import resolve_window, summarize, tool_config_for
 
     if lang not in ("en", "zh"):
         raise typer.BadParameter(f"--lang must be en or zh, got {lang!r}")
+    if since is not None and (from_ is not None or shift is not None):
+        raise typer.BadParameter("give --since, or --from/--to, or --shift/--date")
+
+    def iso(v: str | None, name: str) -> datetime | None:
+        if v is None:
+            return None
+        try:
+            return datetime.fromisoformat(v)
+        except ValueError:
+            raise typer.BadParameter(f"{name} {v!r}: not an ISO 8601 time") from None
+
+    start, end = iso(from_, "--from"), iso(to, "--to")
+    d: date | None = None
+    if day is not None:
+        try:
+            d = date.fromisoformat(day)
+        except ValueError:
+            raise typer.BadParameter(f"--date {day!r}: use YYYY-MM-DD") from None
+    cfg = tool_config_for(line)
     try:
-        parse_since(since)
+        start, end = resolve_window(since=since, start=start, end=end, shift=shift, day=d, cfg=cfg)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     with _database(db) as url:
         try:
-            r = summarize(url, line, since=since, lang=lang, backend=backend)
+            r = summarize(url, line, start=start, end=end, lang=lang, backend=backend, cfg=cfg)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
     if as_json:
@@ -128,8 +155,34 @@ def costs_cmd(
             typer.echo(json.dumps(row, default=str))
 
 
+def energy_table(rows: list[dict[str, object]]) -> str:
+    """The accuracy table of docs/BENCHMARKS.md."""
+    out = ["| quirk | what the meter does | truth kWh | line_agent.energy kWh | worst day error | replaced SQL kWh |"
+           " replaced SQL worst day |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['quirk']} | {r['description']} | {r['truth_kwh']:,.1f} | {r['kwh']:,.1f} | "
+                   f"{float(r['worst_day_error_pct']):.4f} % | {r['legacy_kwh']:,.1f} | "  # type: ignore[arg-type]
+                   f"{float(r['legacy_worst_day_error_pct']):.2f} % |")  # type: ignore[arg-type]
+    return "\n".join(out)
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.add_typer(agent_app, name="agent")
+
+    @bench.command("energy")
+    def bench_energy(
+        days: Annotated[int, typer.Option("--days", min=1, max=366)] = 7,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+        tz: Annotated[str, typer.Option("--tz", help="Days of this IANA zone.")] = "UTC",
+        out: Annotated[Path | None, typer.Option("--out", help="Write the rows as JSON here.")] = None,
+    ) -> None:
+        """Energy accuracy per meter quirk against the generated truth (daily totals); docs/BENCHMARKS.md."""
+        from line_agent.energy import bench as run_bench
+
+        rows = run_bench(days, seed, tz)
+        typer.echo(energy_table(rows))
+        if out is not None:
+            out.write_text(json.dumps(rows, indent=2, default=str))
 
     @bench.command("agent")
     def bench_agent(

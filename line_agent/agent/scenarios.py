@@ -273,3 +273,66 @@ def all_scenarios(end: datetime | None = None, shared: Path | None = None) -> li
 
 
 ScenarioFactory = Callable[[datetime], Scenario]
+
+
+# ---- through the front door: publisher -> broker -> ingest -> store ---------------------------------------
+def publish_telemetry(mqtt_url: str, line: str, cell: str, device: str, points: list[tuple[float, dict[str, float]]],
+                      *, site: str = "eval", prefix: str = "lineguard", per_message: int = 500) -> int:
+    """Publish readings as the documented contract says a meter does (``TelemetryPoint`` lists on
+    ``<prefix>/<site>/<line>/<cell>/telemetry``, QoS 1); returns the number of points once the broker has them."""
+    import uuid
+
+    from line_agent.contracts import TelemetryPoint, topic
+    from line_agent.mqtt import Publisher
+
+    client = Publisher(mqtt_url, f"{prefix}-eval-{uuid.uuid4().hex[:8]}", max_queued=0, max_inflight=200)
+    try:
+        if not client.connected.wait(15):
+            raise ConnectionError(f"cannot reach the MQTT broker at {mqtt_url}")
+        t = topic(site, line, cell, "telemetry", prefix)
+        n = 0
+        for i in range(0, len(points), per_message):
+            chunk = [TelemetryPoint(ts=ts, device=device, metrics=m).model_dump(mode="json")
+                     for ts, m in points[i:i + per_message]]
+            client.publish_json(t, chunk)
+            n += len(chunk)
+        if not client.flush(60):
+            raise TimeoutError("the broker did not acknowledge every reading")
+        return n
+    finally:
+        client.close()
+
+
+def ingest_until(mqtt_url: str, db_url: str, data_dir: Path, publish: Callable[[], int], *,
+                 prefix: str = "lineguard", timeout_s: float = 90.0) -> int:
+    """Run one ingest worker (subscribed to ``<prefix>/#``) while ``publish()`` runs, until the store holds what
+    was published (telemetry rows counted); returns the rows stored."""
+    import threading
+    import time
+
+    from line_agent.ingest.worker import IngestConfig, IngestWorker
+
+    def stored() -> int:
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute("SELECT count(*) FROM telemetry").fetchone()
+            return int(row[0]) if row else 0
+
+    before = stored()
+    cfg = IngestConfig(mqtt_url=mqtt_url, database_url=db_url, data_dir=data_dir, worker_index=0,
+                       client_prefix=f"{prefix}-ingest", json_filter=f"{prefix}/#", share_group=prefix,
+                       sparkplug_filter=None, batch_delay_s=0.05, db_retry_s=0.3)
+    worker = IngestWorker(cfg)
+    stop = threading.Event()
+    th = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    th.start()
+    try:
+        if not worker.subscribed.wait(15):
+            raise ConnectionError("ingest worker did not subscribe")
+        want = before + publish()
+        deadline = time.monotonic() + timeout_s
+        while stored() < want and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return stored() - before
+    finally:
+        stop.set()
+        th.join(30)

@@ -27,7 +27,7 @@ from vision.detectors.factory import DetectorConfig
 from vision.stacking import read_gray
 from vision.types import UNKNOWN_CLASS, Detection, Frame, Label, Sample
 
-DETECTOR_KINDS: tuple[str, ...] = ("onnx", "template", "yolo")
+DETECTOR_KINDS: tuple[str, ...] = ("onnx", "template", "yolo", "centernet")
 
 
 def sample_frame(sample: Sample, seq: int = 0) -> Frame:
@@ -137,7 +137,8 @@ def bench_config(kind: str, model: str | None, *, conf: float, threads: int, reg
                  second_look: bool | None = None) -> DetectorConfig:
     """The DetectorConfig a benchmark's ``--kind``/``--model`` flags mean (no unknown pass: only trained classes
     are scored). Kind ``onnx`` takes a registry model of either kind, as its directory says (a whole-frame YOLO
-    export or a two-stage hybrid), the shipped YOLO export when ``model`` is None; ``yolo`` a .pt / model dir."""
+    export, a two-stage hybrid or a centernet), the shipped YOLO export when ``model`` is None; ``yolo`` a .pt /
+    model dir; ``centernet`` a template-free centernet model (vision.detectors.centernet)."""
     from vision.detectors.factory import TemplateDetectorConfig, YoloDetectorConfig, model_detector_config
 
     if kind == "onnx":
@@ -147,6 +148,12 @@ def bench_config(kind: str, model: str | None, *, conf: float, threads: int, reg
                                      unknown_pass=False, tta=tta, settled=tta_settled, second_look=second_look)
     if kind == "template":
         return TemplateDetectorConfig()
+    if kind == "centernet":
+        from vision.detectors.factory import CenterNetDetectorConfig
+
+        if not model:
+            raise ValueError("the centernet detector needs --model (a registry name or model dir)")
+        return CenterNetDetectorConfig(model=model, conf=conf, threads=threads)
     if kind == "yolo":
         if not model:
             raise ValueError("the yolo detector needs --model (a registry version dir with weights.pt, or a .pt)")

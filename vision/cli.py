@@ -34,47 +34,86 @@ def train_cmd(
     data: Path = typer.Option(..., "--data", help="dataset directory"),
     fmt: str = typer.Option(..., "--format", help="deeppcb | yolo | voc | coco"),
     split: str | None = typer.Option(None, "--split", help="split / list name, e.g. trainval"),
-    arch: str = typer.Option("yolo", "--arch", help="yolo (whole frame) | hybrid (template proposals + crop CNN)"),
-    epochs: int | None = typer.Option(None, "--epochs", help="default: 50 for yolo, 8 for hybrid"),
-    imgsz: int = typer.Option(320, "--imgsz", help="square network input, multiple of 32"),
-    batch: int | None = typer.Option(None, "--batch", help="default: 16 images for yolo, 128 crops for hybrid"),
+    arch: str = typer.Option(
+        "auto", "--arch",
+        help="auto (yolo when every image has a golden template, else centernet) | yolo (whole frame, stacked "
+        "with the template) | hybrid (template proposals + crop CNN) | centernet (whole frame, template-free, "
+        "pretrained EfficientNet-Lite0)",
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", help="default: 50 for yolo, 8 for hybrid, 40 for centernet"),
+    imgsz: int | None = typer.Option(
+        None, "--imgsz", help="square network input, multiple of 32 (default: 320; centernet 256)"
+    ),
+    batch: int | None = typer.Option(
+        None, "--batch", help="default: 16 images for yolo and centernet, 128 crops for hybrid"
+    ),
     weights: Path | None = typer.Option(
         None,
         "--weights",
         help="start from local weights, never downloads: yolo a .pt; hybrid a model dir or name (pcb-synth-hybrid)",
     ),
     model: str = typer.Option("yolo11n.yaml", "--model", help="model config when training from scratch"),
-    holdout_last: int = typer.Option(0, "--holdout-last", help="hold out the last N samples for evaluation"),
+    holdout_last: int = typer.Option(
+        0, "--holdout-last", help="validate on the last N samples (a fixed protocol); replaces --val"
+    ),
+    val: float | None = typer.Option(
+        None, "--val",
+        help="stratified random validation share, every class in both parts (default 0.2; 0 with --weights, "
+        "where a few feedback images are all there is; 0 = none)",
+    ),
     out: Path = typer.Option(DEFAULT_REGISTRY, "--out", help="registry directory"),
     name: str = typer.Option("pcb", "--name", help="model name in the registry"),
     stacking: str = typer.Option("diff", "--stacking", help="diff (test, template, |diff|) | gray"),
     cache_dir: Path = typer.Option(Path("var/cache/train"), "--cache-dir"),
     time_hours: float | None = typer.Option(None, "--time", help="wall-clock budget in hours (overrides epochs)"),
     threads: int = typer.Option(2, "--threads", help="torch CPU threads"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="seed of the validation split and of training"),
 ) -> None:
-    """Train a defect detector offline, export ONNX, evaluate on the hold-out, publish to the registry.
+    """Train a defect detector offline, export ONNX, evaluate on the validation part, publish to the registry.
 
-    ``--arch yolo`` learns whole frames (any data); ``--arch hybrid`` classifies and re-boxes the differences
-    against the golden template with a small crop CNN (needs templates; far better on DeepPCB, see
-    docs/benchmarks/vision.md). ``--time`` caps the training wall clock in hours for both.
+    ``--arch yolo`` learns whole frames stacked with the golden template; ``--arch hybrid`` classifies and
+    re-boxes the differences against the template with a small crop CNN (needs templates; far better on DeepPCB,
+    see docs/benchmarks/vision.md); ``--arch centernet`` learns template-free products (steel, textiles, any
+    surface) from a pretrained backbone on a CPU. ``--time`` caps the training wall clock in hours.
+    Validation: a stratified random 20 % by default (``--val``, ``--seed``), or ``--holdout-last N``.
     """
-    from vision.train import DEFAULT_BATCH, DEFAULT_EPOCHS, TrainConfig, TrainError, train
+    from vision.train import (
+        DEFAULT_BATCH,
+        DEFAULT_EPOCHS,
+        DEFAULT_IMGSZ,
+        DEFAULT_VAL,
+        TrainConfig,
+        TrainError,
+        auto_arch,
+        train,
+    )
 
-    if arch not in DEFAULT_EPOCHS:
-        _fail(f"--arch must be one of {', '.join(DEFAULT_EPOCHS)}, got {arch!r}")
+    if arch != "auto" and arch not in DEFAULT_EPOCHS:
+        _fail(f"--arch must be auto or one of {', '.join(DEFAULT_EPOCHS)}, got {arch!r}")
         return
+    if val is not None and not 0.0 <= val < 1.0:
+        _fail(f"--val must be in [0, 1), got {val}")
+        return
+    if arch == "auto":
+        try:
+            arch = auto_arch(data, fmt, split)
+        except TrainError as e:
+            _fail(str(e))
+            return
+        typer.echo(f"--arch auto: {arch}", err=True)
+    val_share = val if val is not None else (0.0 if holdout_last or weights is not None else DEFAULT_VAL)
     cfg = TrainConfig(
         arch=arch,
         data=data,
         fmt=fmt,
         split=split,
         epochs=epochs if epochs is not None else DEFAULT_EPOCHS[arch],
-        imgsz=imgsz,
+        imgsz=imgsz if imgsz is not None else DEFAULT_IMGSZ[arch],
         batch=batch if batch is not None else DEFAULT_BATCH[arch],
         weights=weights,
         model=model,
         holdout_last=holdout_last,
+        val=val_share,
         out=out,
         name=name,
         stacking=stacking,
@@ -144,6 +183,9 @@ def bench_vision_cmd(
     holdout_last: int = typer.Option(0, "--holdout-last"),
     model: str | None = typer.Option(None, "--model", help="ONNX model (default: the shipped one)"),
     yolo_model: str | None = typer.Option(None, "--yolo-model", help="registry dir / .pt for the torch detector"),
+    centernet_model: str | None = typer.Option(
+        None, "--centernet-model", help="template-free centernet model (registry name or dir) for kind centernet"
+    ),
     registry: Path = typer.Option(DEFAULT_REGISTRY, "--registry"),
     detectors: str = typer.Option("onnx,template,yolo", "--detectors", help="comma-separated kinds"),
     conf: float = typer.Option(0.25, "--conf"),
@@ -194,6 +236,11 @@ def bench_vision_cmd(
             args += ["--model", yolo_model]
         elif k == "onnx" and model:
             args += ["--model", model]
+        elif k == "centernet":
+            if not centernet_model:
+                results.append({"kind": k, "skipped": "no --centernet-model given"})
+                continue
+            args += ["--model", centernet_model]
         results.append(bench_subprocess(k, args))
     typer.echo(json.dumps(results, indent=2))
     if markdown is not None:
@@ -309,8 +356,55 @@ def synth_cmd(
     typer.echo(json.dumps({"out": str(out), "pairs": len(samples), "defects": sum(len(s.labels) for s in samples)}))
 
 
+def data_check_cmd(
+    data: Path = typer.Option(..., "--data", help="dataset directory (or its annotation folder / COCO json)"),
+    fmt: str = typer.Option(..., "--format", help="deeppcb | yolo | voc | coco"),
+    split: str | None = typer.Option(None, "--split", help="split / list name"),
+    as_json: bool = typer.Option(False, "--json", help="print the whole check as JSON"),
+    val: float = typer.Option(0.2, "--val", help="also try the stratified validation split train would make"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Before any training: class counts, box sizes, images without labels, duplicates, the importer's fix-ups and
+    skipped files, and whether a validation split with every class in both parts can be made. Exit 1 when the
+    data cannot be trained on as it is."""
+    from vision.datasets import DatasetError, split_stratified
+    from vision.datasets.check import check_dataset, format_text
+
+    try:
+        res = check_dataset(data, fmt, split)
+    except (DatasetError, OSError) as e:
+        _fail(str(e))
+        return
+    samples_ok = res["boxes"] > 0
+    res["validation_split"] = None
+    if val > 0 and samples_ok:
+        from vision.datasets import load
+
+        try:
+            fit, held = split_stratified(load(data, fmt, split), val, seed)
+            res["validation_split"] = {"val": val, "seed": seed, "train_images": len(fit), "val_images": len(held)}
+        except ValueError as e:
+            res["validation_split"] = {"error": str(e)}
+            res["problems"].append(f"validation split --val {val}: {e}")
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+    else:
+        typer.echo(format_text(res))
+        vs = res["validation_split"]
+        if vs and "error" not in vs:
+            typer.echo(f"validation split (--val {val} --seed {seed}): {vs['train_images']} train / "
+                       f"{vs['val_images']} val images, every class in both")
+    fatal = not samples_ok or (res["validation_split"] or {}).get("error")
+    if fatal:
+        raise typer.Exit(code=1)
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add vision's commands: ``train``, ``eval`` and ``synth`` to ``app``, ``vision`` and ``adapt`` to ``bench``."""
+    """Add vision's commands: ``train``, ``eval``, ``synth`` and ``data check`` to ``app``, ``vision`` and
+    ``adapt`` to ``bench``."""
+    data_app = typer.Typer(no_args_is_help=True, help="Inspect data sets before training.")
+    data_app.command("check")(data_check_cmd)
+    app.add_typer(data_app, name="data")
     app.command("synth")(synth_cmd)
     app.command("train")(train_cmd)
     app.command("eval")(eval_cmd)

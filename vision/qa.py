@@ -16,6 +16,11 @@ YAML (a line file's ``qa:`` block, or the same keys at top level)::
       rules:
         - {classes: [short, open], min_confidence: 0.5, action: reject}
         - {classes: ["*"], min_confidence: 0.6, min_area_px: 400, action: rework}
+
+Classes come from the camera's model, not a fixed list: ``from_yaml(path, classes=detector.classes)`` (or
+``rules.check_classes(detector.classes)`` once the detector is built) refuses a class the model cannot emit,
+naming it, so a typo (``scratch`` for ``scratches``) fails at check-config rather than never triggering.
+Without ``classes`` any non-empty name is accepted.
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from line_agent.contracts import Verdict
-from vision.types import DEFECT_CLASSES, UNKNOWN_CLASS, Detection
+from vision.types import UNKNOWN_CLASS, Detection
 
 
 class QARule(BaseModel):
@@ -45,13 +50,14 @@ class QARule(BaseModel):
 
     @field_validator("classes")
     @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        known = {*DEFECT_CLASSES, UNKNOWN_CLASS, "*"}
-        bad = [c for c in v if c not in known]
-        if bad:
-            raise ValueError(f"unknown class(es) {bad}; expected any of {sorted(known)}")
+    def _known(cls, v: list[str], info: ValidationInfo) -> list[str]:
         if not v:
             raise ValueError("classes must not be empty (use ['*'] for any class)")
+        if any(not isinstance(c, str) or not c.strip() for c in v):
+            raise ValueError(f"class names must be non-empty strings, got {v}")
+        model_classes = (info.context or {}).get("classes") if info.context else None
+        if model_classes is not None:
+            _check(v, model_classes)
         return v
 
     def triggers(self, d: Detection) -> bool:
@@ -61,6 +67,13 @@ class QARule(BaseModel):
             and d.box.area >= self.min_area_px
             and max(d.box.width, d.box.height) >= self.min_size_px
         )
+
+
+def _check(names: Sequence[str], model_classes: Sequence[str]) -> None:
+    known = {*model_classes, UNKNOWN_CLASS, "*"}
+    bad = [c for c in names if c not in known]
+    if bad:
+        raise ValueError(f"unknown class(es) {bad}; the model's classes are {sorted(known)}")
 
 
 @dataclass(slots=True)
@@ -94,23 +107,33 @@ class QARules(BaseModel):
                 out.action = act
         return out
 
+    def check_classes(self, model_classes: Sequence[str]) -> None:
+        """ValueError naming every rule class the model (``model_classes``, e.g. ``detector.classes``) cannot emit."""
+        for i, r in enumerate(self.rules):
+            try:
+                _check(r.classes, model_classes)
+            except ValueError as e:
+                raise ValueError(f"qa rule #{i + 1}: {e}") from e
+
     @classmethod
-    def from_mapping(cls, data: Any, where: str = "qa") -> QARules:
+    def from_mapping(cls, data: Any, where: str = "qa", classes: Sequence[str] | None = None) -> QARules:
+        """From a mapping (``qa:`` block or top-level keys); ``classes``: the model's, checked against the rules."""
         if data is None:
             return cls()
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected a mapping with 'rules', got {type(data).__name__}")
         block = data.get("qa", data)
-        return cls.model_validate(block)
+        return cls.model_validate(block, context={"classes": tuple(classes)} if classes is not None else None)
 
     @classmethod
-    def from_yaml(cls, path: Path) -> QARules:
-        """Read the ``qa:`` block (or top-level rules) of a YAML file; errors name the file."""
+    def from_yaml(cls, path: Path, classes: Sequence[str] | None = None) -> QARules:
+        """Read the ``qa:`` block (or top-level rules) of a YAML file; errors name the file. ``classes``: the
+        camera's model's classes, checked against the rules."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"QA rules file not found: {path}")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            return cls.from_mapping(data, str(path))
+            return cls.from_mapping(data, str(path), classes)
         except (yaml.YAMLError, ValueError) as exc:
             raise ValueError(f"{path}: invalid QA rules: {exc}") from exc

@@ -2,7 +2,8 @@
 
 Pipeline (``lineguard train``):
 
-1. load samples with vision.datasets (deeppcb / yolo / voc / coco), hold out the last N;
+1. load samples with vision.datasets (deeppcb / yolo / voc / coco); validate on a stratified random part
+   (``val``, every class in both parts: vision.datasets.split) or on the last N (``holdout_last``);
 2. write an ultralytics dataset of stacked images into a cache dir keyed by the data hash, so a
    second run on the same data skips the conversion;
 3. train from a model config (``yolo11n.yaml``: from scratch) or local weights, never downloading;
@@ -35,10 +36,14 @@ from vision.types import DEFECT_CLASSES, UNKNOWN_CLASS, Sample
 log = logging.getLogger("vision.train")
 
 FORMATS: tuple[str, ...] = ("deeppcb", "yolo", "voc", "coco")
-ARCHS: tuple[str, ...] = ("yolo", "hybrid")
-#: Epochs when --epochs is not given: YOLO learns whole frames slowly; the crop CNN sees ~40 crops a pair.
-DEFAULT_EPOCHS: dict[str, int] = {"yolo": 50, "hybrid": 8}
-DEFAULT_BATCH: dict[str, int] = {"yolo": 16, "hybrid": 128}
+ARCHS: tuple[str, ...] = ("yolo", "hybrid", "centernet")
+#: Epochs when --epochs is not given: YOLO learns whole frames slowly; the crop CNN sees ~40 crops a pair;
+#: the centernet starts from an ImageNet backbone (vision.train_centernet).
+DEFAULT_EPOCHS: dict[str, int] = {"yolo": 50, "hybrid": 8, "centernet": 40}
+DEFAULT_BATCH: dict[str, int] = {"yolo": 16, "hybrid": 128, "centernet": 16}
+DEFAULT_IMGSZ: dict[str, int] = {"yolo": 320, "hybrid": 320, "centernet": 256}
+#: Share of images kept for validation when neither --val nor --holdout-last is given (stratified, seeded).
+DEFAULT_VAL = 0.2
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,6 +62,8 @@ class TrainConfig:
     weights: Path | None = None
     model: str = "yolo11n.yaml"
     holdout_last: int = 0
+    #: Stratified random validation share (vision.datasets.split_stratified, ``seed``); ignored with holdout_last.
+    val: float = 0.0
     out: Path = Path("var/registry")
     name: str = "pcb"
     stacking: str = "diff"
@@ -68,7 +75,8 @@ class TrainConfig:
     patience: int = 100
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to ultralytics train()
     #: "yolo": whole-frame ultralytics YOLO; "hybrid": template proposals + crop CNN (vision.train_hybrid),
-    #: for parts with a golden template. Both publish the same registry layout.
+    #: for parts with a golden template; "centernet": whole-frame, template-free, pretrained EfficientNet-Lite0
+    #: (vision.train_centernet). All publish the same registry layout.
     arch: str = "yolo"
 
 
@@ -139,7 +147,9 @@ def _import_ultralytics() -> Any:
 
 
 def load_samples(data: Path, fmt: str, split: str | None = None) -> list[Sample]:
-    """Load a dataset with vision.datasets, turning every failure into a TrainError naming the cause."""
+    """Load a dataset with vision.datasets, turning every failure into a TrainError naming the cause.
+
+    The importer's fix-ups and skipped files are logged (``lineguard data check`` lists them all)."""
     if fmt not in FORMATS:
         raise TrainError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
     data = Path(data)
@@ -147,17 +157,30 @@ def load_samples(data: Path, fmt: str, split: str | None = None) -> list[Sample]
         raise TrainError(f"data directory not found: {data}")
     from vision import datasets
 
+    report = datasets.LoadReport()
     try:
-        samples = datasets.load(data, fmt, split=split)
+        samples = datasets.load(data, fmt, split=split, report=report)
     except (ValueError, OSError) as e:
         raise TrainError(f"cannot load {fmt} dataset at {data}: {e}") from e
+    if report.fixups or report.skipped:
+        log.warning("%s: %s (lineguard data check --data %s --format %s lists them)", data, report.summary(),
+                    data, fmt)
     if not samples:
         raise TrainError(f"no samples in {fmt} dataset at {data}")
     return samples
 
 
+def auto_arch(data: Path, fmt: str, split: str | None = None) -> str:
+    """``--arch auto``: ``yolo`` (stacked with the template) when every sample has a golden template, else the
+    template-free ``centernet``."""
+    samples = load_samples(data, fmt, split)
+    return "yolo" if all(s.template_path is not None for s in samples) else "centernet"
+
+
 def load_split(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
-    """(samples to train on, the last ``cfg.holdout_last`` held out); TrainError on bad data or an empty fit."""
+    """(samples to train on, samples to validate on): the last ``cfg.holdout_last`` (a fixed protocol), else a
+    stratified random ``cfg.val`` share (every class in both parts), else none. TrainError on bad data, an
+    impossible split or an empty fit; never a traceback for a data set problem."""
     from vision import datasets
 
     samples = load_samples(cfg.data, cfg.fmt, cfg.split)
@@ -166,10 +189,22 @@ def load_split(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
             fit, held = datasets.split_holdout(samples, cfg.holdout_last)
         except ValueError as e:
             raise TrainError(str(e)) from e
+    elif cfg.val > 0:
+        try:
+            fit, held = datasets.split_stratified(samples, cfg.val, cfg.seed)
+        except ValueError as e:
+            raise TrainError(f"--val {cfg.val}: {e}") from e
     else:
         fit, held = list(samples), []
     if not fit:
         raise TrainError("no samples left to train on after the hold-out")
+    only_held = sorted({lab.cls for s in held for lab in s.labels} - {lab.cls for s in fit for lab in s.labels})
+    if only_held:
+        how = f"the last {cfg.holdout_last} samples" if cfg.holdout_last else "the validation part"
+        raise TrainError(
+            f"class(es) {only_held} appear only in {how}: the model could never learn them. Use a stratified "
+            "random split (--val 0.2 --seed 0, without --holdout-last) or hold out other samples."
+        )
     return fit, held
 
 
@@ -258,13 +293,18 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
 
         cmd = command or " ".join(shlex.quote(a) for a in ["lineguard", *sys.argv[1:]])
         return train_registry(cfg, cmd)
+    if cfg.arch == "centernet":
+        from vision.train_centernet import train_registry as train_centernet
+
+        cmd = command or " ".join(shlex.quote(a) for a in ["lineguard", *sys.argv[1:]])
+        return train_centernet(cfg, cmd)
 
     if cfg.imgsz % 32:
         raise TrainError(f"--imgsz must be a multiple of 32, got {cfg.imgsz}")
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         raise TrainError(f"weights file not found: {cfg.weights} (only local weights are used, never downloads)")
     fit, held = load_split(cfg)
-    classes = class_names_for(fit)
+    classes = class_names_for([*fit, *held])
     spec = InputSpec(
         size=cfg.imgsz,
         stacking=cfg.stacking,

@@ -12,6 +12,7 @@ import pytest
 
 from vision.datasets import (
     DatasetError,
+    LoadReport,
     append_deeppcb,
     canonical_class,
     load,
@@ -232,15 +233,19 @@ def test_voc(tmp_path: Path) -> None:
     assert [x.sample_id for x in load(tmp_path, "voc", "val")] == ["p2"]
     with pytest.raises(DatasetError, match=r"VOC split list for 'test' not found: .*test\.txt"):
         load(tmp_path, "voc", "test")
+    # A broken or orphan annotation is skipped and named in the report (strict: raised).
     (tmp_path / "Annotations" / "p3.xml").write_text("<annotation><filename>p3.jpg")
+    rep = LoadReport()
+    assert len(load(tmp_path, "voc", report=rep)) == 2
+    assert rep.skipped[0][0].endswith("p3.xml") and "not valid XML" in rep.skipped[0][1]
     with pytest.raises(DatasetError, match=r"p3\.xml: not valid XML"):
-        load(tmp_path, "voc")
+        load(tmp_path, "voc", strict=True)
     (tmp_path / "Annotations" / "p3.xml").write_text(_voc_xml("p3.jpg", ""))
-    with pytest.raises(DatasetError, match=r"p3\.xml: image not found: .*JPEGImages/p3\.jpg"):
-        load(tmp_path, "voc")
+    with pytest.raises(DatasetError, match=r"p3\.xml: image not found: p3\.jpg \(looked under .*JPEGImages"):
+        load(tmp_path, "voc", strict=True)
     (tmp_path / "Annotations" / "p3.xml").write_text("<coco/>")
     with pytest.raises(DatasetError, match=r"root element is <coco>"):
-        load(tmp_path, "voc")
+        load(tmp_path, "voc", strict=True)
 
 
 # ------------------------------------------------------------------------------------------------ COCO
@@ -268,8 +273,12 @@ def test_coco(tmp_path: Path) -> None:
         load(jf, "coco", strict=True)
     data["images"].append({"id": 3, "file_name": "q3.png"})
     jf.write_text(json.dumps(data))
+    rep = LoadReport()
+    assert len(load(jf, "coco", report=rep)) == 2 and "'q3.png' not found" in rep.skipped[0][1]
+    data["annotations"] = data["annotations"][:1]
+    jf.write_text(json.dumps(data))
     with pytest.raises(DatasetError, match=r"image 'q3\.png' not found"):
-        load(jf, "coco")
+        load(jf, "coco", strict=True)
     jf.write_text(json.dumps({"images": []}))
     with pytest.raises(DatasetError, match="not a COCO detection file"):
         load(jf, "coco")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from vision.config import CameraConfig, load_cameras
 from vision.detectors.factory import (
     DETECTOR_TYPES,
+    CenterNetDetectorConfig,
     HybridDetectorConfig,
     OnnxDetectorConfig,
     TemplateDetectorConfig,
@@ -48,6 +49,7 @@ def _ctor_defaults(cls: type) -> dict[str, Any]:
         (TemplateDetectorConfig, "vision.detectors.template:TemplateDiffDetector", {}),
         (HybridDetectorConfig, "vision.detectors.hybrid:HybridDetector", {"settled": "tta_settled"}),
         (OnnxDetectorConfig, "vision.detectors.onnx:OnnxDetector", {}),
+        (CenterNetDetectorConfig, "vision.detectors.centernet:CenterNetDetector", {}),
         (YoloDetectorConfig, "vision.detectors.yolo:YoloDetector", {}),
     ],
 )
@@ -136,8 +138,8 @@ def test_check_detector_names_missing_model_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ({"type": "magic"}, r"detector\n.*tag 'magic'.*'template', 'hybrid', 'onnx', 'yolo'"),
-        ({"model": "x"}, r"needs a 'type:', one of template, hybrid, onnx, yolo"),
+        ({"type": "magic"}, r"detector\n.*tag 'magic'.*'template', 'hybrid', 'onnx', 'centernet', 'yolo'"),
+        ({"model": "x"}, r"needs a 'type:', one of template, hybrid, onnx, centernet, yolo"),
         ({"type": "hybrid", "model": "x", "second_lok": False}, r"detector\.hybrid\.second_lok\n.*Extra inputs"),
         ({"type": "template", "model": "x"}, r"detector\.template\.model\n.*Extra inputs"),
         ({"type": "onnx", "model": "x", "tta": 1}, r"detector\.onnx\.tta\n.*Extra inputs"),
@@ -175,7 +177,7 @@ def test_shorthand_forms() -> None:
     assert [str(parse_detector(s)) for s in ("template", "hybrid:m", "onnx:pcb-synth@v1")] == [
         "template", "hybrid:m", "onnx:pcb-synth@v1"
     ]
-    assert set(DETECTOR_TYPES) == {"template", "hybrid", "onnx", "yolo"}
+    assert set(DETECTOR_TYPES) == {"template", "hybrid", "onnx", "centernet", "yolo"}
 
 
 @pytest.mark.parametrize(

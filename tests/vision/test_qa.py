@@ -14,7 +14,7 @@ from vision.config import CameraConfig, load_cameras, make_source
 from vision.detectors.factory import HybridDetectorConfig, OnnxDetectorConfig, TemplateDetectorConfig
 from vision.qa import QARule, QARules
 from vision.sources import DatasetSource, FolderSource, SyntheticSource, VideoSource
-from vision.types import Box, Detection
+from vision.types import DEFECT_CLASSES, Box, Detection
 
 RULES = QARules(
     rules=[
@@ -78,7 +78,16 @@ def test_yaml_loading_and_errors(tmp_path: Path) -> None:
     assert r.decide([D("short", 0.6)]).action == Verdict.REJECT
     f.write_text("qa:\n  rules:\n    - {classes: [scratch], action: reject}\n")
     with pytest.raises(ValueError, match=r"(?s)line\.yaml: invalid QA rules.*unknown class\(es\) \['scratch'\]"):
-        QARules.from_yaml(f)
+        QARules.from_yaml(f, classes=DEFECT_CLASSES)
+    # Classes come from the model: a steel model's rules name its classes; any name without a model.
+    steel = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
+    with pytest.raises(ValueError, match=r"unknown class\(es\) \['scratch'\]"):
+        QARules.from_yaml(f, classes=steel)
+    assert QARules.from_yaml(f).rules[0].classes == ["scratch"]
+    with pytest.raises(ValueError, match=r"qa rule #1: unknown class\(es\) \['scratch'\]"):
+        QARules.from_yaml(f).check_classes(steel)
+    f.write_text("qa:\n  rules:\n    - {classes: [scratches], action: reject}\n")
+    assert QARules.from_yaml(f, classes=steel).decide([D("scratches", 0.9)]).action == Verdict.REJECT
     f.write_text("qa:\n  rules:\n    - {classes: [short], action: scrap}\n")
     with pytest.raises(ValueError, match="action"):
         QARules.from_yaml(f)

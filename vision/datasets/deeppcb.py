@@ -7,6 +7,9 @@
 
 An empty annotation file is a good part. The writer below produces exactly this layout so synthetic boards
 and operator feedback go through the same importer as the real data.
+
+Other products use the same layout with their own classes: a ``classes.txt`` in the root (one class name a
+line) then maps type ``i`` to its line ``i`` (1-based) instead of DeepPCB's six. The feedback writer keeps it.
 """
 
 from __future__ import annotations
@@ -22,8 +25,35 @@ import numpy as np
 from vision.datasets._common import IMAGE_EXTS, DatasetError, bad_line, log, make_box, require_file
 from vision.types import DEFECT_CLASSES, Image, Label, Sample
 
-_TYPE_TO_CLASS = {i + 1: name for i, name in enumerate(DEFECT_CLASSES)}
-_CLASS_TO_TYPE = {name: i for i, name in _TYPE_TO_CLASS.items()}
+CLASSES_FILE = "classes.txt"
+
+
+def dataset_classes(root: Path) -> tuple[str, ...]:
+    """The classes type ids 1..N stand for in the dataset at ``root``: its classes.txt, else DeepPCB's six."""
+    f = Path(root) / CLASSES_FILE
+    if f.is_file():
+        names = tuple(ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip())
+        if names:
+            return names
+    return DEFECT_CLASSES
+
+
+def _ensure_classes(out_dir: Path, classes: Sequence[str], labels: Iterable[Label]) -> tuple[str, ...]:
+    """The dataset's class list after making room for ``classes`` and the labels' classes (new ones appended,
+    existing ids never renumbered). DeepPCB's six stay implicit (no classes.txt) while they suffice."""
+    fresh = not (out_dir / CLASSES_FILE).is_file() and not any(out_dir.glob("*.txt"))
+    current: tuple[str, ...] = () if fresh else dataset_classes(out_dir)
+    want = [*classes, *(lab.cls for lab in labels)]
+    new = [c for c in dict.fromkeys(want) if c not in current]
+    if not new:
+        return current
+    names = (*current, *new)
+    if names == DEFECT_CLASSES:
+        return names
+    tmp = out_dir / f".{CLASSES_FILE}.tmp"
+    tmp.write_text("".join(f"{c}\n" for c in names), encoding="utf-8")
+    os.replace(tmp, out_dir / CLASSES_FILE)
+    return names
 
 
 def list_files(root: Path, split: str | None) -> list[Path]:
@@ -72,8 +102,10 @@ def _pair_for(root: Path, entry: str, where: str) -> tuple[Path, Path | None]:
     raise DatasetError(f"{where}: image not found: {stem.parent / (stem.name + '_test' + named.suffix)}")
 
 
-def read_annotations(path: Path, strict: bool = False) -> list[Label]:
-    """Parse one DeepPCB annotation file (``x1 y1 x2 y2 type`` per line, space or comma separated)."""
+def read_annotations(path: Path, strict: bool = False, classes: Sequence[str] = DEFECT_CLASSES) -> list[Label]:
+    """Parse one DeepPCB annotation file (``x1 y1 x2 y2 type`` per line, space or comma separated); type ``i``
+    is ``classes[i - 1]``."""
+    type_to_class = {i + 1: name for i, name in enumerate(classes)}
     labels: list[Label] = []
     text = require_file(path, "DeepPCB annotation file").read_text(encoding="utf-8", errors="replace")
     for n, line in enumerate(text.splitlines(), start=1):
@@ -90,15 +122,15 @@ def read_annotations(path: Path, strict: bool = False) -> list[Label]:
         except ValueError:
             bad_line(where, f"non-numeric field in {line.strip()!r}", strict)
             continue
-        if t not in _TYPE_TO_CLASS:
-            bad_line(where, f"defect type {t} is not one of 1..6", strict)
+        if t not in type_to_class:
+            bad_line(where, f"defect type {t} is not one of 1..{len(type_to_class)}", strict)
             continue
         try:
             box = make_box(x1, y1, x2, y2, where)
         except DatasetError as exc:
             bad_line(where, str(exc).split(": ", 1)[-1], strict)
             continue
-        labels.append(Label(box=box, cls=_TYPE_TO_CLASS[t]))
+        labels.append(Label(box=box, cls=type_to_class[t]))
     return labels
 
 
@@ -106,6 +138,7 @@ def load_deeppcb(root: Path, split: str | None = None, strict: bool = False) -> 
     """Read every sample named by the list file(s), in list order; duplicates across lists appear once."""
     samples: list[Sample] = []
     seen: set[str] = set()
+    classes = dataset_classes(root)
     for lst in list_files(root, split):
         for n, line in enumerate(lst.read_text(encoding="utf-8").splitlines(), start=1):
             parts = line.split()
@@ -123,7 +156,7 @@ def load_deeppcb(root: Path, split: str | None = None, strict: bool = False) -> 
                 continue
             seen.add(sample_id)
             image, template = _pair_for(root, parts[0], where)
-            labels = read_annotations(root / parts[1], strict=strict)
+            labels = read_annotations(root / parts[1], strict=strict, classes=classes)
             samples.append(Sample(image_path=image, labels=labels, template_path=template, sample_id=sample_id))
     return samples
 
@@ -161,13 +194,14 @@ def _write_image(path: Path, image: Image) -> None:
     os.replace(tmp, path)
 
 
-def _format_labels(labels: Iterable[Label]) -> str:
+def _format_labels(labels: Iterable[Label], classes: Sequence[str] = DEFECT_CLASSES) -> str:
+    class_to_type = {name: i + 1 for i, name in enumerate(classes)}
     rows = []
     for lab in labels:
-        if lab.cls not in _CLASS_TO_TYPE:
-            raise DatasetError(f"class {lab.cls!r} has no DeepPCB type id; DeepPCB knows {DEFECT_CLASSES}")
+        if lab.cls not in class_to_type:
+            raise DatasetError(f"class {lab.cls!r} has no DeepPCB type id; this dataset knows {tuple(classes)}")
         b = lab.box
-        rows.append(f"{round(b.x1)} {round(b.y1)} {round(b.x2)} {round(b.y2)} {_CLASS_TO_TYPE[lab.cls]}\n")
+        rows.append(f"{round(b.x1)} {round(b.y1)} {round(b.x2)} {round(b.y2)} {class_to_type[lab.cls]}\n")
     return "".join(rows)
 
 
@@ -181,18 +215,25 @@ def append_deeppcb(
     group: str = "90000",
     index: int | None = None,
     ext: str = ".jpg",
+    classes: Sequence[str] | None = None,
 ) -> Sample:
     """Write one image pair + annotation into ``out_dir`` in DeepPCB layout and append it to the list file.
 
     The list line is appended last, so a reader never sees an entry whose files are not yet on disk.
-    Labels whose class has no DeepPCB id (e.g. ``unknown``) are refused with a clear error.
+    Labels whose class has no DeepPCB id (e.g. ``unknown``) are refused with a clear error, unless ``classes``
+    (a model's classes) are given: then the dataset's ``classes.txt`` is extended to hold them and the labels'.
     """
     out_dir = Path(out_dir)
     img_dir = out_dir / f"group{group}" / group
     ann_dir = out_dir / f"group{group}" / f"{group}_not"
     img_dir.mkdir(parents=True, exist_ok=True)
     ann_dir.mkdir(parents=True, exist_ok=True)
-    text = _format_labels(labels)  # validate before writing anything
+    if classes is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        names = _ensure_classes(out_dir, classes, labels)
+    else:
+        names = dataset_classes(out_dir)
+    text = _format_labels(labels, names)  # validate before writing anything
     idx = _next_index(img_dir, group) if index is None else index
     stem = f"{idx:08d}"
     test_path = img_dir / f"{stem}_test{ext}"
@@ -223,7 +264,12 @@ def _decode(path: Path, what: str) -> Image:
 
 
 def write_deeppcb(
-    samples: Iterable[Sample], out_dir: Path, *, list_name: str = "trainval.txt", group: str = "90000"
+    samples: Iterable[Sample],
+    out_dir: Path,
+    *,
+    list_name: str = "trainval.txt",
+    group: str = "90000",
+    classes: Sequence[str] | None = None,
 ) -> list[Sample]:
     """Copy existing samples (any importer's output) into a DeepPCB-layout dataset; returns the new Samples.
 
@@ -234,5 +280,7 @@ def write_deeppcb(
         img = _decode(s.image_path, "image")
         tmpl = _decode(s.template_path, "template") if s.template_path is not None else None
         ext = s.image_path.suffix.lower() if s.image_path.suffix.lower() in IMAGE_EXTS else ".png"
-        written.append(append_deeppcb(out_dir, img, tmpl, s.labels, list_name=list_name, group=group, ext=ext))
+        written.append(
+            append_deeppcb(out_dir, img, tmpl, s.labels, list_name=list_name, group=group, ext=ext, classes=classes)
+        )
     return written

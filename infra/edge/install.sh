@@ -2,8 +2,9 @@
 # Offline install of the lineguard edge runtime from a wheelhouse (no network access needed).
 #
 # Usage: install.sh --wheelhouse DIR [--root DIR] [--python PATH] [--package NAME] [--start]
-#   --wheelhouse DIR  folder with lineguard-*.whl and every dependency wheel
-#                     (build it on a machine of the same arch/Python: pip wheel . -w wheelhouse)
+#   --wheelhouse DIR  folder with lineguard-*.whl and every dependency wheel (build it on a
+#                     machine of the same arch/Python: make wheelhouse -> dist/wheelhouse, pinned by
+#                     infra/edge/requirements.lock, which it carries and which is then enforced)
 #   --root DIR        install below DIR instead of / (test mode: no user creation, no chown,
 #                     no systemctl; used by tests and image builders)
 #   --python PATH     interpreter for the venv (default: python3; must be >= 3.11)
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
     --python) [ $# -ge 2 ] || die "--python needs a path"; python="$2"; shift 2 ;;
     --package) [ $# -ge 2 ] || die "--package needs a name"; package="$2"; shift 2 ;;
     --start) start=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -94,8 +95,15 @@ log "installing $package from $wheelhouse into $venv (offline)"
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
+# The wheelhouse from `make wheelhouse` carries requirements.lock: every dependency at the version
+# the lock pins, so each box of a fleet runs the same set (a wheel at another version is refused).
+constraint=()
+if [ -f "$wheelhouse/requirements.lock" ]; then
+  log "pinning dependencies to $wheelhouse/requirements.lock"
+  constraint=(--constraint "$wheelhouse/requirements.lock")
+fi
 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 "$venv/bin/python" -m pip install --quiet \
-  --no-index --find-links "$wheelhouse" --upgrade "$package" \
+  --no-index --find-links "$wheelhouse" "${constraint[@]}" --upgrade "$package" \
   || die "pip could not install $package from $wheelhouse (are all dependency wheels there?)"
 [ -x "$venv/bin/lineguard" ] || die "$package installed but $venv/bin/lineguard is missing"
 # Sparkplug B payloads: pysparkplug pins paho-mqtt<2 but works with paho 2, so it is installed

@@ -15,7 +15,8 @@ import pytest
 from infra_common import INFRA, REPO, require_tool
 
 EDGE = INFRA / "edge"
-SCRIPTS = [EDGE / "install.sh", INFRA / "mosquitto" / "gen-dev-certs.sh", INFRA / "postgres" / "include-lineguard.sh"]
+SCRIPTS = [EDGE / "install.sh", REPO / "scripts" / "lock-runtime.sh", REPO / "scripts" / "system-deps.sh",
+           INFRA / "mosquitto" / "gen-dev-certs.sh", INFRA / "postgres" / "include-lineguard.sh"]
 
 
 def build_wheel(src: Path, name: str, module: str, body: str, deps: list[str], out: Path) -> None:
@@ -225,3 +226,34 @@ def test_shellcheck(script: Path) -> None:
 def test_scripts_are_executable() -> None:
     for script in SCRIPTS:
         assert os.access(script, os.X_OK), f"{script.relative_to(REPO)} is not executable"
+
+
+def test_wheelhouse_lock_pins_dependencies(
+    tmp_path: Path, wheelhouse: Path, spies: tuple[dict[str, str], Path]
+) -> None:
+    """`make wheelhouse` puts requirements.lock beside the wheels; install.sh then holds every
+    dependency to it, so a wheel at another version is refused rather than installed."""
+    env, calls = spies
+    pinned = tmp_path / "pinned"
+    shutil.copytree(wheelhouse, pinned)
+    (pinned / "requirements.lock").write_text("# test lock\nlineguard-infra-testdep==0.0.1\n")
+    (tmp_path / "root").mkdir()
+    res = run_install(["--root", str(tmp_path / "root"), "--wheelhouse", str(pinned), "--python", sys.executable], env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "pinning dependencies to" in res.stdout
+
+    (pinned / "requirements.lock").write_text("lineguard-infra-testdep==9.9.9\n")
+    (tmp_path / "root2").mkdir()
+    res = run_install(["--root", str(tmp_path / "root2"), "--wheelhouse", str(pinned), "--python", sys.executable],
+                      env)
+    assert res.returncode != 0
+    assert "pip could not install lineguard" in res.stderr
+    assert not calls.exists()
+
+
+def test_edge_lock_is_frozen_pins() -> None:
+    lock = EDGE / "requirements.lock"
+    entries = [ln for ln in lock.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert entries, "infra/edge/requirements.lock is empty: run `make lock`"
+    for ln in entries:
+        assert re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+!-]+", ln), f"not a frozen pin: {ln!r}"

@@ -85,11 +85,19 @@ class ChildProcess:
 
 
 @contextlib.contextmanager
-def infrastructure(settings: Settings, *, broker_listen: tuple[str, int] | None = None) -> Iterator[tuple[str, str]]:
+def infrastructure(settings: Settings, *, broker_listen: tuple[str, int] | None = None,
+                   lines: Sequence[LineConfig] = (), runtime_device_data: bool | None = None,
+                   ) -> Iterator[tuple[str, str]]:
     """The database and broker URLs: the configured ones, else embedded servers in data_dir.
 
-    ``broker_listen``: where an embedded broker listens (``run``: LINEGUARD_MQTT_LISTEN, so line
-    equipment can reach it); None picks a free loopback port (the demo, the tests)."""
+    ``broker_listen``: where an embedded broker listens for line equipment (``run``: LINEGUARD_MQTT_LISTEN);
+    None picks a free loopback port (the demo, the tests). ``lines``: the line configs the broker's ACL
+    grants topics for (none: any line). ``runtime_device_data``: the runtime's account may also publish
+    telemetry/events (the demo's simulated meter and machines); None: only when ``broker_listen`` is None.
+
+    The MQTT URL yielded is the runtime's (a ``BrokerUrl``: ``.ingest`` is the ingest workers' URL,
+    LINEGUARD_INGEST_MQTT_URL or the same one for a broker of your own). Both URLs carry passwords:
+    hand them to children through the environment and print them only through ``redact``."""
     data = settings.data_dir.resolve()
     pg = broker = None
     try:
@@ -97,13 +105,28 @@ def infrastructure(settings: Settings, *, broker_listen: tuple[str, int] | None 
         if db_url is None:
             pg = EmbeddedPostgres(data / "postgres")
             db_url = pg.start()
-        mqtt_url = settings.mqtt_url
-        if mqtt_url is None:
+        mqtt_url: str
+        if settings.mqtt_url is None:
+            from line_agent.services import BrokerUrl, LineScope, mosquitto_binary
+
             host, port = broker_listen or ("127.0.0.1", 0)
-            broker = EmbeddedBroker(data / "broker", port=port, host=host)
-            mqtt_url = broker.start()
+            if broker_listen is not None and mosquitto_binary() is None:
+                raise ServiceError("`lineguard run` needs Mosquitto for its embedded broker (apt-get install "
+                                   "mosquitto), or LINEGUARD_MQTT_URL: the amqtt fallback has no accounts (demo only)")
+            device_data = broker_listen is None if runtime_device_data is None else runtime_device_data
+            broker = EmbeddedBroker(data / "broker", port=port, host=host, lines=[LineScope.of(ln) for ln in lines],
+                                    runtime_device_data=device_data,
+                                    autosave_changes=settings.mqtt_autosave_changes)
+            broker.start()
+            mqtt_url = BrokerUrl(broker.url_for("runtime"), ingest=broker.url_for("ingest"),
+                                 equipment=(host, broker.port))
             if broker_listen is not None:
-                print(f"lineguard: MQTT broker for line equipment on mqtt://{host}:{broker.port}", flush=True)
+                print(f"lineguard: MQTT broker for line equipment on mqtt://{host}:{broker.port} "
+                      f"(device accounts: {broker.devices_file})", flush=True)
+        else:
+            from line_agent.services import BrokerUrl
+
+            mqtt_url = BrokerUrl(settings.mqtt_url, ingest=settings.ingest_mqtt_url)
         migrate(db_url)
         yield db_url, mqtt_url
     finally:
@@ -148,8 +171,15 @@ def make_summarizer(db_url: str, site: str, publish: Callable[[str, bytes], Any]
     return summarize
 
 
+#: Secrets of the runtime that a child (ingest) has no use for: not handed down.
+_CHILD_ENV_DROP = ("LINEGUARD_ADMIN_TOKEN", "LINEGUARD_INGEST_MQTT_URL")
+
+
 def child_env(db_url: str, mqtt_url: str, data_dir: Path) -> dict[str, str]:
-    return {**os.environ, "LINEGUARD_DATABASE_URL": db_url, "LINEGUARD_MQTT_URL": mqtt_url,
+    """A child's environment: ours without the runtime's own secrets, and its database and broker URLs
+    (with their passwords: the environment, unlike the command line, is not visible to other users)."""
+    env = {k: v for k, v in os.environ.items() if k not in _CHILD_ENV_DROP}
+    return {**env, "LINEGUARD_DATABASE_URL": db_url, "LINEGUARD_MQTT_URL": mqtt_url,
             "LINEGUARD_DATA_DIR": str(data_dir)}
 
 
@@ -166,7 +196,9 @@ def start_ingest(workers: int, db_url: str, mqtt_url: str, data_dir: Path, timeo
     for old in run_dir.glob("*.subscribed") if run_dir.exists() else []:
         old.unlink()
     cmd = [sys.executable, "-m", "line_agent.cli", "ingest", "--workers", str(workers)]
-    child = ChildProcess("ingest", cmd, child_env(db_url, mqtt_url, data_dir), data_dir / "logs" / "ingest.log")
+    # The ingest workers' own broker account where ``infrastructure`` gave one (``BrokerUrl.ingest``).
+    ingest_url = str(getattr(mqtt_url, "ingest", None) or mqtt_url)
+    child = ChildProcess("ingest", cmd, child_env(db_url, ingest_url, data_dir), data_dir / "logs" / "ingest.log")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if child.proc.poll() is not None:
@@ -348,8 +380,12 @@ def run_plant(settings: Settings, lines: Sequence[LineConfig], ingest_workers: i
         raise ServiceError(f"plc.url is required for `lineguard run` (line {', '.join(missing)})")
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
-    with infrastructure(settings, broker_listen=settings.listen) as (db_url, mqtt_url), \
-            contextlib.ExitStack() as children:
+    with infrastructure(settings, broker_listen=settings.listen, lines=lines, runtime_device_data=False) \
+            as (db_url, mqtt_url), contextlib.ExitStack() as children:
+        plc_url = getattr(mqtt_url, "plc_url", None)
+        for ln in lines:  # a sparkplug PLC on the embedded broker: the driver logs in as the runtime
+            if ln.plc.driver == "sparkplug" and ln.plc.url is not None and plc_url is not None:
+                ln.plc.url = plc_url(ln.plc.url)
         ingest = start_ingest(ingest_workers, db_url, mqtt_url, data, timeout_s=15.0, required=False)
         children.callback(ingest.stop)
         asyncio.run(PlantApp(settings, lines, db_url, mqtt_url).run())

@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     model_registry: Path | None = Field(
         default=None, description="Trained model versions. Unset: <data_dir>/models, for train, eval and run alike."
     )
+    ingest_mqtt_url: str | None = Field(
+        default=None, description="mqtt://user:pass@host:port for the ingest workers `run` starts (their own "
+                                  "account, docs/DEPLOY.md). Unset: mqtt_url, or the embedded broker's ingest account.",
+    )
+    mqtt_autosave_changes: int = Field(
+        default=1, ge=0, description="Embedded Mosquitto saves its sessions after this many changes (1: every "
+                                     "acknowledged QoS 1 message survives a broker crash); 0: every 5 s instead.",
+    )
     mqtt_listen: str = Field(
         default="127.0.0.1:1883",
         description="host:port the embedded broker listens on when no mqtt_url is set (line equipment connects here).",

@@ -68,7 +68,10 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBr
         return
     if mosquitto_binary() is None:
         pytest.skip("mosquitto is not installed (make test installs it)")
-    broker = EmbeddedBroker(tmp_path_factory.mktemp("mqtt"))
+    # The embedded broker as lineguard runs it (accounts, ACL, save on every change), plus anonymous
+    # clients with full access on its internal listener: many tests' own clients connect by host:port.
+    # The security tests (tests/line/test_services_security.py) start brokers of their own without it.
+    broker = EmbeddedBroker(tmp_path_factory.mktemp("mqtt"), allow_anonymous=True)
     broker.start()
     yield broker
     broker.stop()
@@ -76,5 +79,7 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBr
 
 @pytest.fixture(scope="session")
 def mqtt_url(mqtt_broker: EmbeddedBroker | None) -> str:
-    """URL (mqtt://127.0.0.1:PORT) of a real Mosquitto broker for this test session."""
-    return os.environ.get("LINEGUARD_TEST_MQTT_URL") or (mqtt_broker.url if mqtt_broker else "")
+    """URL (mqtt://127.0.0.1:PORT, anonymous, every topic) of a real Mosquitto broker for this test session."""
+    if os.environ.get("LINEGUARD_TEST_MQTT_URL"):
+        return os.environ["LINEGUARD_TEST_MQTT_URL"]
+    return f"mqtt://127.0.0.1:{mqtt_broker.internal_port}" if mqtt_broker else ""

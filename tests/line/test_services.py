@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import paho.mqtt.publish as publish
 import psutil
@@ -57,7 +58,10 @@ def test_broker_starts_accepts_and_stops(tmp_path: Path, prefer: str) -> None:
         pytest.skip("mosquitto not installed")
     with EmbeddedBroker(tmp_path / prefer, prefer=prefer) as broker:
         assert broker.kind == prefer
-        publish.single("lineguard/t", b"x", hostname="127.0.0.1", port=broker.port, qos=1)
+        u = urlsplit(broker.device_url())  # mosquitto: a device account; amqtt (demo only): none
+        auth = {"username": u.username, "password": u.password} if u.username else None
+        publish.single("lineguard/plant1/line1/meter/telemetry", b"x", hostname="127.0.0.1", port=broker.port, qos=1,
+                       auth=auth)  # type: ignore[arg-type]
         pid = broker.pid
     assert pid is not None and not psutil.pid_exists(pid)
 

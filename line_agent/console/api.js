@@ -6,6 +6,13 @@ export const auth = {
   set token(v) { if (v) sessionStorage.setItem(KEY, v); else sessionStorage.removeItem(KEY); },
 };
 
+// When the server last answered anything (a response of any status, or bytes on the live stream). The console
+// greys out and says "stale since ..." when this gets old: a killed server must never look like a running line.
+export const link = { lastContact: 0, listeners: new Set() };
+export function touch() {
+  link.lastContact = Date.now();
+}
+
 export class ApiError extends Error {
   constructor(status, detail, body) { super(detail); this.status = status; this.body = body; }
 }
@@ -22,6 +29,7 @@ export async function api(path, { method = "GET", body, headers = {} } = {}) {
   const h = { Authorization: `Bearer ${auth.token}`, ...headers };
   if (body !== undefined) h["Content-Type"] = "application/json";
   const r = await fetch(path, { method, headers: h, body: body === undefined ? undefined : JSON.stringify(body) });
+  touch();
   const text = await r.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = text; }
@@ -68,6 +76,7 @@ export function stream(path, onEvent, onStatus = () => {}) {
         ctrl = new AbortController();
         const r = await fetch(path, { headers: { Authorization: `Bearer ${auth.token}` }, signal: ctrl.signal });
         if (!r.ok) throw new Error(`HTTP ${r.status}`);
+        touch();
         onStatus(true);
         delay = 500;
         const reader = r.body.getReader();
@@ -76,6 +85,7 @@ export function stream(path, onEvent, onStatus = () => {}) {
         for (;;) {
           const { value, done } = await reader.read();
           if (done) break;
+          touch();
           buf += dec.decode(value, { stream: true });
           let i;
           while ((i = buf.indexOf("\n\n")) >= 0) {
@@ -112,6 +122,33 @@ export function fmtTime(iso) {
   if (!iso) return "";
   const d = new Date(typeof iso === "number" ? iso * 1000 : iso);
   return d.toLocaleString(undefined, { month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+export function fmtClock(ms) {
+  if (!ms) return "–";
+  return new Date(ms).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+export function fmtAge(s) {
+  if (s === null || s === undefined || Number.isNaN(s)) return "–";
+  if (s < 90) return `${Math.round(s)} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
+}
+
+export const ROLE_RANK = { viewer: 0, operator: 1, supervisor: 2, admin: 3 };
+export function atLeast(me, role) {
+  return (ROLE_RANK[me?.role] ?? -1) >= ROLE_RANK[role];
+}
+
+// Who caused a line state, in words: user:<name>, runtime:<line> (a rule), plc:<line> (seen at the PLC).
+export function actorText(actor) {
+  const a = String(actor || "");
+  if (a.startsWith("user:")) return a.slice(5);
+  if (a.startsWith("runtime:")) return "lineguard (automatic rule)";
+  if (a.startsWith("plc:")) return "the PLC / machine";
+  if (a.startsWith("demo:")) return "demo operator";
+  return a || "unknown";
 }
 
 export function fmtNum(v, digits = 2) {

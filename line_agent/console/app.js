@@ -1,18 +1,23 @@
-// Console shell: login, role-based visibility, tabs, the live line view.
-import { api, apiBlob, auth, esc, fmtNum, fmtTime, stream } from "./api.js";
+// Console shell: login, role-based visibility, tabs, polling and staleness, the header, the live line view.
+import { api, apiBlob, atLeast, auth, esc, fmtClock, fmtNum, fmtTime, link, stream } from "./api.js";
+import { initAlarms, loadAlarms } from "./alarms.js";
+import { initAudit } from "./audit.js";
 import { drawDetections } from "./draw.js";
+import { initOverview } from "./overview.js";
+import { initPeople } from "./people.js";
+import { STALE_MS, changed, lineStore, onChange, session, store } from "./state.js";
+import { causeText, commandAllowed, sendCommand, speedText } from "./ui.js";
 import { initAgent, initControl, initModels, initReview, initTelemetry, showTab } from "./views.js";
 
 const $ = (id) => document.getElementById(id);
-export const session = { me: null, line: "", stopStream: null };
+export { session };
 
 function applyRole(me) {
   $("who-name").textContent = me.name;
   $("who-role").textContent = me.role;
   $("who-role").className = `role role-${me.role}`;
-  for (const el of document.querySelectorAll("[data-need]")) {
-    el.hidden = !me.can[el.dataset.need];
-  }
+  for (const el of document.querySelectorAll("[data-need]")) el.hidden = !me.can[el.dataset.need];
+  for (const el of document.querySelectorAll("[data-role]")) el.hidden = !atLeast(me, el.dataset.role);
   const anyCmd = Object.entries(me.can).some(([k, v]) => k.startsWith("command:") && v);
   $("cmd-none").hidden = anyCmd;
   const sel = $("line-select");
@@ -33,54 +38,158 @@ async function start(me) {
   $("login").hidden = true;
   $("main").hidden = false;
   document.body.classList.add("signed-in");
+  link.lastContact = Date.now();
+  initOverview(session);
+  initAlarms(session);
   initReview(session);
   initTelemetry(session);
   initAgent(session);
   initControl(session);
+  initAudit(session);
+  initPeople(session);
   initModels(session);
   startLive();
-  showTab(location.hash.slice(1) || "live");
+  startPolling();
+  showTab(location.hash.slice(1) || "overview");
 }
 
 function showLogin(msg = "") {
   if (session.stopStream) session.stopStream();
   session.stopStream = null;
+  stopPolling();
   $("main").hidden = true;
   $("login").hidden = false;
-  document.body.classList.remove("signed-in");
+  $("stale-banner").hidden = true;
+  document.body.classList.remove("signed-in", "stale");
   $("login-error").textContent = msg;
   $("login-token").focus();
 }
 
-// ---- live view ------------------------------------------------------------------------------------
-const live = { frames: {}, camera: "", loading: false, pending: null, recent: [], times: [], counters: null };
+// ---- polling and staleness ------------------------------------------------------------------------
+const timers = [];
+function every(ms, fn) {
+  fn();
+  timers.push(setInterval(fn, ms));
+}
+function stopPolling() {
+  while (timers.length) clearInterval(timers.pop());
+}
 
-let lineState = {};
-function setState(update) {
-  // Events and polls may carry different subsets of fields: keep the last known value of each.
-  if (update.line !== lineState.line) lineState = {};
-  for (const [k, v] of Object.entries(update)) if (v !== undefined) lineState[k] = v;
-  if (update.state === "unknown") lineState.reason = update.reason || lineState.reason;
-  else if (update.reason !== undefined) lineState.reason = update.reason;
-  const st = lineState;
+async function pollStates() {
+  if (!session.me) return;
+  await Promise.all(session.me.lines.map(async (line) => {
+    try {
+      const st = await api(`/api/line/state?line=${encodeURIComponent(line)}`);
+      const ls = lineStore(line);
+      ls.state = mergeState(ls.state, st);
+      ls.stateAt = Date.now();
+    } catch { /* the line goes stale */ }
+  }));
+  changed("state");
+}
+
+function mergeState(old, update) {
+  // Events and polls carry different subsets of fields: keep the last known value of each.
+  const out = { ...(old || {}) };
+  for (const [k, v] of Object.entries(update)) if (v !== undefined) out[k] = v;
+  return out;
+}
+
+async function pollRates() {
+  if (!session.me) return;
+  await Promise.all(session.me.lines.map(async (line) => {
+    const ls = lineStore(line);
+    try {
+      if (!ls.targets || Date.now() - (ls.targetsAt || 0) > 60000) {
+        ls.targets = await api(`/api/targets?line=${encodeURIComponent(line)}`);
+        ls.targetsAt = Date.now();
+      }
+      const win = ls.targets.reject_window_min;
+      const since = new Date(Date.now() - win * 60000).toISOString();
+      const q = `line=${encodeURIComponent(line)}&since=${encodeURIComponent(since)}&limit=1`;
+      const [all, rej] = await Promise.all([api(`/api/inspections?${q}`), api(`/api/inspections?${q}&decision=reject`)]);
+      ls.rate = { parts: all.total, rejects: rej.total, window_min: win };
+      ls.rateAt = Date.now();
+    } catch { /* shown stale */ }
+  }));
+  changed("rate");
+}
+
+function tick() {
+  const age = Date.now() - link.lastContact;
+  const stale = session.me && age > STALE_MS;
+  if (stale !== store.stale) {
+    store.stale = stale;
+    store.staleSince = link.lastContact;
+    document.body.classList.toggle("stale", stale);
+    changed("stale");
+  }
+  const b = $("stale-banner");
+  b.hidden = !stale;
+  if (stale) {
+    b.textContent = `No answer from the lineguard server for ${Math.round(age / 1000)} s: everything shown is stale since ` +
+      `${fmtClock(store.staleSince)}. Do not rely on it; check the line itself.`;
+  }
+  renderHeader();
+}
+
+function startPolling() {
+  stopPolling();
+  every(2000, pollStates);
+  every(10000, pollRates);
+  every(4000, () => loadAlarms().catch(() => {}));
+  every(1000, tick);
+}
+
+// ---- header: state pill, alarm count, stop --------------------------------------------------------
+function renderHeader() {
+  const ls = lineStore(session.line);
+  const st = ls.state || {};
   const pill = $("state-pill");
   const s = st.state || "unknown";
-  pill.textContent = s.toUpperCase() + (s === "running" && st.speed_pct ? ` · ${fmtNum(st.speed_pct, 0)}%` : "");
-  pill.className = `pill ${s}`;
-  pill.title = st.reason || "Line state from the PLC";
+  const lineStale = store.stale || Date.now() - ls.stateAt > 7000;
+  if (lineStale) {
+    pill.textContent = `NO DATA · was ${s.toUpperCase()}`;
+    pill.className = "pill stale";
+    pill.title = `Stale since ${fmtClock(store.stale ? store.staleSince : ls.stateAt)}`;
+  } else {
+    pill.textContent = s.toUpperCase() + (s === "running" && st.speed_pct ? ` · ${fmtNum(st.speed_pct, 0)}%` : "");
+    pill.className = `pill ${s}`;
+    pill.title = causeText(st.cause) || st.reason || "Line state from the PLC";
+  }
+  const n = store.alarms.unacked;
+  $("alarm-count").textContent = String(n);
+  $("alarm-badge").className = `alarm-badge${n ? " on" : ""}${store.alarms.items.some((a) => a.severity === "critical" && !a.acked_at) ? " critical" : ""}`;
+  $("alarm-badge").setAttribute("aria-label", `${n} unacknowledged alarm${n === 1 ? "" : "s"}`);
+  const stop = $("hdr-stop");
+  const [ok, why] = commandAllowed(session.line, "stop");
+  stop.textContent = `Stop ${session.line}`;
+  stop.disabled = !ok;
+  stop.title = ok ? `Stop line ${session.line}` : `Stop not available: ${why}`;
+  renderLineDetails(st);
+}
+
+function renderLineDetails(st) {
+  const s = st.state || "unknown";
   const rows = [
-    ["State", s], ["E-stop", st.estop === null || st.estop === undefined ? "–" : st.estop ? "ACTIVE" : "clear"],
+    ["State", s], ["Why", causeText(st.cause) || st.reason || "–"],
+    ["E-stop", st.estop === null || st.estop === undefined ? "–" : st.estop ? "ACTIVE" : "clear"],
     ["Guard door", st.guard_door === null || st.guard_door === undefined ? "–" : st.guard_door ? "OPEN" : "closed"],
-    ["Speed", st.speed_pct === null || st.speed_pct === undefined ? "–" : `${fmtNum(st.speed_pct, 0)} %`],
+    ["Speed setpoint", speedText(st)],
     ["Reject count (PLC)", st.reject_count ?? "–"],
   ];
-  if (st.reason) rows.push(["Note", st.reason]);
   $("line-details").innerHTML = rows.map(([k, v]) =>
     `<dt>${esc(k)}</dt><dd class="${v === "ACTIVE" || v === "OPEN" ? "alarm" : ""}">${esc(v)}</dd>`).join("");
 }
 
+// ---- live view ------------------------------------------------------------------------------------
+const live = { camera: "", loading: false, pending: null, recent: [], times: [] };
+
 function setCounters(c) {
-  live.counters = c;
+  const ls = lineStore(c.line || session.line);
+  ls.counters = c;
+  ls.countersAt = Date.now();
+  if ((c.line || session.line) !== session.line) return;
   $("c-pass").textContent = fmtNum(c.pass ?? 0, 0);
   $("c-reject").textContent = fmtNum(c.reject ?? 0, 0);
   $("c-rework").textContent = fmtNum(c.rework ?? 0, 0);
@@ -93,9 +202,6 @@ function onInspection(d, fromStore = false) {
   const now = Date.now();
   if (!fromStore) live.times.push(now);
   live.times = live.times.filter((t) => now - t < 60000);
-  if (!fromStore && (!live.counters || live.counters.throughput_ppm === undefined)) {
-    $("c-tput").textContent = fmtNum(live.times.length, 0);
-  }
   $("recent").innerHTML = live.recent.map((r) => {
     const dec = r.decision || "pass";
     const cls = (r.defects || []).map((x) => x.cls).join(", ");
@@ -106,11 +212,17 @@ function onInspection(d, fromStore = false) {
 }
 
 function onFrame(d) {
-  live.frames[d.camera] = d;
+  const ls = lineStore(d.line || session.line);
+  const f = ls.frames[d.camera] || (ls.frames[d.camera] = { times: [] });
+  f.last = d;
+  f.at = Date.now();
+  f.times.push(f.at);
+  f.times = f.times.filter((t) => f.at - t < 10000);
+  if ((d.line || session.line) !== session.line) return;
   const sel = $("camera-select");
   if (![...sel.options].some((o) => o.value === d.camera)) sel.append(new Option(d.camera, d.camera));
   if (!live.camera) { live.camera = d.camera; sel.value = d.camera; }
-  if (d.camera === live.camera) loadFrame(d);
+  if (d.camera === live.camera && !$("tab-live").hidden) loadFrame(d);
 }
 
 async function loadFrame(meta) {
@@ -146,25 +258,28 @@ function startLive() {
   prefillRecent();
   if (session.stopStream) session.stopStream();
   session.stopStream = stream("/api/live/events", (kind, d) => {
-    if (d.line && d.line !== session.line && kind !== "frame") return;
     if (kind === "counters") setCounters(d);
-    else if (kind === "line_state") setState(d);
-    else if (kind === "inspection") onInspection(d);
+    else if (kind === "line_state") {
+      const ls = lineStore(d.line || session.line);
+      ls.state = mergeState(ls.state, d);
+      ls.stateAt = Date.now();
+      changed("state");
+    } else if (kind === "inspection" && (!d.line || d.line === session.line)) onInspection(d);
     else if (kind === "frame") onFrame(d);
   }, (ok) => document.body.classList.toggle("offline", !ok));
-  pollState();
 }
 
-async function pollState() {
-  // The PLC state is also polled: a runtime that publishes nothing still shows running / stopped / unknown.
-  if (!session.me) return;
-  try { setState(await api(`/api/line/state?line=${encodeURIComponent(session.line)}`)); } catch { /* shown as is */ }
-  clearTimeout(session.stateTimer);
-  session.stateTimer = setTimeout(pollState, 3000);
+export function pollState() { return pollStates(); }
+export function showLive() {
+  const f = lineStore(session.line).frames[live.camera];
+  if (f?.last) loadFrame(f.last);
 }
-export { pollState };
 
 // ---- boot -----------------------------------------------------------------------------------------
+onChange((what) => {
+  if (what && what.command) pollStates();
+  renderHeader();
+});
 $("login-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const token = $("login-token").value.trim();
@@ -179,9 +294,30 @@ $("login-form").addEventListener("submit", async (ev) => {
 });
 $("logout").addEventListener("click", () => { auth.token = ""; session.me = null; location.hash = ""; showLogin(); });
 window.addEventListener("lineguard:unauthorized", () => { auth.token = ""; session.me = null; showLogin("Session expired: sign in again."); });
-$("camera-select").addEventListener("change", (e) => { live.camera = e.target.value; const f = live.frames[live.camera]; if (f) loadFrame(f); });
-$("line-select").addEventListener("change", (e) => { session.line = e.target.value; pollState(); });
+$("camera-select").addEventListener("change", (e) => {
+  live.camera = e.target.value;
+  const f = lineStore(session.line).frames[live.camera];
+  if (f?.last) loadFrame(f.last);
+});
+$("line-select").addEventListener("change", (e) => {
+  session.line = e.target.value;
+  live.camera = "";
+  $("camera-select").replaceChildren();
+  prefillRecent();
+  changed("line");
+});
+$("hdr-stop").addEventListener("click", () => sendCommand(session.line, "stop"));
+$("alarm-badge").addEventListener("click", () => showTab("alarms"));
 for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
+// Arrow keys move between tabs (the WAI-ARIA tabs pattern).
+$("tabs").addEventListener("keydown", (e) => {
+  if (e.key !== "ArrowRight" && e.key !== "ArrowLeft") return;
+  const tabs = [...document.querySelectorAll("#tabs button")].filter((b) => !b.hidden);
+  const i = tabs.indexOf(document.activeElement);
+  const next = tabs[(i + (e.key === "ArrowRight" ? 1 : tabs.length - 1)) % tabs.length];
+  next.focus();
+  showTab(next.dataset.tab);
+});
 
 (async () => {
   if (auth.token) {

@@ -1,48 +1,77 @@
-// The console's tabs besides Live: review gallery + label editor, telemetry, agent, control, models.
-import { api, apiBlob, esc, fmtNum, fmtTime, newKey, verdicts } from "./api.js";
-import { COLORS, barChart, lineChart } from "./charts.js";
+// The console's tabs: review gallery + label editor, telemetry, agent, control, models; the tab switcher.
+import { api, apiBlob, esc, fmtClock, fmtNum, fmtTime, verdicts } from "./api.js";
+import { showAlarms } from "./alarms.js";
+import { auditTable, loadAudit } from "./audit.js";
+import { COLORS, barChart, buckets, timeChart } from "./charts.js";
 import { drawDetections } from "./draw.js";
+import { loadPeople } from "./people.js";
+import { changed, onChange } from "./state.js";
+import { commandAllowed, confirmDialog, sendCommand } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
+// The label classes the API accepts (schemas.DefectClass); the editor offers the camera model's own classes
+// among them when the registry says which they are.
 const CLASSES = ["open", "short", "mousebite", "spur", "spurious_copper", "pin_hole"];
 const loaders = {};
 let S = null; // the session (me, line)
 let wired = false;
 
 export function showTab(name) {
-  if (!loaders[name]) name = "live";
-  for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.tab === name);
+  const btn = document.querySelector(`#tabs button[data-tab="${name}"]`);
+  if (!loaders[name] || !btn || btn.hidden) name = "overview";
+  for (const b of document.querySelectorAll("#tabs button")) {
+    b.classList.toggle("active", b.dataset.tab === name);
+    b.setAttribute("aria-selected", String(b.dataset.tab === name));
+    b.tabIndex = b.dataset.tab === name ? 0 : -1;
+  }
   for (const t of document.querySelectorAll("main .tab")) t.hidden = t.id !== `tab-${name}`;
   history.replaceState(null, "", `#${name}`);
-  loaders[name]();
+  Promise.resolve(loaders[name]()).catch((e) => console.warn(`tab ${name}`, e));
 }
-loaders.live = () => {};
-
-function toLocalInput(d) {
-  const p = (n) => String(n).padStart(2, "0");
-  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
-}
+loaders.overview = () => changed("tab");
+loaders.live = async () => { (await import("./app.js")).showLive(); };
+loaders.alarms = () => showAlarms();
+loaders.audit = () => loadAudit();
+loaders.people = () => loadPeople();
 
 // ---- review ---------------------------------------------------------------------------------------
 const gal = { offset: 0, limit: 24, total: 0 };
+let modelClasses = {};  // camera -> classes of the model it runs (registry)
 
 export function initReview(session) {
   S = session;
   loaders.review = loadGallery;
+  const f = $("gallery-filter");
+  f.elements.line.replaceChildren(...session.me.lines.map((l) => new Option(l, l)));
+  f.elements.line.value = session.line;
   if (wired) return;
-  const sel = document.querySelector("#gallery-filter [name=cls]");
+  const sel = f.elements.cls;
   for (const c of CLASSES) sel.append(new Option(c, c));
+  verdicts().then((vs) => { for (const v of vs) f.elements.decision.append(new Option(v, v)); }).catch(() => {});
   $("ed-class").replaceChildren(...CLASSES.map((c) => new Option(c, c)));
-  $("gallery-filter").addEventListener("submit", (e) => { e.preventDefault(); gal.offset = 0; loadGallery(); });
+  f.addEventListener("submit", (e) => { e.preventDefault(); gal.offset = 0; loadGallery(); });
   $("g-prev").addEventListener("click", () => { gal.offset = Math.max(0, gal.offset - gal.limit); loadGallery(); });
   $("g-next").addEventListener("click", () => { if (gal.offset + gal.limit < gal.total) { gal.offset += gal.limit; loadGallery(); } });
   wireEditor();
 }
 
+async function loadCameras() {
+  // Cameras and the classes of the model each runs, for the camera filter and the editor.
+  try {
+    const m = await api("/api/models");
+    const byName = Object.fromEntries(m.versions.map((v) => [`${v.name}:${v.version}`, v.classes]));
+    modelClasses = Object.fromEntries(m.cameras.map((c) => [c.camera, byName[c.model] || []]));
+    const cam = $("gallery-filter").elements.camera;
+    const have = new Set([...cam.options].map((o) => o.value));
+    for (const c of m.cameras) if (!have.has(c.camera)) cam.append(new Option(c.camera, c.camera));
+  } catch { /* filters still work */ }
+}
+
 async function loadGallery() {
+  if (!Object.keys(modelClasses).length) await loadCameras();
   const f = new FormData($("gallery-filter"));
-  const q = new URLSearchParams({ limit: gal.limit, offset: gal.offset, line: S.line });
-  for (const k of ["cls", "decision"]) if (f.get(k)) q.set(k, f.get(k));
+  const q = new URLSearchParams({ limit: gal.limit, offset: gal.offset, line: f.get("line") || S.line });
+  for (const k of ["cls", "decision", "camera"]) if (f.get(k)) q.set(k, f.get(k));
   for (const k of ["since", "until"]) if (f.get(k)) q.set(k, new Date(f.get(k)).toISOString());
   const page = await api(`/api/inspections?${q}`);
   gal.total = page.total;
@@ -53,10 +82,12 @@ async function loadGallery() {
   for (const it of page.items) {
     const eff = it.override || it.decision;
     const card = document.createElement("button");
+    card.type = "button";
     card.className = `thumb ${eff}`;
     card.dataset.id = it.inspection_id;
-    card.innerHTML = `<div class="img"><span class="muted">${it.has_frame ? "loading…" : "no frame"}</span></div>
-      <div class="cap"><span class="badge ${esc(eff)}">${esc(eff)}</span>${it.override ? '<span class="badge ov">override</span>' : ""}
+    card.setAttribute("aria-label", `Part ${it.part_id}, ${eff}${it.override ? ` (model said ${it.decision})` : ""}, ${it.classes.join(", ") || "no defects"}`);
+    card.innerHTML = `<div class="img"><span class="muted">${it.has_frame ? "loading…" : "no frame kept"}</span></div>
+      <div class="cap"><span class="badge ${esc(eff)}">${esc(eff)}</span>${it.override ? `<span class="badge ov" title="overridden by a person">${esc(it.decision)} → ${esc(it.override)}</span>` : ""}
       ${it.corrected ? '<span class="badge fixed">relabelled</span>' : ""}<br>
       <b>${esc(it.part_id)}</b> <span class="muted">${esc(it.camera)}</span><br>
       <span class="muted">${esc(it.classes.join(", ") || "no defects")} · ${esc(fmtTime(it.ts))}</span></div>`;
@@ -73,7 +104,7 @@ async function thumbnail(div, id) {
     div.innerHTML = "";
     const img = new Image();
     img.src = url;
-    img.alt = id;
+    img.alt = `frame of inspection ${id}`;
     div.append(img);
   } catch { div.innerHTML = '<span class="muted">no frame</span>'; }
 }
@@ -113,19 +144,39 @@ function wireEditor() {
   $("ed-delete").addEventListener("click", () => { if (ed.sel >= 0) { ed.boxes.splice(ed.sel, 1); ed.sel = -1; redraw(); } });
   $("ed-close").addEventListener("click", () => $("editor").close());
   $("ed-save").addEventListener("click", saveLabels);
-  for (const b of document.querySelectorAll("[data-ov]")) {
-    b.addEventListener("click", async () => {
-      const ok = await confirmDialog("Override decision",
-        `Change the decision of part ${ed.detail.part_id} to "${b.dataset.ov}"?`, b.dataset.ov);
-      if (!ok) return;
-      try {
-        await api(`/api/inspections/${encodeURIComponent(ed.id)}/override`, { method: "POST",
-          body: { confirm: true, decision: b.dataset.ov, reason: ok.reason } });
-        $("ed-status").textContent = `Decision overridden to ${b.dataset.ov}.`;
-        loadGallery();
-      } catch (e) { $("ed-status").textContent = `Refused: ${e.message}`; }
-    });
-  }
+  // Keyboard: Delete removes the selected box, Tab-reachable list items select one.
+  $("editor").addEventListener("keydown", (e) => {
+    if ((e.key === "Delete" || e.key === "Backspace") && ed.sel >= 0 && e.target.tagName !== "INPUT") {
+      ed.boxes.splice(ed.sel, 1); ed.sel = -1; redraw();
+    }
+  });
+}
+
+function overrideButtons(all) {
+  const box = $("ed-ov-buttons");
+  const eff = ed.detail.override || ed.detail.decision;
+  box.replaceChildren(...all.filter((v) => v !== eff).map((v) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = `Mark ${v}`;
+    b.dataset.ov = v;
+    b.addEventListener("click", () => overrideTo(v));
+    return b;
+  }));
+}
+
+async function overrideTo(v) {
+  const d = ed.detail;
+  const ok = await confirmDialog(`Override part ${d.part_id}`,
+    `Change the decision of part ${d.part_id} (line ${d.line}, ${d.camera}) from “${d.override || d.decision}” to “${v}”?`,
+    `Override to ${v}`, { tone: v === "reject" ? "danger" : "primary" });
+  if (!ok) return;
+  try {
+    await api(`/api/inspections/${encodeURIComponent(ed.id)}/override`, { method: "POST",
+      body: { confirm: true, decision: v, reason: ok.reason } });
+    await refreshDetail(`Decision overridden to ${v}.`);
+    loadGallery();
+  } catch (e) { $("ed-status").textContent = `Refused: ${e.message}`; }
 }
 
 function redraw() {
@@ -137,26 +188,44 @@ function redraw() {
   }
   ed.scale = drawDetections($("ed-canvas"), ed.img, boxes, null, ed.sel);
   $("ed-boxes").innerHTML = ed.boxes.map((b, i) =>
-    `<li class="${i === ed.sel ? "sel" : ""}" data-i="${i}">${esc(b.cls)} <span class="muted">[${b.box.map((v) => Math.round(v)).join(", ")}]</span></li>`).join("")
+    `<li class="${i === ed.sel ? "sel" : ""}" data-i="${i}" tabindex="0" role="button" aria-pressed="${i === ed.sel}">${esc(b.cls)} <span class="muted">[${b.box.map((v) => Math.round(v)).join(", ")}]</span></li>`).join("")
     || '<li class="muted">No boxes: a good part.</li>';
   for (const li of $("ed-boxes").querySelectorAll("li[data-i]")) {
-    li.addEventListener("click", () => { ed.sel = Number(li.dataset.i); $("ed-class").value = ed.boxes[ed.sel].cls; redraw(); });
+    const pick = () => { ed.sel = Number(li.dataset.i); $("ed-class").value = ed.boxes[ed.sel].cls; redraw(); };
+    li.addEventListener("click", pick);
+    li.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); pick(); } });
   }
+}
+
+function renderMeta(d) {
+  $("ed-meta").innerHTML = [["Part", d.part_id], ["Line", d.line], ["Camera", d.camera], ["Time", fmtTime(d.ts)],
+    ["Decision", d.decision + (d.override ? ` → ${d.override} (override)` : "")], ["Model", d.model || "–"],
+    ["Latency", d.latency_ms ? `${fmtNum(d.latency_ms, 1)} ms` : "–"],
+    ["Relabelled", d.corrected ? `yes (${d.corrections.length}×)` : "no"]]
+    .map(([k, v]) => `<dt>${esc(k)}</dt><dd data-k="${esc(k)}">${esc(v)}</dd>`).join("");
+}
+
+async function refreshDetail(status) {
+  ed.detail = await api(`/api/inspections/${encodeURIComponent(ed.id)}`);
+  renderMeta(ed.detail);
+  overrideButtons(await verdicts());
+  if (status) $("ed-status").textContent = status;
 }
 
 async function openEditor(id) {
   const d = await api(`/api/inspections/${encodeURIComponent(id)}`);
   ed.id = id; ed.detail = d; ed.sel = -1;
+  const mine = (modelClasses[d.camera] || []).filter((c) => CLASSES.includes(c));
+  const offer = mine.length ? mine : CLASSES;
+  $("ed-class").replaceChildren(...offer.map((c) => new Option(c, c)));
   ed.boxes = d.defects.filter((x) => CLASSES.includes(x.cls)).map((x) => ({ cls: x.cls, box: x.box.slice() }));
   if (d.corrections.length) {
     ed.boxes = d.corrections[d.corrections.length - 1].labels.map((x) => ({ cls: x.cls, box: x.box.slice() }));
   }
   $("ed-title").textContent = `Inspection ${id}`;
   $("ed-status").textContent = "";
-  $("ed-meta").innerHTML = [["Part", d.part_id], ["Camera", d.camera], ["Time", fmtTime(d.ts)],
-    ["Decision", d.decision + (d.override ? ` → ${d.override}` : "")], ["Model", d.model || "–"],
-    ["Latency", d.latency_ms ? `${fmtNum(d.latency_ms, 1)} ms` : "–"], ["Relabelled", d.corrected ? "yes" : "no"]]
-    .map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
+  renderMeta(d);
+  overrideButtons(await verdicts());
   $("editor").showModal();
   try {
     ed.img = await createImageBitmap(await apiBlob(`/api/inspections/${encodeURIComponent(id)}/frame`));
@@ -168,62 +237,86 @@ async function saveLabels() {
   try {
     const body = { labels: ed.boxes.map((b) => ({ cls: b.cls, x1: b.box[0], y1: b.box[1], x2: b.box[2], y2: b.box[3] })) };
     const r = await api(`/api/inspections/${encodeURIComponent(ed.id)}/labels`, { method: "POST", body });
-    $("ed-status").textContent = `Saved ${r.labels} label${r.labels === 1 ? "" : "s"} to the training set.`;
+    await refreshDetail(`Saved ${r.labels} label${r.labels === 1 ? "" : "s"} to the training set.`);
     loadGallery();
   } catch (e) { $("ed-status").textContent = `Not saved: ${e.message}`; }
 }
 
-// ---- confirmation dialog --------------------------------------------------------------------------
-export function confirmDialog(title, text, okLabel = "Confirm") {
-  return new Promise((resolve) => {
-    const dlg = $("confirm");
-    $("confirm-title").textContent = title;
-    $("confirm-text").textContent = text;
-    $("confirm-ok").textContent = okLabel;
-    $("confirm-reason").value = "";
-    dlg.returnValue = "";
-    dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok" ? { reason: $("confirm-reason").value } : null), { once: true });
-    dlg.showModal();
-  });
-}
-
 // ---- telemetry ------------------------------------------------------------------------------------
+const BUCKET = { hour: [3600, "hour"], day: [86400, "day"], "15m": [900, "15 min"] };
+let teleTimer = null;
+
 export function initTelemetry(session) {
   S = session;
   loaders.telemetry = loadTelemetry;
   if (wired) return;
   $("t-range").addEventListener("change", loadTelemetry);
   $("t-refresh").addEventListener("click", loadTelemetry);
+  $("t-auto").addEventListener("change", schedule);
+  onChange((what) => { if (what === "line" && !$("tab-telemetry").hidden) loadTelemetry(); });
 }
 
-const hourLabel = (iso, long) => {
-  const d = new Date(iso);
-  return long ? d.toLocaleDateString(undefined, { month: "short", day: "numeric" }) + " " + d.getHours() + "h" : `${d.getHours()}:00`;
-};
+function schedule() {
+  clearTimeout(teleTimer);
+  if ($("t-auto").checked && !$("tab-telemetry").hidden) teleTimer = setTimeout(loadTelemetry, 60000);
+}
+
+async function markers(since) {
+  // Stops (people's and rules') and alarms, as vertical lines on the time charts.
+  const q = `line=${encodeURIComponent(S.line)}`;
+  const [cmds, alarms] = await Promise.all([
+    api(`/api/commands?${q}&limit=200`).catch(() => ({ items: [] })),
+    api(`/api/alarms?${q}&state=all&since=${encodeURIComponent(since)}&limit=200`).catch(() => ({ items: [] }))]);
+  const out = [];
+  for (const c of cmds.items) {
+    if (c.command === "stop" && c.status === "ok") out.push({ ts: Date.parse(c.ts) / 1000, kind: "stop", color: COLORS.red, label: `stop by ${c.actor}` });
+  }
+  for (const a of alarms.items) {
+    const stop = a.kind === "rule_stop" || a.kind === "estop" || a.kind === "safe_state";
+    out.push({ ts: Date.parse(a.raised_at) / 1000, kind: stop ? "stop" : "alarm", color: stop ? COLORS.red : COLORS.amber, label: a.title });
+  }
+  return out;
+}
 
 async function loadTelemetry() {
   const hours = Number($("t-range").value);
   const q = `line=${encodeURIComponent(S.line)}&hours=${hours}`;
   const bucket = hours > 72 ? "day" : "hour";
+  const [w, word] = BUCKET[bucket];
   const [en, fa, dr, sh] = await Promise.all([
     api(`/api/telemetry/energy?${q}&bucket=${bucket}`), api(`/api/telemetry/faults?${q}`),
     api(`/api/telemetry/defect-rate?${q}`), api(`/api/telemetry/shifts?${q}`)]);
-  const labels = en.items.map((p) => bucket === "day" ? new Date(p.ts).toLocaleDateString() : hourLabel(p.ts, hours > 24));
-  barChart($("ch-energy"), labels, [{ label: "kWh", values: en.items.map((p) => p.kwh), color: COLORS.blue }], { unit: "kWh" });
-  lineChart($("ch-energy-part"), labels, [{ label: "Wh / good part", values: en.items.map((p) => p.kwh_per_good_part === null ? null : p.kwh_per_good_part * 1000), color: COLORS.purple }], { unit: "Wh" });
+  const mk = await markers(en.since);
+  const [xs, rows] = buckets(en.since, en.until, w, en.items);
+  const val = (f) => rows.map((r) => (r ? f(r) : null));
+  $("h-energy").textContent = `Energy per ${word} (kWh)`;
+  $("h-tput").textContent = `Good parts per ${word}`;
+  timeChart($("ch-power"), xs, [{ label: "average power", unit: "kW", color: COLORS.teal,
+    values: val((r) => (r.kwh || r.good_parts ? r.kwh / (w / 3600) : null)) }], { title: "Average power", markers: mk });
+  timeChart($("ch-tput"), xs, [{ label: "good parts", unit: `parts/${word}`, color: COLORS.green, bars: true,
+    values: val((r) => r.good_parts) }], { title: "Throughput", markers: mk });
+  timeChart($("ch-energy"), xs, [{ label: "energy", unit: "kWh", color: COLORS.blue, bars: true,
+    values: val((r) => r.kwh) }], { title: `Energy per ${word}`, markers: mk });
+  timeChart($("ch-energy-part"), xs, [{ label: "energy per good part", unit: "Wh", color: COLORS.purple,
+    values: val((r) => (r.kwh_per_good_part === null ? null : r.kwh_per_good_part * 1000)) }],
+  { title: "Energy per good part", markers: mk });
   barChart($("ch-faults"), fa.items.map((f) => f.device), [
-    { label: "downtime (min)", values: fa.items.map((f) => f.downtime_s / 60), color: COLORS.red },
-    { label: "faults", values: fa.items.map((f) => f.faults), color: COLORS.amber }]);
-  barChart($("ch-defects"), dr.items.map((r) => r.cls), [{ label: "% of parts", values: dr.items.map((r) => r.rate * 100), color: COLORS.red }], { unit: "%" });
+    { label: "downtime", unit: "min", values: fa.items.map((f) => f.downtime_s / 60), color: COLORS.red },
+    { label: "faults", unit: "count", values: fa.items.map((f) => f.faults), color: COLORS.amber }],
+  { title: "Downtime and faults per machine" });
+  barChart($("ch-defects"), dr.items.map((r) => r.cls), [{ label: "parts with the class", unit: "%",
+    values: dr.items.map((r) => r.rate * 100), color: COLORS.red }], { title: "Defect rate by class" });
   const sl = sh.items.map((s) => `${s.day.slice(5)} ${s.shift}`);
-  barChart($("ch-shift-reject"), sl, [{ label: "reject %", values: sh.items.map((s) => s.reject_rate === null ? null : s.reject_rate * 100), color: COLORS.red }], { unit: "%" });
-  barChart($("ch-shift-energy"), sl, [{ label: "Wh / good part", values: sh.items.map((s) => s.kwh_per_good_part === null ? null : s.kwh_per_good_part * 1000), color: COLORS.blue }], { unit: "Wh" });
-  $("shift-table").innerHTML = `<thead><tr><th>Day</th><th>Shift</th><th>Parts</th><th>Rejects</th><th>Reject rate</th>
+  barChart($("ch-shift-reject"), sl, [{ label: "reject rate", unit: "%", values: sh.items.map((s) => s.reject_rate === null ? null : s.reject_rate * 100), color: COLORS.red }], { title: "Reject rate per shift" });
+  barChart($("ch-shift-energy"), sl, [{ label: "energy per good part", unit: "Wh", values: sh.items.map((s) => s.kwh_per_good_part === null ? null : s.kwh_per_good_part * 1000), color: COLORS.blue }], { title: "Energy per good part per shift" });
+  $("shift-table").innerHTML = `<caption class="sr-only">Shift comparison</caption><thead><tr><th>Day</th><th>Shift</th><th>Parts</th><th>Rejects</th><th>Reject rate</th>
     <th>kWh</th><th>Wh / good part</th><th>Faults</th><th>Downtime</th></tr></thead><tbody>` +
     sh.items.map((s) => `<tr><td>${esc(s.day)}</td><td>${esc(s.shift)}</td><td>${s.parts}</td><td>${s.rejects}</td>
       <td>${s.reject_rate === null ? "–" : fmtNum(s.reject_rate * 100, 1) + " %"}</td><td>${fmtNum(s.kwh, 3)}</td>
       <td>${s.kwh_per_good_part === null ? "–" : fmtNum(s.kwh_per_good_part * 1000, 2)}</td><td>${s.faults}</td><td>${fmtNum(s.downtime_s / 60, 1)} min</td></tr>`).join("") +
     "</tbody>";
+  $("t-updated").textContent = `updated ${fmtClock(Date.now())} · ${word} buckets · ${mk.length} marker(s)`;
+  schedule();
 }
 
 // ---- agent ----------------------------------------------------------------------------------------
@@ -269,52 +362,57 @@ async function loadSummaries() {
 }
 
 // ---- control --------------------------------------------------------------------------------------
-const CMD_TEXT = {
-  stop: "Stop the conveyor now?", start: "Start the conveyor? The PLC refuses while the e-stop or guard door is active.",
-  "reset-rejects": "Reset the PLC reject counter to zero?",
-};
-
 export function initControl(session) {
   S = session;
   loaders.control = loadControl;
   if (wired) return;
   const send = async (cmd, extra = {}) => {
-    const text = cmd === "slow" ? `Set the conveyor speed to ${extra.speed_pct} %?` : CMD_TEXT[cmd];
-    const ok = await confirmDialog(`Confirm: ${cmd}`, text, cmd === "stop" ? "Stop line" : "Confirm");
-    if (!ok) return;
-    const out = $("cmd-result");
-    try {
-      const r = await api(`/api/commands/${cmd}`, { method: "POST", headers: { "Idempotency-Key": newKey() },
-        body: { confirm: true, line: S.line, reason: ok.reason, ...extra } });
-      out.className = "ok";
-      out.textContent = `${cmd}: done. Line is ${r.state_after?.state ?? "unknown"}.`;
-    } catch (e) {
-      out.className = "bad";
-      out.textContent = `${cmd} refused: ${e.message}`;
-    }
-    const { pollState } = await import("./app.js");
-    pollState();
+    const out = await sendCommand(S.line, cmd, extra);
+    if (!out) return;
+    $("cmd-result").className = out.ok ? "ok" : "bad";
+    $("cmd-result").textContent = out.text;
     loadControl();
   };
   $("cmd-stop").addEventListener("click", () => send("stop"));
   $("cmd-start").addEventListener("click", () => send("start"));
   $("cmd-reset").addEventListener("click", () => send("reset-rejects"));
   $("cmd-slow").addEventListener("click", () => send("slow", { speed_pct: Number($("slow-pct").value) }));
+  $("to-audit").addEventListener("click", () => showTab("audit"));
+  onChange(() => controlButtons());
+}
+
+function controlButtons() {
+  if (!S?.me) return;
+  $("cmd-line").textContent = S.line;
+  const whys = [];
+  for (const [id, cmd] of [["cmd-stop", "stop"], ["cmd-start", "start"], ["cmd-slow", "slow"], ["cmd-reset", "reset-rejects"]]) {
+    const [ok, why] = commandAllowed(S.line, cmd);
+    const b = $(id);
+    b.disabled = !ok;
+    b.title = ok ? "" : why;
+    if (S.me.can[`command:${cmd}`] && !ok) whys.push(`${cmd}: ${why}`);
+  }
+  $("cmd-stop").textContent = `Stop ${S.line}`;
+  $("cmd-start").textContent = `Start ${S.line}`;
+  $("cmd-why").textContent = whys.join(" · ");
 }
 
 async function loadControl() {
   const can = S.me.can;
+  controlButtons();
   if (can.override) {
     const [page, all] = await Promise.all([api(`/api/inspections?line=${encodeURIComponent(S.line)}&limit=8`),
       verdicts()]);  // the verdicts an override may choose: the server's contract, not a list here
-    $("override-table").innerHTML = `<thead><tr><th>Time</th><th>Part</th><th>Camera</th><th>Defects</th><th>Decision</th><th>Override</th></tr></thead><tbody>` +
+    $("override-table").innerHTML = `<caption class="sr-only">Recent inspections</caption><thead><tr><th>Time</th><th>Part</th><th>Camera</th><th>Defects</th><th>Decision</th><th>Override to</th></tr></thead><tbody>` +
       page.items.map((i) => `<tr><td>${esc(fmtTime(i.ts))}</td><td>${esc(i.part_id)}</td><td>${esc(i.camera)}</td>
         <td>${esc(i.classes.join(", ") || "–")}</td><td><span class="badge ${esc(i.override || i.decision)}">${esc(i.override || i.decision)}</span></td>
         <td>${all.filter((d) => d !== (i.override || i.decision)).map((d) =>
-          `<button class="small" data-ovid="${esc(i.inspection_id)}" data-ovto="${esc(d)}">${esc(d)}</button>`).join(" ")}</td></tr>`).join("") + "</tbody>";
+          `<button type="button" class="small" data-ovid="${esc(i.inspection_id)}" data-part="${esc(i.part_id)}" data-ovto="${esc(d)}">${esc(d)}</button>`).join(" ")}</td></tr>`).join("") + "</tbody>";
     for (const b of $("override-table").querySelectorAll("button[data-ovid]")) {
       b.addEventListener("click", async () => {
-        const ok = await confirmDialog("Override decision", `Override inspection ${b.dataset.ovid} to "${b.dataset.ovto}"?`, b.dataset.ovto);
+        const ok = await confirmDialog(`Override part ${b.dataset.part}`,
+          `Change the decision of part ${b.dataset.part} on line ${S.line} to “${b.dataset.ovto}”?`,
+          `Override to ${b.dataset.ovto}`, { tone: b.dataset.ovto === "reject" ? "danger" : "primary" });
         if (!ok) return;
         try {
           await api(`/api/inspections/${encodeURIComponent(b.dataset.ovid)}/override`, { method: "POST",
@@ -325,22 +423,9 @@ async function loadControl() {
     }
   }
   if (can.audit) {
-    const a = await api("/api/audit?limit=25");
-    $("audit-table").innerHTML = `<thead><tr><th>Time</th><th>Who</th><th>Action</th><th>Target</th><th>Before</th><th>After</th><th>Result</th></tr></thead><tbody>` +
-      a.items.map((r) => `<tr><td>${esc(fmtTime(r.ts))}</td><td>${esc(r.actor)} <span class="muted">${esc(r.role)}</span></td>
-        <td>${esc(r.action)}</td><td>${esc(r.target)}</td><td class="json">${esc(brief(r.before))}</td>
-        <td class="json">${esc(brief(r.after))}</td><td><span class="badge ${r.result === "ok" ? "pass" : "reject"}">${esc(r.result)}</span>
-        ${r.detail?.reason ? `<div class="muted">${esc(r.detail.reason)}</div>` : ""}</td></tr>`).join("") + "</tbody>";
+    const a = await api(`/api/audit?limit=10&who=people&group=true`);
+    $("audit-table").innerHTML = auditTable(a.items);
   }
-}
-
-function brief(v) {
-  if (v === null || v === undefined) return "–";
-  if (typeof v === "object" && !Array.isArray(v) && "state" in v) {
-    return `${v.state}${v.speed_pct != null ? ` ${v.speed_pct}%` : ""}${v.estop ? " e-stop" : ""}${v.guard_door ? " door open" : ""}`;
-  }
-  const s = JSON.stringify(v);
-  return s.length > 80 ? s.slice(0, 77) + "…" : s;
 }
 
 // ---- models ---------------------------------------------------------------------------------------

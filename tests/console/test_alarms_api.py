@@ -9,7 +9,8 @@ import json
 from typing import Any
 
 import psycopg
-from api_support import LINE, Api, api  # noqa: F401
+from api_support import LINE, Api
+from api_support import api as api
 
 
 def _audit_row(db: str, actor: str, action: str, reason: str, result: str = "ok", target: str = LINE) -> None:
@@ -27,7 +28,7 @@ def _alarms(api: Api, role: str = "viewer", **params: Any) -> dict[str, Any]:
     return out
 
 
-def test_rule_stop_alarm_ack_and_clear(api: Api) -> None:  # noqa: F811
+def test_rule_stop_alarm_ack_and_clear(api: Api) -> None:
     _audit_row(api.db, f"runtime:{LINE}", "plc.stop", "stop rule: 3 rejects in 10 parts")
     _audit_row(api.db, f"runtime:{LINE}", "plc.reject_part", "", target="P-1")  # not an alarm
     _audit_row(api.db, "user:alice", "plc.stop", "shift end")  # a person's stop is no alarm
@@ -65,7 +66,7 @@ def test_rule_stop_alarm_ack_and_clear(api: Api) -> None:  # noqa: F811
     assert api.client.post("/api/alarms/999999/ack", json={}, headers=api.h("supervisor")).status_code == 404
 
 
-def test_safe_state_and_reject_rate_alarms(api: Api) -> None:  # noqa: F811
+def test_safe_state_and_reject_rate_alarms(api: Api) -> None:
     _audit_row(api.db, f"runtime:{LINE}", "line.safe_state", "PLC in its safe state: the controller heartbeat was lost")
     # Seeded: 1 of the 3 parts of the last 15 min is a reject. Lower the bar so it counts, red at 20 %.
     r = api.client.put("/api/targets", json={"reject_min_parts": 1, "reject_amber": 0.1, "reject_red": 0.2,
@@ -88,16 +89,17 @@ def test_safe_state_and_reject_rate_alarms(api: Api) -> None:  # noqa: F811
     assert hist[rr["alarm_id"]]["cleared_by"] == "condition cleared"
 
 
-def test_readiness_check_alarms(api: Api) -> None:  # noqa: F811
+def test_readiness_check_alarms(api: Api) -> None:
     checks = {"broker": "ok", f"camera:{LINE}/cam-1": "no frame for over 10 s (last 42 s ago; source stalled)"}
     api.deps.extra_checks = lambda: checks
     cam = [a for a in _alarms(api)["items"] if a["kind"] == "camera"]
-    assert len(cam) == 1 and "no frame for over 10 s" in cam[0]["reason"] and cam[0]["title"] == "Camera cam-1: no frames"
+    assert len(cam) == 1 and "no frame for over 10 s" in cam[0]["reason"]
+    assert cam[0]["title"] == "Camera cam-1: no frames"
     checks[f"camera:{LINE}/cam-1"] = "ok"
     assert not [a for a in _alarms(api)["items"] if a["kind"] == "camera" and a["active"]]
 
 
-def test_audit_filters_and_grouping(api: Api) -> None:  # noqa: F811
+def test_audit_filters_and_grouping(api: Api) -> None:
     for i in range(5):
         _audit_row(api.db, f"runtime:{LINE}", "plc.reject_part", "", target=f"P-{i}")
     _audit_row(api.db, "user:test-supervisor", "plc.stop", "shift end")

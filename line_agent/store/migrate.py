@@ -30,7 +30,9 @@ def migration_files() -> list[tuple[str, str]]:
 def migrate(url: str) -> list[str]:
     """Apply pending migrations to the database at ``url``; return the names applied."""
     applied: list[str] = []
-    with psycopg.connect(url, autocommit=True) as conn:
+    # No server-side prepared statements: each runs once, and a single-session server (PGlite in the
+    # TimescaleDB tests) would keep one from an earlier connection under the same name.
+    with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"

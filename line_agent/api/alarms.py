@@ -27,11 +27,11 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from psycopg.rows import dict_row
 from starlette.concurrency import run_in_threadpool
 
-from line_agent.api.auth import ErrorOut, Principal, Role, guarded, principal
+from line_agent.api.auth import ErrorOut, Principal, Role, guarded, principal, unprocessable
 from line_agent.api.control import read_state, resolve_line
 from line_agent.api.db import audit, deps_of, pool_of
 from line_agent.api.deps import ApiDeps
-from line_agent.api.schemas import AlarmNoteIn, AlarmOut, AlarmPage, Ident, TargetsIn, TargetsOut
+from line_agent.api.schemas import AlarmNoteIn, AlarmOut, AlarmPage, Ident, IsoTime, TargetsIn, TargetsOut
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -217,12 +217,17 @@ _ALARM_SELECT = ("SELECT a.*, a.cleared_at IS NULL AS active, k.ts AS acked_at, 
             **guarded(Role.viewer))
 async def list_alarms(request: Request, line: Ident | None = None,
                       state: Literal["active", "all"] = "active",
-                      since: Annotated[datetime | None, Query(description="Raised at or after (history).")] = None,
+                      since: Annotated[IsoTime | None, Query(description="Raised at or after (history).")] = None,
                       limit: Annotated[int, Query(ge=1, le=500)] = 100,
                       offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> AlarmPage:
     deps = deps_of(request)
     if line is not None:
         line = resolve_line(deps, line)
+    try:
+        t = None if since is None else datetime.fromisoformat(since.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise unprocessable(("query", "since"), f"not a time: {exc}") from None
+    t = t if t is None or t.tzinfo else t.replace(tzinfo=UTC)
     await sync_alarms(request)
     where = ["(%(line)s::text IS NULL OR a.line = %(line)s)"]
     if state == "active":
@@ -231,7 +236,7 @@ async def list_alarms(request: Request, line: Ident | None = None,
     else:
         where.append("(%(since)s::timestamptz IS NULL OR a.raised_at >= %(since)s)")
         order = "a.raised_at DESC, a.alarm_id DESC"
-    p = {"line": line, "since": since, "limit": limit, "offset": offset}
+    p = {"line": line, "since": t, "limit": limit, "offset": offset}
     async with pool_of(request).connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(f"{_ALARM_SELECT} WHERE {' AND '.join(where)} ORDER BY {order}"

@@ -30,6 +30,7 @@ from line_agent.api.schemas import (
     DecisionOut,
     DecisionPage,
     Ident,
+    IsoTime,
     LineStateOut,
     OverrideIn,
     SlowIn,
@@ -411,8 +412,15 @@ async def override_inspection(request: Request, body: OverrideIn, inspection_id:
 async def list_audit(request: Request, limit: Limit = 50, offset: Offset = 0,
                      action: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$")] = None,
                      who: Literal["people", "system"] | None = None, line: Ident | None = None,
-                     since: datetime | None = None, until: datetime | None = None,
+                     since: IsoTime | None = None, until: IsoTime | None = None,
                      group: bool = False) -> AuditRowPage:
+    def iso(name: str, v: str | None) -> datetime | None:
+        try:
+            t = None if v is None else datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise unprocessable(("query", name), f"not a time: {exc}") from None
+        return t if t is None or t.tzinfo else t.replace(tzinfo=UTC)
+
     people = "(role IN ('viewer', 'operator', 'supervisor', 'admin') OR actor LIKE 'user:%%')"
     where = ("(%(a)s::text IS NULL OR action LIKE %(a)s || '%%')"
              f" AND (%(who)s::text IS NULL OR (%(who)s = 'people') = {people})"
@@ -431,7 +439,7 @@ async def list_audit(request: Request, limit: Limit = 50, offset: Offset = 0,
         "  FROM f WHERE %(g)s AND action = 'plc.reject_part'"
         "  GROUP BY actor, action, result, detail->>'line', date_trunc('hour', ts))"
         " SELECT *, count(*) OVER () AS total FROM e ORDER BY audit_id DESC LIMIT %(limit)s OFFSET %(offset)s",
-        {"a": action, "who": who, "line": line, "since": since, "until": until, "g": group,
+        {"a": action, "who": who, "line": line, "since": iso("since", since), "until": iso("until", until), "g": group,
          "limit": limit, "offset": offset},
     )
     total = int(rows[0]["total"]) if rows else 0

@@ -355,6 +355,11 @@ class AuditRowPage(BaseModel):
     total: int
 
 
+# An ISO 8601 time as a query parameter (the pattern keeps numbers like 0.5 out; naive = UTC).
+IsoTime = Annotated[str, StringConstraints(
+    max_length=40, pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?$")]
+
+
 # ---- alarms and targets ---------------------------------------------------------------------------
 AlarmSeverity = Literal["critical", "high", "medium", "low"]
 Note = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00]*$")]

@@ -23,7 +23,7 @@ from vision.detectors.hybrid import (
     stacked_padded,
 )
 from vision.synth import make_board
-from vision.types import DEFECT_CLASSES, Box, Frame
+from vision.types import DEFECT_CLASSES, UNKNOWN_CLASS, Box, Frame
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,7 +126,8 @@ def test_trained_stage2_beats_chance_on_synthetic_boards(tiny_model: Path) -> No
     boards = [make_board(500 + i, (4, 8), scan_noise=0.15) for i in range(8)]
     preds = [det.detect(Frame("t", k, 0.0, b.image, b.template)) for k, b in enumerate(boards)]
     truths = [b.labels for b in boards]
-    assert all(d.cls in DEFECT_CLASSES and 0.0 <= d.confidence <= 1.0 for p in preds for d in p)
+    # A difference the crop CNN places in no class comes back as "unknown" (QA decides what to do with it).
+    assert all(d.cls in (*DEFECT_CLASSES, UNKNOWN_CLASS) and 0.0 <= d.confidence <= 1.0 for p in preds for d in p)
     agn, _ = precision_recall(preds, truths, same_class=False)
     assert agn.recall >= 0.8, agn
     # Six classes: chance same-class AP50 is ~1/6; 30 training boards and a few seconds of CPU do far better.

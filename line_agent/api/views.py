@@ -27,7 +27,6 @@ from line_agent.api.deps import ApiDeps
 from line_agent.api.schemas import (
     CameraModelOut,
     DecisionKind,
-    DefectClass,
     DefectOut,
     DefectRateRow,
     EnergyPoint,
@@ -116,8 +115,16 @@ def _hub_frame(deps: ApiDeps, inspection_id: str, camera: str, line: str | None 
             **guarded(Role.viewer))
 async def list_inspections(
     request: Request, limit: Limit = 48, offset: Offset = 0, line: Ident | None = None,
-    camera: Ident | None = None, cls: DefectClass | Literal["unknown"] | None = None,
-    decision: DecisionKind | None = None, since: Until = None, until: Until = None,
+    camera: Ident | None = None,
+    cls: Annotated[Ident | None, Query(description="A defect class of the camera's model (any product's classes).")]
+    = None,
+    decision: Annotated[DecisionKind | None, Query(description="The decision in force (after an override).")] = None,
+    model_decision: Annotated[DecisionKind | None, Query(description="The model's own decision, overridden or not: "
+                                                                     "a reject a person overrode to pass still "
+                                                                     "matches reject here.")] = None,
+    overridden: Annotated[bool | None, Query(description="Only parts a person overrode (true) or not (false).")]
+    = None,
+    since: Until = None, until: Until = None,
 ) -> InspectionPage:
     deps = deps_of(request)
     rows = await fetch_all(
@@ -125,13 +132,15 @@ async def list_inspections(
         f"SELECT {_INSPECTION_COLS}, count(*) OVER () AS total FROM inspections i"
         " WHERE (%(line)s::text IS NULL OR i.line = %(line)s) AND (%(cam)s::text IS NULL OR i.camera = %(cam)s)"
         " AND (%(d)s::text IS NULL OR coalesce(i.override, i.decision) = %(d)s)"
+        " AND (%(md)s::text IS NULL OR i.decision = %(md)s)"
+        " AND (%(ov)s::boolean IS NULL OR (i.override IS NOT NULL) = %(ov)s)"
         " AND (%(since)s::timestamptz IS NULL OR i.ts >= %(since)s)"
         " AND (%(until)s::timestamptz IS NULL OR i.ts < %(until)s)"
         " AND (%(cls)s::text IS NULL OR EXISTS (SELECT 1 FROM defects d WHERE d.inspection_id = i.inspection_id"
         "      AND d.cls = %(cls)s))"
         " ORDER BY i.ts DESC, i.inspection_id LIMIT %(limit)s OFFSET %(offset)s",
-        {"line": line, "cam": camera, "d": decision, "since": _utc(since), "until": _utc(until), "cls": cls,
-         "limit": limit, "offset": offset},
+        {"line": line, "cam": camera, "d": decision, "md": model_decision, "ov": overridden, "since": _utc(since),
+         "until": _utc(until), "cls": cls, "limit": limit, "offset": offset},
     )
     total = int(rows[0]["total"]) if rows else 0
     items = await run_in_threadpool(lambda: [_inspection(r, deps) for r in rows])  # file checks off the loop

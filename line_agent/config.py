@@ -73,6 +73,8 @@ class LineConfig(BaseModel):
     control: ControlRules = Field(default_factory=ControlRules)
     #: Keep one JPEG of every rejected frame (and every Nth passed one) for review and relabelling.
     save_frames: Literal["none", "rejects", "all"] = "rejects"
+    #: With ``rejects``: also keep every Nth passed part (0 = none), so a missed defect can be found later.
+    save_pass_every: int = Field(default=20, ge=0)
     #: Energy meters (line_agent/meters.py); None = the plant-wide default (LINEGUARD_METERS_FILE) or the contract.
     meters: MetersConfig | None = None
     #: The plant's time zone (IANA name): days and shifts of summaries and charts are local to it.

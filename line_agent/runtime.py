@@ -142,7 +142,7 @@ class LineRuntime:
         #: Decision -> reject register written and read back on the PLC, per rejected part (ms).
         self.reject_latency_ms: list[float] = []
         self.actor = f"runtime:{cfg.line}"
-
+        self._passes: dict[str, int] = {}  # passed parts per camera, for the kept sample
     def topic_for(self, camera: str) -> str:
         return topic(self.cfg.site, self.cfg.line, self.cfg.mqtt.cell or camera, "inspection", self.cfg.mqtt.prefix)
 
@@ -404,8 +404,14 @@ class LineRuntime:
         ok, buf = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 80])
         jpeg = buf.tobytes() if ok else None
         mode = self.cfg.save_frames
-        if mode == "none" or (mode == "rejects" and verdict is Verdict.PASS):
+        if mode == "none":
             return False, jpeg
+        if mode == "rejects" and verdict is Verdict.PASS:
+            # A sample of passed parts is kept too: a defect the model missed can be found and relabelled.
+            every = self.cfg.save_pass_every
+            self._passes[camera] = n = self._passes.get(camera, 0) + 1
+            if not every or n % every:
+                return False, jpeg
         path = frame_path(self.frames_dir, self.cfg.line, camera, inspection_id, ts)
         path.parent.mkdir(parents=True, exist_ok=True)
         # PNG, lossless: these frames are relabelled and go back into training.

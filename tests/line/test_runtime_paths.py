@@ -37,3 +37,20 @@ def test_live_frames_of_two_lines_with_the_same_camera_name_stay_apart() -> None
     assert one is not None and one.jpeg == b"one"
     assert two is not None and two.jpeg == b"two"
     assert hub.cameras() == ["line1/cam1", "line2/cam1"]
+
+
+def test_a_sample_of_passed_parts_is_kept_beside_every_reject(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from line_agent.config import demo_line_config
+    from line_agent.contracts import Verdict
+    from line_agent.runtime import LineRuntime
+    from vision.types import Frame
+
+    cfg = demo_line_config().model_copy(update={"save_frames": "rejects", "save_pass_every": 20})
+    rt = LineRuntime(cfg, controller=None, publisher=None, hub=LiveHub(), frames_dir=tmp_path)  # type: ignore[arg-type]
+    frame = Frame("cam1", 0, 0.0, np.zeros((8, 8), np.uint8))
+    kept = [rt._encode_and_save(frame, "cam1", f"p{i}", 1.8e9, Verdict.PASS)[0] for i in range(60)]
+    assert sum(kept) == 3 and kept[19] and kept[39] and kept[59]
+    assert rt._encode_and_save(frame, "cam1", "r1", 1.8e9, Verdict.REJECT)[0]
+    assert len(list(tmp_path.rglob("*_test.png"))) == 4

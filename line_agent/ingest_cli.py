@@ -17,9 +17,14 @@ replay_app = typer.Typer(help="Publish recorded data sets over MQTT as a line's 
 
 
 def ingest(
-    workers: Annotated[int, typer.Option(min=1, max=32, help="Worker processes sharing the subscription.")] = 1,
-    share_group: Annotated[str, typer.Option(help="MQTT 5 shared-subscription group ($share/<group>/...), "
-                                             "used when --workers > 1.")] = "lineguard",
+    workers: Annotated[int, typer.Option(min=1, max=32, help="N workers splitting the stream (slices by cell / "
+                                         "Sparkplug node; each has its own restart-safe session).")] = 1,
+    share_group: Annotated[str, typer.Option(help="Opt-in MQTT 5 shared-subscription group ($share/<group>/...) "
+                                             "instead of slices, for brokers that persist shared subscriptions "
+                                             "(not Mosquitto).")] = "",
+    index: Annotated[int | None, typer.Option(min=0, max=31, envvar="LINEGUARD_INGEST_INDEX",
+                                              help="Run only worker INDEX of --workers N here (one per "
+                                                   "container or pod).")] = None,
 ) -> None:
     """MQTT -> PostgreSQL: JSON convention and Sparkplug B, batched, exactly once, spooled while the DB is away.
 
@@ -32,7 +37,8 @@ def ingest(
     logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        cfg = IngestConfig.from_settings(settings, share_group="")  # one worker: plain, restart-safe subscription
+        cfg = IngestConfig.from_settings(settings, share_group=share_group if index is not None else "",
+                                         worker_index=index or 0, worker_count=workers if index is not None else 1)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -40,13 +46,13 @@ def ingest(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     metrics_port = int(os.environ.get("LINEGUARD_INGEST_METRICS_PORT") or 0)
-    if workers == 1 and metrics_port:
+    if (workers == 1 or index is not None) and metrics_port:
         # Prometheus metrics (ingest lag, spool bytes) of this worker; with N workers each child
         # serves PORT+index itself (line_agent.ingest.worker.main).
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr=os.environ.get("LINEGUARD_INGEST_METRICS_HOST", "127.0.0.1"))
-    if workers == 1:
+    if workers == 1 or index is not None:
         stats = IngestWorker(cfg).run(stop)
         typer.echo(json.dumps(stats.__dict__))
     else:
@@ -86,6 +92,60 @@ def replay_ai4i_cmd(
     typer.echo(json.dumps(res.__dict__))
 
 
+@replay_app.command("csv")
+def replay_csv_cmd(
+    path: Annotated[Path, typer.Argument(help="The CSV export (a header row, one reading time per row).",
+                                         exists=True, dir_okay=False)],
+    line: Annotated[str, typer.Option(help="Line id (topic level).")],
+    metric: Annotated[list[str], typer.Option(
+        "--metric", "-m", help="COLUMN[=NAME][:UNIT], repeatable. Units: W, kW, MW (power, averaged over the "
+                               "interval); Wh, kWh, MWh (a cumulative register); Wh/interval, kWh/interval, "
+                               "MWh/interval (energy of each interval). No unit: published as it is.")],
+    ts_col: Annotated[str, typer.Option(help="The column with the time.")] = "timestamp",
+    ts_format: Annotated[str, typer.Option(help="iso, epoch, epoch_ms, or a strptime format "
+                                                "('%d/%m/%Y %H:%M').")] = "iso",
+    tz: Annotated[str, typer.Option(help="Time zone of stamps that carry none (IANA name).")] = "UTC",
+    stamp: Annotated[str, typer.Option(help="A row's stamp is its interval's start or end.")] = "end",
+    interval_s: Annotated[float, typer.Option(help="The export's interval, seconds.")] = 900.0,
+    site: Annotated[str, typer.Option(help="Site (topic level).")] = "site1",
+    cell: Annotated[str, typer.Option(help="Cell (topic level).")] = "meter",
+    device: Annotated[str, typer.Option(help="Device name of the readings.")] = "meter1",
+) -> None:
+    """Publish a plant's own history (meter export, historian dump) over MQTT per the contract (docs/MQTT.md)."""
+    from line_agent.mqtt import Publisher
+    from line_agent.replay_csv import ColumnMap, CsvMapping, CsvReplayError, replay_csv
+    from line_agent.settings import Settings
+
+    if stamp not in ("start", "end"):
+        typer.echo(f"error: --stamp must be start or end, not {stamp!r}", err=True)
+        raise typer.Exit(2)
+    url = Settings().mqtt_url
+    if not url:
+        typer.echo("error: set LINEGUARD_MQTT_URL (mqtt://host:port) to the broker to publish to", err=True)
+        raise typer.Exit(2)
+    try:
+        mapping = CsvMapping(ts_column=ts_col, metrics=[ColumnMap.parse(x) for x in metric], ts_format=ts_format,
+                             timezone=tz, stamp=stamp, interval_s=interval_s, device=device)  # type: ignore[arg-type]
+    except CsvReplayError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    client = Publisher(url, f"lineguard-replay-csv-{os.getpid()}", max_queued=0, max_inflight=200)
+    try:
+        if not client.wait_connected(15):
+            typer.echo(f"error: cannot reach the MQTT broker at {url}", err=True)
+            raise typer.Exit(1)
+        res = replay_csv(path, mapping, client.publish, site=site, line=line, cell=cell)
+        if not client.flush(120):
+            typer.echo("error: the broker did not acknowledge every message", err=True)
+            raise typer.Exit(1)
+    except CsvReplayError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+    typer.echo(json.dumps(res.__dict__))
+
+
 def bench_ingest(
     points: Annotated[int, typer.Option(min=1000, help="Points to push end to end.")] = 2_000_000,
     per_message: Annotated[int, typer.Option(min=1, help="Points per MQTT message.")] = 1000,
@@ -97,7 +157,35 @@ def bench_ingest(
     typer.echo(json.dumps(run_bench(points=points, per_message=per_message, workers=workers), indent=2))
 
 
+def bench_chaos(
+    workers: Annotated[int, typer.Option(min=1, max=8, help="Ingest worker processes (slices).")] = 2,
+    points: Annotated[int, typer.Option(min=1000, help="JSON points per scenario (plus Sparkplug).")] = 50_000,
+    seconds: Annotated[float, typer.Option(min=1.0, help="Publishing spread over this long per scenario.")] = 10.0,
+    outage_s: Annotated[float, typer.Option(min=0.5, help="Broker down this long (restart / crash).")] = 5.0,
+    db_outage_s: Annotated[float, typer.Option(min=1.0, help="PostgreSQL stopped this long.")] = 10.0,
+    only: Annotated[str, typer.Option(help="Comma-separated scenario names (default: all).")] = "",
+    compare_shared: Annotated[bool, typer.Option(help="Also run the broker restart with the old shared "
+                                                      "subscription ($share/...), for comparison.")] = True,
+    markdown_out: Annotated[Path | None, typer.Option(help="Also write the markdown table here.")] = None,
+) -> None:
+    """Fault matrix: broker restart / crash, database outage, worker kills, hostile corpus; counts per scenario."""
+    from line_agent.ingest.chaos import default_matrix, markdown, run_chaos
+
+    matrix = default_matrix(workers=workers, points=points, seconds=seconds, outage_s=outage_s,
+                            db_outage_s=db_outage_s, compare_shared=compare_shared)
+    if only:
+        names = {n.strip() for n in only.split(",") if n.strip()}
+        matrix = [s for s in matrix if s.name in names]
+    results = run_chaos(matrix, on_log=lambda m: typer.echo(m, err=True))
+    typer.echo(json.dumps(results, indent=2))
+    table = markdown(results)
+    typer.echo(table)
+    if markdown_out is not None:
+        markdown_out.write_text(table)
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.command("ingest")(ingest)
     app.add_typer(replay_app, name="replay")
     bench.command("ingest")(bench_ingest)
+    bench.command("chaos")(bench_chaos)

@@ -298,8 +298,44 @@ class SummaryOut(BaseModel):
 
 class SummaryIn(Strict):
     line: Ident | None = None
-    hours: float = Field(default=8.0, gt=0, le=168, description="Window length, ending now.")
+    hours: float = Field(default=8.0, gt=0, le=168, description="Window length, ending now (or at `end`).")
+    start: datetime | None = Field(default=None, description="Window start (with a zone); overrides `hours`.")
+    end: datetime | None = Field(default=None, description="Window end (with a zone); default now.")
     lang: Literal["en", "zh"] = "en"
+
+    @model_validator(mode="after")
+    def _window(self) -> SummaryIn:
+        for v in (self.start, self.end):
+            if v is not None and v.tzinfo is None:
+                raise ValueError("start and end need a time zone (e.g. 2026-09-21T06:00:00+02:00)")
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class DowntimeEpisodeOut(BaseModel):
+    kind: Literal["stop", "slow"]
+    cause: str = Field(description="rule | person | estop | safe_state | guard_door | panel")
+    actor: str
+    reason: str
+    start: datetime
+    end: datetime
+    duration_s: float
+    planned: bool = Field(description="A person's stop whose reason starts with 'planned'.")
+    ongoing: bool
+
+
+class DowntimeOut(BaseModel):
+    line: str
+    since: datetime
+    until: datetime
+    stopped_s: float
+    planned_s: float
+    unplanned_s: float
+    slow_s: float
+    restarts: int
+    by_cause: dict[str, dict[str, float]] = Field(description="cause -> {stops, seconds}")
+    episodes: list[DowntimeEpisodeOut]
 
 
 class ModelVersionOut(BaseModel):

@@ -29,6 +29,8 @@ from line_agent.api.schemas import (
     DecisionKind,
     DefectOut,
     DefectRateRow,
+    DowntimeEpisodeOut,
+    DowntimeOut,
     EnergyPoint,
     FaultRow,
     Ident,
@@ -391,6 +393,27 @@ async def shifts(request: Request, line: Ident | None = None, hours: Annotated[f
     return Series[ShiftRow](line=line_, since=since, until=end, items=items)
 
 
+@router.get("/api/telemetry/downtime", response_model=DowntimeOut, tags=["telemetry"],
+            summary="Downtime from the line itself: stops, slowdowns, safe states, with causes and durations",
+            description="From the audit trail the runtime and the controller write (line_agent/downtime.py, the "
+                        "same facts the agent reports): planned (a person's stop whose reason starts with "
+                        "'planned') and unplanned apart.", **guarded(Role.viewer))
+async def downtime(request: Request, line: Ident | None = None, hours: Hours = 24,
+                   until: Until = None) -> DowntimeOut:
+    from line_agent import downtime as dt
+
+    line_ = resolve_line(deps_of(request), line)
+    since, end = window(hours, until)
+    d = await _sync(request, dt.read, line_, since, end)
+    return DowntimeOut(
+        line=line_, since=since, until=end, stopped_s=d.seconds(), planned_s=d.seconds(planned=True),
+        unplanned_s=d.seconds(planned=False), slow_s=d.seconds(kind="slow"), restarts=d.restarts,
+        by_cause={c: {"stops": n, "seconds": s} for c, (n, s) in d.by_cause().items()},
+        episodes=[DowntimeEpisodeOut(kind=e.kind, cause=e.cause, actor=e.actor, reason=e.reason,  # type: ignore[arg-type]
+                                     start=e.start, end=e.end, duration_s=e.duration_s, planned=e.planned,
+                                     ongoing=e.ongoing) for e in d.episodes])
+
+
 # ---- summaries ------------------------------------------------------------------------------------
 _SUMMARY_COLS = ("summary_id, created_at, line, window_start, window_end, trigger, lang, backend, model, verdict,"
                  " verdict_detail, headline, prose, summary, tokens_in, tokens_out, latency_ms, cost_usd")
@@ -424,8 +447,8 @@ async def request_summary(request: Request, body: SummaryIn, who: Principal = De
     line = resolve_line(deps, body.line)
     if deps.summarize is None:
         raise HTTPException(409, "no summarizer configured on this server")
-    end = datetime.now(UTC)
-    start = end - timedelta(hours=body.hours)
+    end = body.end.astimezone(UTC) if body.end else datetime.now(UTC)
+    start = body.start.astimezone(UTC) if body.start else end - timedelta(hours=body.hours)
     try:
         if pyinspect.iscoroutinefunction(deps.summarize):
             result = await asyncio.wait_for(deps.summarize(line=line, start=start, end=end, lang=body.lang), 300)
@@ -444,7 +467,8 @@ async def request_summary(request: Request, body: SummaryIn, who: Principal = De
         raise HTTPException(409, "the summarizer stored no summary")
     async with pool_of(request).connection() as conn:
         await audit(conn, who, "summary.request", line, None, {"summary_id": row["summary_id"]}, "ok",
-                    {"hours": body.hours, "lang": body.lang, "cost_usd": row["cost_usd"]})
+                    {"start": start.isoformat(), "end": end.isoformat(), "lang": body.lang,
+                     "cost_usd": row["cost_usd"]})
     return SummaryOut.model_validate(row)
 
 

@@ -335,11 +335,23 @@ export function initAgent(session) {
   loaders.agent = loadSummaries;
   if (wired) return;
   $("a-lang").addEventListener("change", loadSummaries);
+  $("a-hours").addEventListener("change", () => {
+    // Any window (yesterday's night shift, a whole week): the browser's local times, sent with their zone.
+    for (const el of document.querySelectorAll(".a-custom")) el.hidden = $("a-hours").value !== "custom";
+  });
   $("a-request").addEventListener("click", async () => {
     const lang = $("a-lang").value;
+    const body = { line: S.line, lang };
+    if ($("a-hours").value === "custom") {
+      if (!$("a-from").value || !$("a-to").value) { $("a-status").textContent = "Choose both times."; return; }
+      body.start = new Date($("a-from").value).toISOString();
+      body.end = new Date($("a-to").value).toISOString();
+    } else {
+      body.hours = Number($("a-hours").value);
+    }
     $("a-status").textContent = AGENT_TXT[lang].asking;
     try {
-      await api("/api/summaries", { method: "POST", body: { line: S.line, hours: Number($("a-hours").value), lang } });
+      await api("/api/summaries", { method: "POST", body });
       $("a-status").textContent = "";
     } catch (e) { $("a-status").textContent = e.message; }
     loadSummaries();

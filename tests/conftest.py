@@ -7,6 +7,8 @@ Set LINEGUARD_TEST_DATABASE_URL / LINEGUARD_TEST_MQTT_URL to point tests at exis
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,10 +39,14 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPost
     if os.environ.get("LINEGUARD_TEST_DATABASE_URL"):
         yield None
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    # Outside pytest's basetemp: a concurrent pytest run chmods /tmp/pytest-of-<user> to 0700, which the
+    # unprivileged server user (when we run as root) could then no longer traverse (PANIC, server gone).
+    d = Path(tempfile.mkdtemp(prefix="lineguard-test-pg-session-"))
+    server = EmbeddedPostgres(d)
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,8 @@ from paho.mqtt.properties import Properties
 from line_agent.services import free_port, wait_for_port
 
 MOSQ = INFRA / "mosquitto"
-PASSWORDS = {"lineguard": "lg-test-pw", "ingest": "ingest-test-pw", "health": "health-test-pw"}
+PASSWORDS = {"lineguard": "lg-test-pw", "ingest": "ingest-test-pw", "health": "health-test-pw",
+             "device": "device-test-pw"}
 
 
 @pytest.fixture(scope="module")
@@ -227,9 +228,11 @@ def test_acl_and_shared_subscription(broker: Broker, certs: Path) -> None:
     edge = Client(broker, "lineguard", PASSWORDS["lineguard"], tls=True, certs=certs)
     n = 40
     for i in range(n):
-        edge.publish(f"lineguard/line-1/telemetry/{i % 4}", str(i).encode())
-    # ingest is read-only on data: its publish must not reach the subscribers.
-    workers[1].publish("lineguard/line-1/telemetry/forged", b"forged")
+        edge.publish(f"lineguard/plantA/line-1/cam{i % 4}/inspection", str(i).encode())
+    # ingest is read-only on data: its publish must not reach the subscribers; nor may the runtime
+    # publish a device's telemetry.
+    workers[1].publish("lineguard/plantA/line-1/cam0/inspection", b"forged")
+    edge.publish("lineguard/plantA/line-1/meter/telemetry", b"forged")
     deadline = time.monotonic() + 10
     while sum(len(w.messages) for w in workers) < n and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -240,6 +243,76 @@ def test_acl_and_shared_subscription(broker: Broker, certs: Path) -> None:
     assert snoop.messages == [], "ACL let the health user read lineguard data"
     for c in [*workers, edge, snoop]:
         c.close()
+
+
+def test_devices_publish_data_never_inspections(broker: Broker, certs: Path) -> None:
+    """The issue's attack with a device account: fake inspections go nowhere; telemetry and events do."""
+    ingest = Client(broker, "ingest", PASSWORDS["ingest"], tls=False, certs=certs)
+    ingest.subscribe("lineguard/#")
+    dev = Client(broker, "device", PASSWORDS["device"], tls=True, certs=certs)
+    dev.publish("lineguard/plantA/line-1/top/inspection", b"fake inspection")
+    dev.publish("lineguard/plantA/line-1/agent/summary", b"fake summary")
+    dev.publish("lineguard/plantA/line-1/meter/telemetry", b"energy")
+    dev.publish("lineguard/plantA/line-1/mill/event", b"fault")
+    ingest.wait_messages(2)
+    time.sleep(0.3)
+    assert sorted(p for _, p in ingest.messages) == [b"energy", b"fault"]
+    dev.subscribe("lineguard/#")
+    dev.publish("lineguard/plantA/line-1/meter/telemetry", b"again")
+    time.sleep(0.3)
+    assert dev.messages == [], "a device read lineguard data"
+    for c in (ingest, dev):
+        c.close()
+
+
+def test_edge_devices_cannot_take_over_a_client_id(tmp_path: Path, certs: Path) -> None:
+    """edge.conf: on the devices' TLS listener the client id is the account name, so a device presenting
+    an ingest worker's id neither disconnects the worker nor takes its session."""
+    b = config_copy("edge.conf", tmp_path, certs)
+    b.start()
+    try:
+        worker = Client(b, "ingest", PASSWORDS["ingest"], tls=False, certs=certs, client_id="lineguard-ingest-0")
+        worker.subscribe("lineguard/#")
+        thief = Client(b, "device", PASSWORDS["device"], tls=True, certs=certs, client_id="lineguard-ingest-0")
+        assert thief.connack == 0
+        thief.publish("lineguard/plantA/line-1/meter/telemetry", b"1")
+        assert worker.wait_messages(1) == [("lineguard/plantA/line-1/meter/telemetry", b"1")]
+        assert worker.c.is_connected()
+        thief.close()
+        worker.close()
+    finally:
+        b.stop()
+
+
+def test_acl_matches_the_embedded_broker() -> None:
+    """infra/mosquitto/acl grants what lineguard's embedded broker grants for any line (its runtime
+    account is called lineguard here, as infra/compose and infra/k8s name it)."""
+    from line_agent.services import DeviceAccount, broker_acl
+
+    def rules(text: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        user = ""
+        for line in text.splitlines():
+            if line.startswith("user "):
+                user = line.split()[1]
+                out[user] = []
+            elif line.startswith("topic ") and user:
+                out[user].append(line)
+        return out
+
+    embedded = rules(broker_acl([], [DeviceAccount("device", "*", "")]))
+    shipped = rules((MOSQ / "acl").read_text())
+    assert shipped.pop("lineguard") == embedded.pop("runtime")
+    embedded.pop("operator")
+    shipped.pop("health")
+    assert shipped == embedded
+
+
+def test_broker_saves_on_every_change() -> None:
+    for name in ("edge.conf", "plant.conf"):
+        text = (MOSQ / name).read_text()
+        assert re.search(r"^autosave_on_changes true$", text, re.M) and re.search(r"^autosave_interval 1$", text, re.M)
+        assert not re.search(r"^allow_anonymous true", text, re.M)
 
 
 def test_health_user_reads_uptime_only(broker: Broker, certs: Path) -> None:
@@ -260,7 +333,7 @@ def test_persistent_session_survives_broker_restart(tmp_path: Path, certs: Path)
         sub.close()
         pub = Client(b, "lineguard", PASSWORDS["lineguard"], tls=False, certs=certs)
         for i in range(25):
-            pub.publish("lineguard/line-1/defects", f"d{i}".encode())
+            pub.publish("lineguard/plantA/line-1/top/inspection", f"d{i}".encode())
         pub.close()
         b.stop()
         b.start()
@@ -282,3 +355,30 @@ def test_broker_rejects_an_unknown_option(tmp_path: Path, certs: Path) -> None:
         [require_tool("mosquitto", "apt"), "-c", str(b.conf)], capture_output=True, text=True, timeout=10
     )
     assert proc.returncode != 0
+
+
+def test_acknowledged_messages_survive_a_broker_crash(tmp_path: Path, certs: Path) -> None:
+    """plant.conf saves on every change: SIGKILL right after the last PUBACK loses nothing queued."""
+    b = config_copy("plant.conf", tmp_path, certs)
+    b.start()
+    try:
+        sub = Client(b, "ingest", PASSWORDS["ingest"], tls=False, certs=certs, client_id="ingest-1", clean_start=False)
+        assert sub.subscribe("lineguard/#") == [1]
+        sub.close()
+        pub = Client(b, "lineguard", PASSWORDS["lineguard"], tls=False, certs=certs)
+        for i in range(200):
+            pub.publish("lineguard/plantA/line-1/top/inspection", f"d{i}".encode())
+        pub.close()
+        time.sleep(0.3)
+        assert b.proc is not None
+        os.kill(b.proc.pid, signal.SIGKILL)  # a crash: nothing saved on the way out
+        b.proc.wait(10)
+        b.proc = None
+        b.start()
+        again = Client(b, "ingest", PASSWORDS["ingest"], tls=False, certs=certs, client_id="ingest-1",
+                       clean_start=False)
+        msgs = again.wait_messages(200, timeout=10)
+        again.close()
+        assert [p for _, p in msgs] == [f"d{i}".encode() for i in range(200)]
+    finally:
+        b.stop()

@@ -130,3 +130,15 @@ def test_compose_mounts_match_hook() -> None:
         text = (INFRA / "compose" / name).read_text()
         assert "include-lineguard.sh:/docker-entrypoint-initdb.d/" in text
         assert ":/etc/postgresql/lineguard.d/10-timescaledb.conf:ro" in text
+
+
+def test_pg_hba_template_is_the_embedded_servers() -> None:
+    """infra/postgres/pg_hba.conf: SCRAM only, the same rules lineguard's embedded server runs with."""
+    from line_agent.services import PG_HBA
+
+    def rules(text: str) -> list[list[str]]:
+        return [ln.split() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+    shipped = rules((PG / "pg_hba.conf").read_text())
+    assert shipped == rules(PG_HBA)
+    assert shipped and {r[-1] for r in shipped} == {"scram-sha-256"}

@@ -2,9 +2,12 @@
 
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,8 +20,17 @@ from line_agent.services import EmbeddedBroker, EmbeddedPostgres, ServiceError, 
 from line_agent.store.migrate import migrate
 
 
-def test_postgres_data_persists_across_restarts(tmp_path: Path) -> None:
-    with EmbeddedPostgres(tmp_path / "pg") as pg:
+@pytest.fixture
+def pg_dir() -> Iterator[Path]:
+    """Outside pytest's basetemp: a concurrent pytest run chmods /tmp/pytest-of-<user> to 0700, which the
+    unprivileged server user (when we run as root) could then no longer traverse."""
+    d = Path(tempfile.mkdtemp(prefix="lineguard-test-pgsvc-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_postgres_data_persists_across_restarts(pg_dir: Path) -> None:
+    with EmbeddedPostgres(pg_dir / "pg") as pg:
         migrate(pg.url)
         with psycopg.connect(pg.url) as conn:
             conn.execute("INSERT INTO telemetry (ts, line, metric, value) VALUES (now(), 'l1', 'power_w', 42)")
@@ -27,15 +39,15 @@ def test_postgres_data_persists_across_restarts(tmp_path: Path) -> None:
     assert pid is not None and not psutil.pid_exists(pid)
     if os.geteuid() == 0:  # PostgreSQL refuses root: it must run as the unprivileged service user
         assert owner != "root" and pwd.getpwnam(owner)
-    with EmbeddedPostgres(tmp_path / "pg") as pg:
+    with EmbeddedPostgres(pg_dir / "pg") as pg:
         assert migrate(pg.url) == []  # already migrated: the same cluster came back
         with psycopg.connect(pg.url) as conn:
             row = conn.execute("SELECT value FROM telemetry WHERE line = 'l1'").fetchone()
     assert row == (42.0,)
 
 
-def test_postgres_recovers_from_a_stale_pid_file(tmp_path: Path) -> None:
-    pg = EmbeddedPostgres(tmp_path / "pg")
+def test_postgres_recovers_from_a_stale_pid_file(pg_dir: Path) -> None:
+    pg = EmbeddedPostgres(pg_dir / "pg")
     pg.start()
     assert pg._proc is not None
     pg._proc.kill()  # as if the box lost power: postmaster.pid stays behind
@@ -43,7 +55,7 @@ def test_postgres_recovers_from_a_stale_pid_file(tmp_path: Path) -> None:
     pg._proc = None
     # The orphaned backends die with the postmaster; give them a moment.
     time.sleep(1.0)
-    pg2 = EmbeddedPostgres(tmp_path / "pg")
+    pg2 = EmbeddedPostgres(pg_dir / "pg")
     try:
         pg2.start()
         with psycopg.connect(pg2.url) as conn:

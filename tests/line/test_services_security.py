@@ -32,6 +32,7 @@ from line_agent.services import (
     EmbeddedPostgres,
     LineScope,
     ServiceError,
+    _ensure_service_user,
     mosquitto_binary,
     postgres_bin_dir,
 )
@@ -95,10 +96,7 @@ def test_a_trust_cluster_of_an_older_install_is_migrated(pg_dir: Path) -> None:
     bins = postgres_bin_dir()
     run_as: dict[str, Any] = {}
     if os.geteuid() == 0:
-        pw = pwd.getpwnam("lineguard") if _has_user("lineguard") else None
-        if pw is None:
-            EmbeddedPostgres(pg_dir / "probe").start()  # creates the service user
-            pw = pwd.getpwnam("lineguard")
+        pw = _ensure_service_user()
         run_as = {"user": pw.pw_uid, "group": pw.pw_gid}
         os.chown(pg_dir, pw.pw_uid, pw.pw_gid)
     pgdata = pg_dir / "pgdata"
@@ -116,14 +114,6 @@ def test_a_trust_cluster_of_an_older_install_is_migrated(pg_dir: Path) -> None:
     assert rules and {r[-1] for r in rules} == {"scram-sha-256"}
     with EmbeddedPostgres(pg_dir) as pg, psycopg.connect(pg.url) as conn:  # and it starts again as is
         assert conn.execute("SELECT 1").fetchone() == (1,)
-
-
-def _has_user(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 # ---- MQTT ----------------------------------------------------------------------------------------

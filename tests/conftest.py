@@ -77,7 +77,9 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBr
     # The embedded broker as lineguard runs it (accounts, ACL, save on every change), plus anonymous
     # clients with full access on its internal listener: many tests' own clients connect by host:port.
     # The security tests (tests/line/test_services_security.py) start brokers of their own without it.
-    broker = EmbeddedBroker(tmp_path_factory.mktemp("mqtt"), allow_anonymous=True)
+    # Saved every 5 s, not on every change: no test crashes this broker (the durability tests start their
+    # own), and saving on every change makes it take a few hundred messages a second, not thousands.
+    broker = EmbeddedBroker(tmp_path_factory.mktemp("mqtt"), allow_anonymous=True, autosave_changes=0)
     broker.start()
     yield broker
     broker.stop()

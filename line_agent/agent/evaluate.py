@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from line_agent.agent.core import SummaryResult, summarize
-from line_agent.agent.scenarios import KeyFact, Scenario, all_scenarios, load
+from line_agent.agent.scenarios import KeyFact, Scenario, all_scenarios, load_front_door
 from line_agent.store.migrate import migrate
 from llm_ops.backends import Backend, make_backend
 from llm_ops.facts import Fact
@@ -115,14 +115,27 @@ def _drop_db(server_url: str, url: str) -> None:
 
 
 def prepare(server_url: str, shared: Path | None = None, scenarios: list[Scenario] | None = None,
-            ) -> tuple[str, list[Scenario]]:
-    """A fresh database on ``server_url`` holding every scenario (each on its own line id)."""
+            mqtt_url: str | None = None) -> tuple[str, list[Scenario]]:
+    """A fresh database on ``server_url`` holding every scenario (each on its own line id), put there through
+    the front door: published per the MQTT contract, stored by an ingest worker (``mqtt_url``; None: a broker
+    of our own for the run)."""
+    import tempfile
+
+    from line_agent.services import EmbeddedBroker
+
     url = _fresh_db(server_url)
     migrate(url)
     scenarios = scenarios if scenarios is not None else all_scenarios(shared=shared)
-    with psycopg.connect(url) as conn:
-        for s in scenarios:
-            load(conn, s)
+    with tempfile.TemporaryDirectory(prefix="lineguard-eval-") as tmp:
+        broker = None
+        if mqtt_url is None:
+            broker = EmbeddedBroker(Path(tmp) / "broker")
+            mqtt_url = broker.start()
+        try:
+            load_front_door(mqtt_url, url, Path(tmp), scenarios)
+        finally:
+            if broker is not None:
+                broker.stop()
     return url, scenarios
 
 
@@ -134,8 +147,9 @@ def run_eval(
     shared: Path | None = None,
     scenarios: list[Scenario] | None = None,
     keep_db: bool = False,
+    mqtt_url: str | None = None,
 ) -> list[ScenarioScore]:
-    url, scen = prepare(server_url, shared, scenarios)
+    url, scen = prepare(server_url, shared, scenarios, mqtt_url)
     scores: list[ScenarioScore] = []
     try:
         for spec in backends:

@@ -1,4 +1,4 @@
-"""Eval scenarios with known ground truth, generated into a (fresh) database.
+"""Eval scenarios with known ground truth, published through the front door into a (fresh) database.
 
 Each scenario simulates a line minute by minute (telemetry power/state per machine, fault events,
 one inspected part per minute while every machine runs) over the window plus a baseline period
@@ -56,6 +56,10 @@ class Scenario:
     entities: set[str] = field(default_factory=set)
     # Set by the AI4I scenario: per-minute rows replace the synthetic part/power pattern.
     rows: list[dict[str, str]] | None = None
+    #: "power" (each machine's power every minute) or "counter_15min" (one kWh register per machine, 15-min reads).
+    meter: str = "power"
+    meter_reset: datetime | None = None  # the register goes back to 0 at this reading
+    meter_silent: tuple[datetime, datetime] | None = None  # no readings in [a, b)
 
 
 def _fault_at(s: Scenario, dev: str, t: datetime) -> Fault | None:
@@ -83,6 +87,8 @@ class _Sim:
     rejects: int = 0
     classes: dict[str, int] = field(default_factory=dict)
     hourly_energy: dict[datetime, float] = field(default_factory=dict)
+    #: 15-minute register readings (device, time, kWh) when the scenario's meter is a counter.
+    registers: list[tuple[str, datetime, float]] = field(default_factory=list)
 
 
 def simulate(s: Scenario) -> _Sim:
@@ -151,30 +157,27 @@ def simulate(s: Scenario) -> _Sim:
         i += 1
     for n, f in enumerate(s.faults):
         sim.events.append((f"{s.name}-f{n}", f.at, s.line, f.device, f.code, 2, f.duration_s))
+    if s.meter == "counter_15min":
+        _registers(s, sim)
     return sim
 
 
-def load(conn: psycopg.Connection, s: Scenario) -> _Sim:
-    """Write the scenario's rows into the (migrated) database behind ``conn``; return the simulation."""
-    sim = simulate(s)
-    with conn.cursor() as cur:
-        with cur.copy("COPY telemetry (ts, line, device, metric, value) FROM STDIN") as cp:
-            for r in sim.telemetry:
-                cp.write_row(r)
-        with cur.copy("COPY events (event_id, ts, line, device, code, severity, duration_s, kind) FROM STDIN") as cp:
-            for ev in sim.events:
-                cp.write_row((*ev, "fault"))
-        with cur.copy("COPY inspections (inspection_id, ts, line, camera, part_id, decision, n_defects)"
-                      " FROM STDIN") as cp:
-            for ins in sim.inspections:
-                cp.write_row(ins)
-        with cur.copy("COPY defects (inspection_id, idx, ts, line, camera, cls, confidence, x1, y1, x2, y2)"
-                      " FROM STDIN") as cp:
-            for de in sim.defects:
-                cp.write_row((*de, 0, 0, 10, 10))
-    conn.commit()
-    _ground_truth(s, sim)
-    return sim
+def _registers(s: Scenario, sim: _Sim) -> None:
+    """Each machine's kWh register read every 15 minutes from the simulated power (the energy truth is the
+    same minutes' energy), with the scenario's reset and silence."""
+    reg: dict[str, float] = {}
+    for t, _line, dev, metric, kw in sim.telemetry:
+        if metric != "power_kw":
+            continue
+        reg[dev] = reg.get(dev, 0.0) + kw * STEP.total_seconds() / 3600.0  # the minute [t, t+1 min)
+        at = t + STEP  # the register is read when the minute it closes ends
+        if at.minute % 15:
+            continue
+        if s.meter_silent is not None and s.meter_silent[0] <= at < s.meter_silent[1]:
+            continue
+        sim.registers.append((dev, at, round(reg[dev], 6)))
+        if s.meter_reset is not None and at == s.meter_reset:
+            reg[dev] = 0.0  # read, then reset: the next reading is the energy since
 
 
 def _ground_truth(s: Scenario, sim: _Sim) -> None:
@@ -264,7 +267,7 @@ def ai4i(end: datetime, shared: Path) -> Scenario | None:
 
 def all_scenarios(end: datetime | None = None, shared: Path | None = None) -> list[Scenario]:
     end = end or datetime(2026, 11, 20, 14, 0, tzinfo=UTC)
-    out: list[Scenario] = [f(end) for f in (steady, fault_burst, energy_waste, energy_spike)]
+    out: list[Scenario] = [f(end) for f in (steady, fault_burst, energy_waste, energy_spike, counter_meter)]
     if shared is not None:
         a = ai4i(end, shared)
         if a is not None:
@@ -273,6 +276,123 @@ def all_scenarios(end: datetime | None = None, shared: Path | None = None) -> li
 
 
 ScenarioFactory = Callable[[datetime], Scenario]
+
+
+def counter_meter(end: datetime) -> Scenario:
+    """A line metered the way plants bill: one cumulative kWh register read every 15 minutes, which is reset to
+    zero once in the window and goes silent for two hours (the readings resume with the energy of the gap)."""
+    s = Scenario("counter_meter", "L6", end - timedelta(hours=8), end, dict(DEVICES))
+    s.meter = "counter_15min"
+    s.meter_reset = _t(end, 5)
+    s.meter_silent = (_t(end, 3.5), _t(end, 1.5))
+    return s
+
+
+def front_door_messages(s: Scenario, sim: _Sim, site: str = "eval") -> list[tuple[str, bytes]]:
+    """The scenario as the line's devices and runtime publish it, per the contracts (docs/MQTT.md): power in W
+    and state per machine (or a 15-minute kWh register), fault events, inspections with their defects."""
+    import json
+
+    from line_agent.contracts import Defect, Inspection, MachineEvent, TelemetryPoint, topic
+
+    out: list[tuple[str, bytes]] = []
+    by_key: dict[tuple[str, datetime], dict[str, float]] = {}
+    for t, _line, dev, metric, value in sim.telemetry:
+        if metric == "power_kw":
+            if s.meter == "counter_15min":
+                continue  # this line has no power meter: its energy is the register below
+            by_key.setdefault((dev, t), {})["power_w"] = round(value * 1000.0, 3)
+        else:
+            by_key.setdefault((dev, t), {})[metric] = value
+    if s.meter == "counter_15min":
+        for dev, t, register in sim.registers:
+            by_key.setdefault((dev, t), {})["energy_kwh"] = register
+    per_dev: dict[str, list[dict[str, object]]] = {}
+    for (dev, t), metrics in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        point = TelemetryPoint(ts=t.timestamp(), device=dev, metrics=metrics)
+        per_dev.setdefault(dev, []).append(point.model_dump(mode="json"))
+    for dev, points in per_dev.items():
+        for i in range(0, len(points), 1000):
+            out.append((topic(site, s.line, dev, "telemetry"), json.dumps(points[i:i + 1000]).encode()))
+    for eid, at, _line, dev, code, severity, duration_s in sim.events:
+        ev = MachineEvent(event_id=eid, ts=at.timestamp(), device=dev, kind="fault", code=code, severity=severity,
+                          duration_s=duration_s)
+        out.append((topic(site, s.line, dev, "event"), ev.model_dump_json(exclude_none=True).encode()))
+    defects: dict[str, list[Defect]] = {}
+    for pid, _k, _ts, _line, _cam, cls, conf in sim.defects:
+        defects.setdefault(pid, []).append(Defect(cls=cls, confidence=conf, box=(0.0, 0.0, 10.0, 10.0)))
+    for pid, ts, line, cam, part, decision, _n in sim.inspections:
+        ins = Inspection(inspection_id=pid, ts=ts.timestamp(), site=site, line=line, camera=cam, part_id=part,
+                         decision=decision, defects=defects.get(pid, []), model="eval")  # type: ignore[arg-type]
+        out.append((topic(site, line, "inspection", "inspection"), ins.model_dump_json().encode()))
+    return out
+
+
+def load_front_door(mqtt_url: str, db_url: str, data_dir: Path, scenarios: list[Scenario], *,
+                    timeout_s: float = 180.0) -> list[_Sim]:
+    """Publish every scenario through the broker (QoS 1) with one ingest worker storing it, until the store
+    holds every reading, event and inspection; then compute the key facts from the simulation."""
+    import threading
+    import time
+    import uuid
+
+    from line_agent.ingest.worker import IngestConfig, IngestWorker
+    from line_agent.mqtt import Publisher
+
+    sims = [simulate(s) for s in scenarios]
+    messages = [m for s, sim in zip(scenarios, sims, strict=True) for m in front_door_messages(s, sim)]
+    lines = [s.line for s in scenarios]
+
+    def stored() -> tuple[int, int, int]:
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM telemetry WHERE line = ANY(%(l)s)),"
+                " (SELECT count(*) FROM events WHERE line = ANY(%(l)s)),"
+                " (SELECT count(*) FROM inspections WHERE line = ANY(%(l)s))", {"l": lines}).fetchone()
+        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+
+    want = (sum(len(json_points) for json_points in _points(messages)), sum(len(sim.events) for sim in sims),
+            sum(1 for t, _ in messages if t.endswith("/inspection")))
+    prefix = f"eval{uuid.uuid4().hex[:6]}"
+    cfg = IngestConfig(mqtt_url=mqtt_url, database_url=db_url, data_dir=data_dir, worker_index=0,
+                       client_prefix=f"{prefix}-ingest", json_filter="lineguard/eval/#", share_group="",
+                       sparkplug_filter=None, batch_delay_s=0.05, db_retry_s=0.3)
+    worker = IngestWorker(cfg)
+    stop = threading.Event()
+    th = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    th.start()
+    client = Publisher(mqtt_url, f"{prefix}-devices", max_queued=0, max_inflight=200)
+    try:
+        if not worker.subscribed.wait(15) or not client.wait_connected(15):
+            raise ConnectionError(f"the eval could not reach the broker at {mqtt_url}")
+        for t, payload in messages:
+            client.publish(t, payload)
+        # A broker that saves on every change (durability) takes a few hundred messages a second.
+        if not client.flush(max(120.0, len(messages) / 50.0)):
+            raise TimeoutError("the broker did not acknowledge every eval message")
+        deadline = time.monotonic() + timeout_s
+        while stored() != want and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if stored() != want:
+            raise TimeoutError(f"ingest stored {stored()} of {want} (telemetry points, events, inspections)")
+    finally:
+        client.close()
+        stop.set()
+        th.join(30)
+    for s, sim in zip(scenarios, sims, strict=True):
+        _ground_truth(s, sim)
+    return sims
+
+
+def _points(messages: list[tuple[str, bytes]]) -> list[list[tuple[str, object]]]:
+    """Telemetry rows each message makes (one per metric of each point), for counting what must be stored."""
+    import json
+
+    out: list[list[tuple[str, object]]] = []
+    for t, payload in messages:
+        if t.endswith("/telemetry"):
+            out.append([(m, 0) for p in json.loads(payload) for m in p["metrics"]])
+    return out
 
 
 # ---- through the front door: publisher -> broker -> ingest -> store ---------------------------------------

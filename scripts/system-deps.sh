@@ -12,6 +12,9 @@ if [ "$mode" = demo ]; then
   : # the demo needs nothing else (and runs on amqtt when Mosquitto cannot be installed)
 else
   [ -x /usr/bin/chromium ] || need+=(chromium)
+  # The plant tests' independent meter publishes with Mosquitto's own client; the edge link test cuts a veth.
+  command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)
   # infra/ checks: shellcheck, logrotate, promtool (Debian's prometheus package).
   command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
   command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)

@@ -108,6 +108,8 @@ def create_app(deps: ApiDeps, *, controller_factory: Callable[[], Awaitable[Any]
     app.state.auth_failures = AuthFailures(deps.auth_fail_burst, deps.auth_fail_window_s, deps.auth_fail_clients)
     for r in (system.router, control.router, views.router, alarms.router):
         app.include_router(r)
+    from line_agent.api.nodes import router as nodes_router  # GET /api/nodes: Sparkplug nodes, alive/stale/dead
+    app.include_router(nodes_router)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

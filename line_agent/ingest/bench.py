@@ -22,14 +22,17 @@ import psycopg
 from line_agent.services import EmbeddedBroker, EmbeddedPostgres
 
 
-def _payloads(points: int, per_message: int, metrics_per_point: int, t0: float) -> tuple[list[bytes], list[tuple]]:
-    """JSON telemetry messages and the same points as rows; device d, metric m, one sample per second."""
-    msgs: list[bytes] = []
+def _payloads(points: int, per_message: int, metrics_per_point: int, t0: float
+              ) -> tuple[list[tuple[str, bytes]], list[tuple]]:
+    """(cell, JSON telemetry message) and the same points as rows; device d, metric m, one sample per second."""
+    msgs: list[tuple[str, bytes]] = []
     rows: list[tuple] = []
     per_msg_pts = max(1, per_message // metrics_per_point)
+    cells = [f"cell{j}" for j in range(8)]  # several cells: N sliced workers each get a share
     n_pts = points // metrics_per_point
     names = [f"m{j}" for j in range(metrics_per_point)]
     for start in range(0, n_pts, per_msg_pts):
+        cell = cells[len(msgs) % len(cells)]
         batch = []
         for k in range(start, min(n_pts, start + per_msg_pts)):
             device = f"dev{k % 50}"
@@ -37,8 +40,8 @@ def _payloads(points: int, per_message: int, metrics_per_point: int, t0: float) 
             metrics = {n: float((k * 7 + j) % 1000) / 10.0 for j, n in enumerate(names)}
             batch.append({"ts": ts, "device": device, "metrics": metrics})
             for n, v in metrics.items():
-                rows.append((ts, "bench", "B1", "cell", device, n, v))
-        msgs.append(json.dumps(batch, separators=(",", ":")).encode())
+                rows.append((ts, "bench", "B1", cell, device, n, v))
+        msgs.append((cell, json.dumps(batch, separators=(",", ":")).encode()))
     return msgs, rows
 
 
@@ -71,9 +74,9 @@ def _wait_subscribed(pub: Any, url: str, workers: int, timeout_s: float = 60.0) 
     deadline = time.monotonic() + timeout_s
     k = 0
     while time.monotonic() < deadline:
-        for _ in range(4 * workers):  # shared subscription: enough probes that each worker gets some
+        for _ in range(4 * workers):  # probes on many cells: each worker's slice gets some
             k += 1
-            pub.publish("lineguard/bench/probe/cell/event",
+            pub.publish(f"lineguard/bench/probe/cell{k}/event",
                         json.dumps({"event_id": f"probe-{k}", "ts": time.time(), "kind": "probe"}), qos=1)
         time.sleep(0.5)
         with psycopg.connect(url) as conn:
@@ -97,21 +100,29 @@ def run_bench(points: int = 2_000_000, per_message: int = 1000, workers: int = 2
     points = len(rows)
     with EmbeddedPostgres(base / "pg") as pg, EmbeddedBroker(base / "mqtt") as broker:
         migrate(pg.url)
-        env = {**os.environ, "LINEGUARD_DATABASE_URL": pg.url, "LINEGUARD_MQTT_URL": broker.url,
+        # The embedded broker takes no anonymous client: ingest's own account when it has accounts.
+        url_for = getattr(broker, "url_for", None)
+        ingest_url = url_for("ingest") if callable(url_for) else broker.url
+        env = {**os.environ, "LINEGUARD_DATABASE_URL": pg.url, "LINEGUARD_MQTT_URL": ingest_url,
                "LINEGUARD_DATA_DIR": str(base / "data"), "LINEGUARD_LOG_LEVEL": "WARNING"}
-        share = "bench" if workers > 1 else ""  # one worker: a plain subscription
+        # N workers: each one's own session sees every message and stores its slice (by cell).
         procs = [subprocess.Popen([sys.executable, "-m", "line_agent.ingest", "--index", str(i),
-                                   "--share-group", share, "--json-filter", "lineguard/#"], env=env)
+                                   "--workers", str(workers), "--json-filter", "lineguard/#"], env=env)
                  for i in range(workers)]
         try:
             pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lineguard-bench-pub", protocol=mqtt.MQTTv5)
             pub.max_inflight_messages_set(100)
             pub.max_queued_messages_set(0)
-            pub.connect("127.0.0.1", broker.port)
+            from line_agent.mqtt import parse_mqtt_url
+
+            host, port, user, password, _ = parse_mqtt_url(broker.url)
+            if user:
+                pub.username_pw_set(user, password)
+            pub.connect(host, port)
             pub.loop_start()
             _wait_subscribed(pub, pg.url, workers)
             t0 = time.perf_counter()
-            infos = [pub.publish("lineguard/bench/B1/cell/telemetry", m, qos=1) for m in msgs]
+            infos = [pub.publish(f"lineguard/bench/B1/{cell}/telemetry", m, qos=1) for cell, m in msgs]
             for info in infos:
                 info.wait_for_publish(timeout_s)
             t_pub = time.perf_counter() - t0

@@ -3,7 +3,14 @@
 State kept per edge node, as a Sparkplug host application must: the birth certificate (metric names
 for aliases, data types), bdSeq of the current session, and the next expected ``seq`` (0-255, wraps).
 A seq gap or an alias that no birth defined triggers a rebirth request (NCMD ``Node Control/Rebirth``).
-NDEATH/DDEATH mark the node's/device's metrics stale (a ``state`` event; see ``is_stale``).
+NDEATH/DDEATH mark the node's/device's metrics stale (a ``state`` event; see ``is_stale``). Data (NDATA,
+DBIRTH, DDATA) from a node that is dead or unknown, or for a device that is, is a dead letter (raw bytes
+kept, reason "... rebirth requested") and triggers a rebirth request: it is not interpreted against a
+session that ended (Sparkplug host rules).
+
+The state survives restarts: ``changes()`` gives the rows to persist (``sparkplug_nodes``,
+line_agent/store/nodes.py), the worker writes them before it acknowledges the messages that changed them,
+and ``restore()`` loads them at start (births re-decoded from their stored payloads).
 
 Mapping to rows (docs/MQTT.md): group -> line, edge node -> cell, device -> device (the node itself
 is device ``""``). Numeric and boolean metrics -> telemetry; DateTime metrics -> telemetry with the time as
@@ -21,12 +28,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import pysparkplug as spb
 
 from line_agent.contracts import MAX_NAME, ContractError, epoch_millis
 from line_agent.ingest.decode_json import MAX_PAYLOAD, stable_id
 from line_agent.ingest.rows import Batch, EventRow, TelemetryRow, dead_letter
+from line_agent.store.nodes import HostStateRow
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,7 @@ _NUMERIC = {
     spb.DataType.FLOAT, spb.DataType.DOUBLE, spb.DataType.BOOLEAN,
 }
 _STRING = {spb.DataType.STRING, spb.DataType.TEXT, spb.DataType.UUID}
+_TYPES = {"NBIRTH", "DBIRTH", "NDATA", "DDATA", "NDEATH", "DDEATH"}
 
 
 class SparkplugError(ValueError):
@@ -52,6 +62,31 @@ class _Node:
     device_births: dict[str, spb.DBirth] = field(default_factory=dict)
     stale: bool = True
     stale_devices: set[str] = field(default_factory=set)
+    # Persisted host state (sparkplug_nodes): raw births, times, and what changed since the last save.
+    dead: bool = False  # an NDEATH of the current session arrived (else, without a birth: unknown)
+    birth_raw: bytes | None = None
+    device_raw: dict[str, bytes] = field(default_factory=dict)
+    birth_at: float | None = None
+    death_at: float | None = None
+    last_seen: float | None = None
+    device_seen: dict[str, float] = field(default_factory=dict)
+    device_birth_at: dict[str, float] = field(default_factory=dict)
+    device_death_at: dict[str, float] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)  # devices ('' = node) whose birth/state changed
+    touched: set[str] = field(default_factory=set)  # devices whose seq/last_seen changed only
+
+    @property
+    def alive(self) -> bool:
+        return self.birth is not None and not self.stale
+
+    @property
+    def state(self) -> str:
+        return "alive" if self.alive else "dead" if self.dead else "unknown"
+
+    def device_state(self, device: str) -> str:
+        if device in self.stale_devices:
+            return "dead"
+        return "alive" if device in self.device_births else "unknown"
 
 
 def rebirth_command(now_ms: int | None = None) -> bytes:
@@ -120,22 +155,47 @@ class SparkplugDecoder:
         for v in (group, node_id, device):
             if len(v) > MAX_NAME:
                 raise SparkplugError("topic level longer than 200 characters")
+        if mtype in ("NCMD", "DCMD"):
+            return  # commands to nodes (ours included): not data
+        if mtype not in _TYPES:
+            raise SparkplugError(f"unknown Sparkplug message type {mtype[:30]!r}")
         key = (group, node_id)
         node = self.nodes.setdefault(key, _Node())
+        now = time.time()
+        node.last_seen = now
+        node.touched.add("")
+        if device:
+            node.device_seen[device] = now
+            node.touched.add(device)
+        if mtype in ("DBIRTH", "NDATA", "DDATA") and not node.alive:
+            self._rebirth(key, f"{mtype} from a node that is {node.state}")
+            raise SparkplugError(f"{mtype} from edge node {group[:50]}/{node_id[:50]} that is {node.state} "
+                                 f"({'NDEATH received' if node.dead else 'no NBIRTH seen'}); rebirth requested")
+        if mtype == "DDATA" and node.device_state(device) != "alive":
+            self._rebirth(key, f"DDATA for a device that is {node.device_state(device)}")
+            raise SparkplugError(f"DDATA for device {device[:50]!r} that is {node.device_state(device)} "
+                                 f"({'DDEATH received' if device in node.stale_devices else 'no DBIRTH seen'});"
+                                 " rebirth requested")
         if mtype == "NBIRTH":
             nbirth = spb.NBirth.decode(raw)
             bd_metrics = [m for m in nbirth.metrics if m.name == "bdSeq"]
             bd_value = bd_metrics[0].value if bd_metrics else None
             node.bd_seq = int(bd_value) if isinstance(bd_value, int | float) else None
-            node.birth, node.stale, node.next_seq = nbirth, False, None
+            node.birth, node.stale, node.next_seq, node.dead = nbirth, False, None, False
+            node.birth_raw, node.birth_at = raw, now
+            node.dirty.update({"", *node.device_births, *node.stale_devices})  # old devices: unknown now
             node.device_births.clear()
+            node.device_raw.clear()
             node.stale_devices.clear()
             self._check_seq(key, node, nbirth.seq)
             self._rows(group, node_id, "", nbirth.timestamp, nbirth.metrics, out)
         elif mtype == "DBIRTH":
             dbirth = spb.DBirth.decode(raw)
             node.device_births[device] = dbirth
+            node.device_raw[device] = raw
+            node.device_birth_at[device] = now
             node.stale_devices.discard(device)
+            node.dirty.add(device)
             self._check_seq(key, node, dbirth.seq)
             self._rows(group, node_id, device, dbirth.timestamp, dbirth.metrics, out)
         elif mtype in ("NDATA", "DDATA"):
@@ -158,16 +218,86 @@ class SparkplugDecoder:
                 return  # the death of an older session, after a newer birth: ignore (Sparkplug rule)
             node.stale = True
             node.next_seq = None
+            node.dead, node.death_at = True, now
+            node.dirty.add("")
             self._death(group, node_id, "", "NDEATH", death.timestamp, raw, out)
         elif mtype == "DDEATH":
             ddeath = spb.DDeath.decode(raw)
+            if not node.alive:
+                return  # its node is already dead (or unknown): nothing more dies
             node.stale_devices.add(device)
+            node.device_death_at[device] = now
+            node.dirty.add(device)
             self._check_seq(key, node, ddeath.seq)
             self._death(group, node_id, device, "DDEATH", ddeath.timestamp, raw, out)
-        elif mtype in ("NCMD", "DCMD"):
-            return  # commands to nodes (ours included): not data
         else:
             raise SparkplugError(f"unknown Sparkplug message type {mtype[:30]!r}")
+
+    # -- persistence (sparkplug_nodes) ----------------------------------------------------------------
+    def changes(self) -> list[HostStateRow]:
+        """Rows for what changed since the last call (and forget it): ``full`` where a birth or the state
+        changed, seq / last seen only elsewhere. Give them back with ``unsave`` if they could not be stored."""
+        out: list[HostStateRow] = []
+        for (group, node_id), n in self.nodes.items():
+            for dev in sorted(n.dirty | n.touched):
+                out.append(self._row(group, node_id, n, dev, full=dev in n.dirty))
+            n.dirty.clear()
+            n.touched.clear()
+        return out
+
+    def unsave(self, rows: list[HostStateRow]) -> None:
+        """Mark ``rows`` changed again (their save failed; the next ``changes`` returns them)."""
+        for r in rows:
+            n = self.nodes.get((r.group_id, r.edge_node))
+            if n is not None:
+                (n.dirty if r.full else n.touched).add(r.device)
+
+    def _row(self, group: str, node_id: str, n: _Node, dev: str, *, full: bool) -> HostStateRow:
+        if dev == "":
+            birth: spb.NBirth | spb.DBirth | None = n.birth
+            return HostStateRow(group, node_id, "", self.site, n.state, n.bd_seq, n.next_seq,
+                                n.birth_raw if n.alive else None, _metrics(birth) if n.alive else [],
+                                n.birth_at, n.death_at, n.last_seen, full)
+        state = n.device_state(dev)
+        raw = n.device_raw.get(dev) if state == "alive" else None
+        return HostStateRow(group, node_id, dev, self.site, state, None, None, raw,
+                            _metrics(n.device_births.get(dev)) if state == "alive" else [],
+                            n.device_birth_at.get(dev), n.device_death_at.get(dev), n.device_seen.get(dev), full)
+
+    def restore(self, rows: list[HostStateRow], owns: Callable[[str, str], bool] | None = None) -> int:
+        """Take the persisted state (node rows before their devices); ``owns(group, node)`` filters to this
+        worker's slice. A birth that no longer decodes leaves its node unknown (the next data asks for a
+        rebirth). Returns the nodes restored."""
+        restored = 0
+        for r in sorted(rows, key=lambda r: (r.group_id, r.edge_node, r.device)):
+            if owns is not None and not owns(r.group_id, r.edge_node):
+                continue
+            n = self.nodes.setdefault((r.group_id, r.edge_node), _Node())
+            try:
+                if r.device == "":
+                    restored += 1
+                    n.bd_seq, n.next_seq, n.birth_at, n.death_at, n.last_seen = (
+                        r.bd_seq, r.next_seq, r.birth_at, r.death_at, r.last_seen)
+                    n.dead = r.state == "dead"
+                    if r.state == "alive" and r.birth is not None:
+                        n.birth, n.birth_raw, n.stale = spb.NBirth.decode(r.birth), r.birth, False
+                elif n.alive:
+                    if r.last_seen is not None:
+                        n.device_seen[r.device] = r.last_seen
+                    if r.death_at is not None:
+                        n.device_death_at[r.device] = r.death_at
+                    if r.state == "dead":
+                        n.stale_devices.add(r.device)
+                    elif r.state == "alive" and r.birth is not None:
+                        n.device_births[r.device] = spb.DBirth.decode(r.birth)
+                        n.device_raw[r.device] = r.birth
+                        if r.birth_at is not None:
+                            n.device_birth_at[r.device] = r.birth_at
+            except Exception as exc:  # a stored birth pysparkplug no longer reads: treat the node as unknown
+                log.warning("sparkplug state of %s/%s/%s not restored: %s", r.group_id, r.edge_node, r.device, exc)
+                if r.device == "":
+                    n.birth, n.stale = None, True
+        return restored
 
     def _death(self, group: str, node_id: str, device: str, code: str, ts_ms: int | None, raw: bytes,
                out: Batch) -> None:
@@ -218,6 +348,14 @@ class SparkplugDecoder:
             # bytes, datasets, templates: not time-series values; skipped (documented in docs/MQTT.md)
         out.telemetry.extend(rows)
         out.events.extend(events)
+
+
+def _metrics(birth: spb.NBirth | spb.DBirth | None) -> list[dict[str, Any]]:
+    """A birth's metric table for people (the API): name, alias, data type."""
+    if birth is None:
+        return []
+    return [{"name": m.name, "alias": m.alias, "datatype": m.datatype.name if m.datatype is not None else None}
+            for m in birth.metrics]
 
 
 def _number(value: object, name: str) -> float:

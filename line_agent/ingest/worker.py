@@ -16,9 +16,14 @@ Flow control, end to end:
   the database refuses, an exception nobody foresaw) makes that message a dead letter and the worker
   acknowledges it. Only an unreachable database is retried (spool meanwhile), never a bad message; a
   spooled batch the database refuses on replay is written message by message the same way.
-* ``$share/<group>/<filter>`` (MQTT 5 shared subscription): N workers split the JSON topics.
-  Sparkplug B is stateful (births, aliases, seq), so only worker 0 subscribes to it, unshared.
-  One worker alone subscribes plainly (see ``IngestConfig.share_group``).
+* N workers split the stream by **slices**, not by a shared subscription: every worker has its own
+  persistent session subscribed (plainly) to the whole tree, and stores only the messages of its slice
+  (``slice_of(topic, N) == index``: a CRC-32 of the cell, ``<prefix>/<site>/<line>/<cell>``, or of the
+  Sparkplug edge node, ``<group>/<node>``), acknowledging the rest unread. Mosquitto restores plain
+  subscriptions after a restart or crash but not shared ones, so a slice is never without a subscriber
+  (docs/MQTT.md, "Delivery guarantees"). One cell / one edge node is always one worker's: order and
+  Sparkplug host state (births, aliases, seq) stay with one process. ``share_group`` (opt-in) keeps the
+  MQTT 5 shared subscription for brokers that persist it; Sparkplug then goes to worker 0 only.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,13 +68,15 @@ class IngestConfig:
     database_url: str
     data_dir: Path
     worker_index: int = 0
+    # N workers: each subscribes plainly to everything and stores its slice (slice_of(topic, N) == index).
+    worker_count: int = 1
     client_prefix: str = "lineguard-ingest"
     json_filter: str = "lineguard/#"
-    sparkplug_filter: str | None = f"{NAMESPACE}/#"  # worker 0 only; None = no Sparkplug
-    # "" = a plain subscription (one worker). N workers: a group name -> $share/<group>/<filter>.
-    # Mosquitto 2.0.x does not restore shared subscriptions from its persistence file after a restart:
-    # what is published between the restart and the workers' re-subscription is lost there. A single
-    # worker therefore subscribes plainly (restart-safe); see docs/MQTT.md.
+    sparkplug_filter: str | None = f"{NAMESPACE}/#"  # None = no Sparkplug
+    # "" (default) = plain subscriptions (restart-safe on Mosquitto) and slices. A group name = the MQTT 5
+    # shared subscription $share/<group>/<filter> instead (opt-in, for brokers that persist shared
+    # subscriptions: Mosquitto 2.0.x does not, and loses what arrives before the workers re-subscribe
+    # after a restart); Sparkplug then goes to worker 0 only. See docs/MQTT.md.
     share_group: str = ""
     sparkplug_site: str = ""
     batch_rows: int = 50_000  # flush when a batch holds this many rows ...
@@ -83,9 +91,24 @@ class IngestConfig:
     # LINEGUARD_DEAD_LETTER_QUOTA_BYTES.
     dead_letter_quota_bytes: int = DEFAULT_DEAD_LETTER_QUOTA
 
+    def __post_init__(self) -> None:
+        # Slices need 0 <= index < N (a shared subscription does not: the broker splits).
+        if self.worker_count < 1 or (not self.share_group and not 0 <= self.worker_index < self.worker_count):
+            raise ValueError(f"ingest worker index {self.worker_index} is not in 0..{self.worker_count - 1} "
+                             f"(--workers {self.worker_count})")
+
     @property
     def client_id(self) -> str:
         return f"{self.client_prefix}-{self.worker_index}"
+
+    @property
+    def sliced(self) -> bool:
+        """True: this worker sees every message and stores only its slice."""
+        return self.worker_count > 1 and not self.share_group
+
+    def owns(self, topic: str) -> bool:
+        """Whether this worker stores ``topic``'s messages (always, unless sliced)."""
+        return not self.sliced or slice_of(topic, self.worker_count) == self.worker_index
 
     @property
     def spool_dir(self) -> Path:
@@ -107,6 +130,7 @@ class IngestConfig:
 @dataclass
 class IngestStats:
     messages: int = 0
+    skipped: int = 0  # other workers' slices: acknowledged unread
     rows: int = 0
     dead: int = 0
     batches: int = 0
@@ -138,6 +162,7 @@ class IngestWorker:
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes)
         self.sparkplug = SparkplugDecoder(cfg.sparkplug_site, request_rebirth=self._request_rebirth)
         self._migrated = False
+        self._host_loaded = False  # Sparkplug host state read from sparkplug_nodes (once, lazily)
         self._db_down_until = 0.0
         self._dirty: tuple[float, float] | None = None
         self._last_rollup = time.monotonic()
@@ -168,7 +193,7 @@ class IngestWorker:
         filters = []
         share = self.cfg.share_group
         filters.append(f"$share/{share}/{self.cfg.json_filter}" if share else self.cfg.json_filter)
-        if self.cfg.sparkplug_filter and self.cfg.worker_index == 0:
+        if self.cfg.sparkplug_filter and (self.cfg.sliced or self.cfg.worker_index == 0):
             filters.append(self.cfg.sparkplug_filter)
         return filters
 
@@ -220,6 +245,8 @@ class IngestWorker:
                 self._step(self.cfg.batch_delay_s)
             self._step(0.0)  # what is already queued
         finally:
+            with contextlib.suppress(Exception):
+                self._save_host_state()
             self.client.disconnect()
             self.client.loop_stop()
             self.writer.close()
@@ -258,12 +285,30 @@ class IngestWorker:
 
     def _step(self, wait_s: float) -> None:
         msgs = self._collect(wait_s)
+        if msgs and self.cfg.sliced:
+            mine = [m for m in msgs if self.cfg.owns(m.topic)]
+            if len(mine) < len(msgs):
+                # Another worker's slice: it has its own session with its own copy. Acknowledge unread.
+                for m in msgs:
+                    if m.qos > 0 and not self.cfg.owns(m.topic):
+                        self.client.ack(m.mid, m.qos)
+                self.stats.skipped += len(msgs) - len(mine)
+                msgs = mine
+                if not msgs:  # only others' messages: still replay our spool (our slice may be quiet now)
+                    if self.spool.bytes:
+                        self._drain_spool()
+                        self._export_metrics(None)
+                    self._maybe_refresh_rollups()
+                    return
         if msgs:
+            if not self._host_loaded and any(m.topic.startswith(NAMESPACE + "/") for m in msgs):
+                self._load_host_state()
             parts = [self._decode(m) for m in msgs]
             batch = Batch()
             for p in parts:
                 batch.extend(p)
             self._store(batch, msgs, parts)
+            self._save_host_state()  # before the acks: what they acknowledge, the state reflects
             for m in msgs:
                 if m.qos > 0:
                     self.client.ack(m.mid, m.qos)
@@ -310,6 +355,50 @@ class IngestWorker:
                 raise _DatabaseUnavailable(f"migration failed: {type(exc).__name__}: {exc}") from exc
             self._migrated = True
         self.writer.write(batch)
+
+    # -- Sparkplug host state (sparkplug_nodes) -----------------------------------------------
+    def _load_host_state(self) -> None:
+        """Births, bdSeq, seq and alive/dead of this worker's edge nodes, as the last run left them. If the
+        database cannot say, start empty: data by alias then asks its node for a rebirth (dead letters)."""
+        from line_agent.store.nodes import load_host_state
+
+        self._host_loaded = True
+        try:
+            if not self._migrated:
+                from line_agent.store.migrate import migrate
+
+                migrate(self.cfg.database_url)
+                self._migrated = True
+            conn = self.writer.connect()
+            with conn.transaction():
+                rows = load_host_state(conn)
+            n = self.sparkplug.restore(rows, owns=lambda g, node: self.cfg.owns(f"{NAMESPACE}/{g}/NDATA/{node}"))
+            log.info("ingest %s: Sparkplug host state of %d edge nodes restored", self.cfg.client_id, n)
+        except Exception as exc:
+            log.warning("ingest %s: Sparkplug host state not loaded (%s); starting without it: aliased data asks "
+                        "for a rebirth", self.cfg.client_id, _why("error", exc))
+            self.writer.close()
+
+    def _save_host_state(self) -> None:
+        """Persist what changed in the Sparkplug host state; kept for the next try while the database is away."""
+        rows = self.sparkplug.changes()
+        if not rows:
+            return
+        if not self._db_available() or not self._migrated:
+            self.sparkplug.unsave(rows)
+            return
+        from line_agent.store.nodes import save_host_state
+
+        try:
+            conn = self.writer.connect()
+            with conn.transaction():
+                save_host_state(conn, rows)
+        except Exception as exc:
+            self.sparkplug.unsave(rows)
+            if self._transient(exc):
+                self._db_down(exc)
+            else:
+                log.warning("ingest %s: Sparkplug host state not saved: %s", self.cfg.client_id, _why("error", exc))
 
     def _transient(self, exc: BaseException) -> bool:
         """True: the database is away (connection lost, shutting down, disk full): retry, spool meanwhile.
@@ -435,6 +524,20 @@ class _DatabaseUnavailable(Exception):
     """The database cannot take writes for a reason no message causes (its schema could not be migrated)."""
 
 
+def slice_key(topic: str) -> str:
+    """What decides a message's slice: its Sparkplug edge node (``<group>/<node>``: host state is per node),
+    or its cell (the topic without the kind: ``<prefix>/<site>/<line>/<cell>``). Same key, same worker."""
+    parts = topic.split("/")
+    if parts[0] == NAMESPACE and len(parts) >= 4:
+        return f"{parts[1]}/{parts[3]}"
+    return topic.rsplit("/", 1)[0] if len(parts) > 1 else topic
+
+
+def slice_of(topic: str, workers: int) -> int:
+    """Deterministic slice 0..workers-1 (CRC-32, the same in every process and on every restart)."""
+    return zlib.crc32(slice_key(topic).encode("utf-8", "surrogatepass")) % workers if workers > 1 else 0
+
+
 def _source(topic: str) -> str:
     return "sparkplug" if topic.startswith(NAMESPACE + "/") else "mqtt"
 
@@ -470,14 +573,19 @@ def _spool_identity(path: Path, part: Batch) -> DeadLetter:
 
 
 # -- several workers as processes -----------------------------------------------------------------
-def worker_command(index: int, share_group: str = "lineguard") -> list[str]:
-    return [sys.executable, "-m", "line_agent.ingest", "--index", str(index), "--share-group", share_group]
+def worker_command(index: int, share_group: str = "", workers: int = 1) -> list[str]:
+    """Worker ``index`` of ``workers`` as a process (slices; ``share_group`` = the opt-in shared subscription)."""
+    return [sys.executable, "-m", "line_agent.ingest", "--index", str(index), "--workers", str(workers),
+            "--share-group", share_group]
 
 
 def run_workers(n: int, stop: threading.Event, env: dict[str, str] | None = None,
-                log_dir: Path | None = None, share_group: str = "lineguard",
+                log_dir: Path | None = None, share_group: str = "",
                 extra_args: list[str] | None = None) -> None:
-    """Run ``n`` worker processes (env: LINEGUARD_*) until ``stop``; restart any that dies."""
+    """Run ``n`` worker processes (env: LINEGUARD_*) until ``stop``; restart any that dies.
+
+    Worker i of n stores slice i (its own persistent session sees everything); ``share_group`` = opt-in MQTT 5
+    shared subscription instead (not restart-safe on Mosquitto)."""
     procs: dict[int, subprocess.Popen[bytes]] = {}
 
     def spawn(i: int) -> None:
@@ -485,7 +593,7 @@ def run_workers(n: int, stop: threading.Event, env: dict[str, str] | None = None
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             out = open(log_dir / f"ingest-{i}.log", "ab")  # noqa: SIM115 - handed to the child
-        procs[i] = subprocess.Popen([*worker_command(i, share_group if n > 1 else ""), *(extra_args or [])],
+        procs[i] = subprocess.Popen([*worker_command(i, share_group if n > 1 else "", n), *(extra_args or [])],
                                     env=env, stdout=out, stderr=subprocess.STDOUT)
         if out is not subprocess.DEVNULL:
             out.close()
@@ -514,8 +622,12 @@ def main(argv: list[str] | None = None) -> None:
     from line_agent.settings import Settings
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--index", type=int, default=0)
-    ap.add_argument("--share-group", default="", help="'' = plain subscription (a single worker)")
+    ap.add_argument("--index", type=int, default=int(os.environ.get("LINEGUARD_INGEST_INDEX") or 0),
+                    help="this worker's index 0..N-1 (env LINEGUARD_INGEST_INDEX)")
+    ap.add_argument("--workers", type=int, default=int(os.environ.get("LINEGUARD_INGEST_WORKERS") or 1),
+                    help="N, the number of workers splitting the stream (env LINEGUARD_INGEST_WORKERS)")
+    ap.add_argument("--share-group", default="", help="'' = plain subscriptions and slices (restart-safe); "
+                    "a name = MQTT 5 shared subscription $share/<name>/... (brokers that persist it)")
     ap.add_argument("--json-filter", default="lineguard/#")
     ap.add_argument("--client-prefix", default="lineguard-ingest", help="client id = <prefix>-<index>")
     ap.add_argument("--sparkplug-filter", default=f"{NAMESPACE}/#", help="'' = no Sparkplug")
@@ -530,7 +642,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
                         format=f"%(asctime)s %(levelname)-7s ingest-{args.index} %(name)s: %(message)s")
-    cfg = IngestConfig.from_settings(settings, worker_index=args.index, share_group=args.share_group,
+    cfg = IngestConfig.from_settings(settings, worker_index=args.index, worker_count=args.workers,
+                                     share_group=args.share_group,
                                      json_filter=args.json_filter, client_prefix=args.client_prefix,
                                      sparkplug_filter=args.sparkplug_filter or None)
     stop = threading.Event()

@@ -185,8 +185,9 @@ def test_line_compose_shape() -> None:
 def test_plant_compose_shape() -> None:
     doc = load(COMPOSE_DIR / "plant.yaml", env_example())
     svcs = doc["services"]
-    assert svcs["ingest"]["command"][0] == "ingest"
-    assert int(svcs["ingest"]["deploy"]["replicas"]) == 2
+    # Two ingest workers (slices, each its own session) in one container: never two containers with one index.
+    assert svcs["ingest"]["command"] == ["ingest", "--workers", "2"]
+    assert int(svcs["ingest"]["deploy"]["replicas"]) == 1
     assert svcs["edge"]["profiles"] == ["edges"]
     assert "ports" not in svcs["edge"], "scaled edges cannot publish a fixed host port"
     assert svcs["ingest"]["environment"]["LINEGUARD_MQTT_URL"].startswith("mqtt://ingest:")

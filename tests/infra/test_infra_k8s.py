@@ -77,6 +77,11 @@ def test_kustomization_lists_existing_files_and_not_the_secret_template() -> Non
     assert {p for p in K8S.glob("*.yaml") if p.name not in ("kustomization.yaml", "secret.template.yaml")} == listed
 
 
+def workloads() -> list[dict[str, Any]]:
+    """Deployments (api) and StatefulSets (ingest: a stable ordinal is the worker index)."""
+    return by_kind("Deployment") + by_kind("StatefulSet")
+
+
 def _container(dep: dict[str, Any]) -> dict[str, Any]:
     containers = dep["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
@@ -84,10 +89,14 @@ def _container(dep: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_deployments_have_probes_resources_and_scrape_annotations() -> None:
-    deps = {d["metadata"]["name"]: d for d in by_kind("Deployment")}
+    deps = {d["metadata"]["name"]: d for d in workloads()}
     assert set(deps) == {"lineguard-ingest", "lineguard-api"}
-    assert deps["lineguard-ingest"]["spec"]["replicas"] == 2
-    assert _container(deps["lineguard-ingest"])["args"][0] == "ingest"
+    ingest = deps["lineguard-ingest"]
+    # Worker i of N = the pod's ordinal: N (--workers) equals replicas, the index comes from the pod-index label.
+    assert ingest["kind"] == "StatefulSet" and ingest["spec"]["replicas"] == 2
+    assert _container(ingest)["args"] == ["ingest", "--workers", str(ingest["spec"]["replicas"])]
+    (index,) = [e for e in _container(ingest)["env"] if e["name"] == "LINEGUARD_INGEST_INDEX"]
+    assert index["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
     assert _container(deps["lineguard-api"])["args"] == ["api"]
     for name, dep in deps.items():
         c = _container(dep)
@@ -105,12 +114,12 @@ def test_deployments_have_probes_resources_and_scrape_annotations() -> None:
 
 
 def test_selectors_match() -> None:
-    pod_labels = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"] for d in by_kind("Deployment")}
+    pod_labels = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"] for d in workloads()}
 
     def matches(sel: dict[str, str]) -> list[str]:
         return [n for n, labels in pod_labels.items() if sel.items() <= labels.items()]
 
-    for dep in by_kind("Deployment"):
+    for dep in workloads():
         assert matches(dep["spec"]["selector"]["matchLabels"]) == [dep["metadata"]["name"]]
     pdbs = by_kind("PodDisruptionBudget")
     assert {tuple(matches(p["spec"]["selector"]["matchLabels"])) for p in pdbs} == {
@@ -128,12 +137,12 @@ def test_config_and_secret_references_exist() -> None:
     (secret,) = by_kind("Secret")
     secret_keys = set(secret["stringData"])
     assert all("REPLACE_ME" in v for v in secret["stringData"].values()), "template must hold no real secret"
-    for dep in by_kind("Deployment"):
+    for dep in workloads():
         c = _container(dep)
         for src in c.get("envFrom", []):
             assert src["configMapRef"]["name"] in configmaps
         for env in c.get("env", []):
-            if "value" in env:  # a plain setting, not a reference
+            if "value" in env or "fieldRef" in env.get("valueFrom", {}):  # a plain setting, not a secret
                 assert "PASSWORD" not in env["name"] and "TOKEN" not in env["name"], env["name"]
                 continue
             ref = env["valueFrom"]["secretKeyRef"]

@@ -16,7 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from plant_support import Api, base_env, line_yaml, start_plc_sim, start_run, wait_until, write_video
 
-from line_agent.mqtt import Publisher
+from line_agent.mqtt import Publisher, parse_mqtt_url
 from line_agent.outbox import Outbox
 from line_agent.services import EmbeddedBroker, free_port, mosquitto_binary
 
@@ -25,15 +25,17 @@ pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto no
 
 class Subscriber:
     def __init__(self, url: str, topic: str) -> None:
-        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+        host, port, user, password, _tls = parse_mqtt_url(url)
         self.got: list[int] = []
         self.ready = threading.Event()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{time.monotonic_ns()}",
                              protocol=mqtt.MQTTv5)
+        if user:
+            self.c.username_pw_set(user, password)
         self.c.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
         self.c.on_subscribe = lambda *a: self.ready.set()
         self.c.on_message = lambda c, u, m: self.got.append(json.loads(m.payload)["n"])
-        self.c.connect(host, int(port))
+        self.c.connect(host, port)
         self.c.loop_start()
         assert self.ready.wait(10)
 
@@ -44,17 +46,20 @@ class Subscriber:
 
 def test_outbox_keeps_messages_across_a_restart_and_sends_them_in_order(tmp_path: Path) -> None:
     broker = EmbeddedBroker(tmp_path / "broker", port=free_port())
+    broker.start()  # once, for its accounts and ports; then it is away
+    url = broker.url
+    broker.stop()
     path = tmp_path / "outbox.sqlite"
     # The broker is away: 300 messages go to disk, then the process "restarts" (a new outbox on the file).
-    pub = Publisher(broker.url, "edge-1", outbox=Outbox(path))
+    pub = Publisher(url, "edge-1", outbox=Outbox(path))
     for n in range(300):
         pub.publish("lineguard/s/l/inspection/inspection", json.dumps({"n": n}))
     pub.close(flush_timeout_s=0.5)
     assert Outbox(path).pending == 300
     broker.start()
     try:
-        sub = Subscriber(broker.url, "lineguard/#")
-        pub = Publisher(broker.url, "edge-2", outbox=Outbox(path))
+        sub = Subscriber(url, "lineguard/#")
+        pub = Publisher(url, "edge-2", outbox=Outbox(path))
         for n in range(300, 350):  # new ones after the old ones
             pub.publish("lineguard/s/l/inspection/inspection", json.dumps({"n": n}))
         wait_until(lambda: len(sub.got) >= 350, 30, "every message at the subscriber")

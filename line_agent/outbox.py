@@ -7,6 +7,10 @@ only when the broker acknowledged it. After a restart the sender starts from wha
 sent but not yet acknowledged when the link dropped is sent again; ingest stores by natural key, so a
 repeat is stored once (the same idea as Sparkplug's ``is_historical`` replay, for our JSON).
 
+Mosquitto acknowledges a message and saves it at the end of the same loop pass: a crash in between loses
+an acknowledged message. So what was acknowledged in the last ``replay_s`` seconds before a disconnect is
+sent again when the link returns (duplicates are stored once).
+
 The outbox is bounded (``max_bytes``): when it is full the oldest messages are dropped, counted in
 ``lineguard_outbox_dropped_total`` and logged; the newest data is what a plant wants first when it returns.
 """
@@ -17,6 +21,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Protocol
 
@@ -40,7 +45,8 @@ class Transport(Protocol):
 
 
 class Outbox:
-    def __init__(self, path: Path, *, max_bytes: int = 1 << 30, batch: int = 500, name: str = "runtime") -> None:
+    def __init__(self, path: Path, *, max_bytes: int = 1 << 30, batch: int = 500, name: str = "runtime",
+                 replay_s: float = 3.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
@@ -57,6 +63,11 @@ class Outbox:
         self.dropped = 0
         self.enqueued = 0
         self.acked = 0
+        #: Acknowledged in the last ``replay_s`` seconds: sent again after a disconnect (the broker may have
+        #: acknowledged them and crashed before saving them; a repeat is stored once by ingest).
+        self.replay_s = replay_s
+        self._recent: deque[tuple[float, str, bytes]] = deque()
+        self.replayed = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         #: Sent, not yet acknowledged: row id -> its delivery (asked, not called back: no mid bookkeeping).
@@ -112,19 +123,24 @@ class Outbox:
             done = [rid for rid, d in self._inflight.items() if d.is_published()]
             if not done:
                 return
-            sizes = self._db.execute(
-                f"SELECT coalesce(sum(length(payload)), 0), count(*) FROM outbox WHERE id IN "
-                f"({','.join('?' * len(done))})", done).fetchone()
+            rows = self._db.execute(
+                f"SELECT id, topic, payload FROM outbox WHERE id IN ({','.join('?' * len(done))}) ORDER BY id",
+                done).fetchall()
             self._db.executemany("DELETE FROM outbox WHERE id = ?", [(r,) for r in done])
-            self._bytes -= int(sizes[0])
-            self._pending -= int(sizes[1])
+            self._bytes -= sum(len(r[2]) for r in rows)
+            self._pending -= len(rows)
             self.acked += len(done)
+            now = time.monotonic()
+            self._recent.extend((now, str(t), bytes(p)) for _rid, t, p in rows)
+            while self._recent and now - self._recent[0][0] > self.replay_s:
+                self._recent.popleft()
             for rid in done:
                 del self._inflight[rid]
         self._update_metrics()
 
     def _run(self, transport: Transport) -> None:
         was_connected = False
+        replay: list[tuple[str, bytes]] = []
         while not self._stop.is_set():
             # Acknowledgements are polled: often while some are awaited, rarely when idle.
             self._wake.wait(0.02 if self._inflight else 0.5)
@@ -134,10 +150,20 @@ class Outbox:
             if not connected:
                 if was_connected:
                     # What was in flight may never be acknowledged: send it again once the link is back.
+                    # What the broker acknowledged just before it went may not be on its disk yet (Mosquitto
+                    # acknowledges, then saves): keep those to send again too.
                     with self._lock:
                         self._inflight.clear()
+                        cut = time.monotonic() - self.replay_s
+                        replay = [(t, p) for at, t, p in self._recent if at >= cut]
+                        self._recent.clear()
                 was_connected = False
                 continue
+            if not was_connected and replay:
+                for t, p in replay:  # older than anything pending: first, as sent before
+                    transport.send(t, p)
+                self.replayed += len(replay)
+                replay = []
             was_connected = True
             with self._lock:
                 room = self.batch - len(self._inflight)

@@ -163,17 +163,22 @@ def bench_config(kind: str, model: str | None, *, conf: float, threads: int, reg
 
 def run_one(detector: DetectorConfig, data: Path, fmt: str, split: str | None, holdout_last: int,
             prf_conf: float, registry: Path | None, limit: int | None,
-            report: Path | None = None) -> dict[str, Any]:
+            report: Path | None = None, val: float = 0.0, seed: int = 0) -> dict[str, Any]:
     """Load data, build the detector ``detector`` describes, evaluate it; adds peak RSS and whether torch got
     imported.
 
-    ``report``: also write the plots and error list of ``vision.report`` to that directory."""
+    ``report``: also write the plots and error list of ``vision.report`` to that directory. ``val`` (with
+    ``seed``): score only the stratified validation part ``lineguard train --val`` held out."""
     from vision.detectors.factory import build_detector
     from vision.train import load_samples
 
     samples = load_samples(data, fmt, split)
     if holdout_last:
         samples = samples[-holdout_last:]
+    elif val > 0:
+        from vision.datasets import split_stratified
+
+        samples = split_stratified(samples, val, seed)[1]
     if limit:
         samples = samples[:limit]
     det = build_detector(detector, registry)
@@ -235,6 +240,8 @@ def _main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prf-conf", type=float, default=0.25)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--val", type=float, default=0.0, help="score the stratified validation part of train --val")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tta", type=int, default=None, help="hybrid models: flipped views averaged (1-4)")
     ap.add_argument("--tta-settled", type=float, default=None,
                     help="hybrid models: flipped views only below this plain-view probability")
@@ -244,7 +251,8 @@ def _main(argv: list[str] | None = None) -> None:
     look = None if a.second_look is None else bool(a.second_look)
     cfg = bench_config(a.kind, a.model, conf=a.conf, threads=a.threads, registry=a.registry, tta=a.tta,
                        tta_settled=a.tta_settled, second_look=look)
-    res = run_one(cfg, a.data, a.format, a.split, a.holdout_last, a.prf_conf, a.registry, a.limit)
+    res = run_one(cfg, a.data, a.format, a.split, a.holdout_last, a.prf_conf, a.registry, a.limit, val=a.val,
+                  seed=a.seed)
     res["kind"] = a.kind  # the kind asked for: `bench vision` keys its results by it
     print(json.dumps(res))
     print(json.dumps(res))

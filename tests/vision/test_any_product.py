@@ -169,6 +169,12 @@ def test_steel_like_trains_as_published_and_scores_every_class(steel_like: Path,
     assert model_detector_config(e.path, reg).type == "centernet"
     with pytest.raises(ValueError, match="use type: centernet"):
         build_detector(parse_detector("onnx:steel"), reg)
+    # bench/eval score the same validation part with --val: same images, same figures.
+    from vision.bench import bench_config, run_one
+
+    res = run_one(bench_config("centernet", "steel", conf=0.001, threads=1, registry=reg), steel_like, "voc", None,
+                  0, 0.3, reg, None, val=0.2)
+    assert res["images"] == out["heldout_samples"] and res["map50"] == pytest.approx(held["map50"])
 
 
 def test_centernet_edge_path_imports_no_torch(tmp_path: Path) -> None:
@@ -178,7 +184,7 @@ def test_centernet_edge_path_imports_no_torch(tmp_path: Path) -> None:
     peaks = np.zeros((2, 8, 8), np.float32)
     reg = np.zeros((4, 8, 8), np.float32)
     peaks[1, 3, 4] = 0.9
-    reg[:, 3, 4] = (0.5, 0.5, np.log(2.0), np.log(1.0))
+    reg[:, 3, 4] = (np.log(2.0), np.log(1.0), np.log(1.0), np.log(0.5))  # distances to l, t, r, b in strides
     xyxy, scores, cls = decode(peaks, reg, 8, 0.3, 10)
     assert cls.tolist() == [1] and scores.tolist() == pytest.approx([0.9])
-    assert xyxy[0].tolist() == pytest.approx([36 - 8, 28 - 4, 36 + 8, 28 + 4])
+    assert xyxy[0].tolist() == pytest.approx([36 - 16, 28 - 8, 36 + 8, 28 + 4])

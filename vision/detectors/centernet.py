@@ -6,9 +6,10 @@ stacking, class names) and ``centernet.json`` (stride, decoding), which is what 
 
 Per frame: grayscale -> letterbox to the spec's square size -> (1, 3, S, S) in [0, 1] -> ONNX, whose two outputs
 are ``peaks`` (1, C, S/stride, S/stride): per-class centre heat after a 3x3 local-maximum filter (non-peaks
-zeroed in the graph), and ``reg`` (1, 4, ...): sub-cell offset (dx, dy) and log size (log w, log h) in stride
-units. The top ``max_det`` peaks above ``conf`` become boxes, class-wise NMS merges neighbouring peaks of one
-object, boxes go back to original pixels. No template is used: there is no ``unknown`` pass.
+zeroed in the graph), and ``reg`` (1, 4, ...): log distances from the cell's centre to the box's left, top,
+right and bottom side, in stride units. The top ``max_det`` peaks above ``conf`` become boxes, class-wise NMS
+merges neighbouring peaks of one object, boxes go back to original pixels. No template is used: there is no
+``unknown`` pass.
 """
 
 from __future__ import annotations
@@ -71,10 +72,9 @@ def decode(
     cls_ids = idx // (h * w)
     cell = idx % (h * w)
     ys, xs = cell // w, cell % w
-    dx, dy, lw, lh = (reg[i, ys, xs] for i in range(4))
-    cx, cy = (xs + dx) * stride, (ys + dy) * stride
-    bw, bh = np.exp(np.clip(lw, -6, 8)) * stride, np.exp(np.clip(lh, -6, 8)) * stride
-    xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1).astype(np.float32)
+    left, top, right, bottom = (np.exp(np.clip(reg[i, ys, xs], -6, 6)) * stride for i in range(4))
+    cx, cy = (xs + 0.5) * stride, (ys + 0.5) * stride
+    xyxy = np.stack([cx - left, cy - top, cx + right, cy + bottom], axis=1).astype(np.float32)
     return xyxy, scores.astype(np.float32), cls_ids.astype(np.int64)
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -19,9 +20,11 @@ from hardware.tags import AuditRecord
 
 log = logging.getLogger(__name__)
 
+# ts is when it happened (the record's own time), not when this thread got to write it: a row queued while
+# the database was away keeps its real time.
 _INSERT = (
-    "INSERT INTO audit_log (actor, role, action, target, before, after, result, detail) "
-    "VALUES (%s, 'system', %s, %s, NULL, %s, %s, %s)"
+    "INSERT INTO audit_log (ts, actor, role, action, target, before, after, result, detail) "
+    "VALUES (to_timestamp(%s), %s, 'system', %s, %s, NULL, %s, %s, %s)"
 )
 
 
@@ -44,7 +47,7 @@ class AuditWriter:
     def observed(self, actor: str, action: str, line: str, reason: str, **detail: object) -> None:
         """Record something the runtime saw or did that is not a PLC write: a safe state, an e-stop, a line
         stopped at the panel, a camera lost (``action`` e.g. ``line.safe_state``), with its reason."""
-        self._put((actor, action, line, None, "ok",
+        self._put((time.time(), actor, action, line, None, "ok",
                    json.dumps({"line": line, "reason": reason, **detail}, default=str)))
 
     def _put(self, row: tuple[object, ...]) -> None:
@@ -60,7 +63,7 @@ class AuditWriter:
         detail = json.dumps({"line": r.line, "reason": r.reason, "latency_ms": r.latency_ms, "ts": r.ts},
                             default=str)
         # A person's command carries its own actor; the runtime's own actions are "runtime:<line>".
-        return (r.actor or f"runtime:{actor}", f"plc.{r.action}", target, after, r.outcome, detail)
+        return (r.ts, r.actor or f"runtime:{actor}", f"plc.{r.action}", target, after, r.outcome, detail)
 
     def _run(self) -> None:
         conn: psycopg.Connection | None = None

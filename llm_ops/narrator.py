@@ -74,7 +74,8 @@ def narrate(facts: list[Fact], lang: str = "en", line: str = "", hours: float | 
             s += f"（非计划 {_v(unpl, lang)}" if unpl else ""
             s += f"，计划 {_v(plan, lang)}）" if plan else ("）" if unpl else "")
         else:
-            s = f"Line stopped {_v(stops, lang)} {'time' if round(stops.value) == 1 else 'times'}"
+            # "stops", not "times": "3 times" reads as a ratio (3x) to the number check.
+            s = f"Line stops: {_v(stops, lang)}"
             s += f", {_v(stopped, lang)} in all" if stopped else ""
             s += f" ({_v(unpl, lang)} unplanned" if unpl else ""
             s += f", {_v(plan, lang)} planned)" if plan else (")" if unpl else "")

@@ -60,6 +60,8 @@ class Scenario:
     meter: str = "power"
     meter_reset: datetime | None = None  # the register goes back to 0 at this reading
     meter_silent: tuple[datetime, datetime] | None = None  # no readings in [a, b)
+    #: Line stops as the controller audits them: (stopped, restarted, who stopped it, why).
+    line_stops: list[tuple[datetime, datetime, str, str]] = field(default_factory=list)
 
 
 def _fault_at(s: Scenario, dev: str, t: datetime) -> Fault | None:
@@ -208,6 +210,15 @@ def _ground_truth(s: Scenario, sim: _Sim) -> None:
     for dev, a, _b, _f in s.spikes:
         kf.append(KeyFact("anomaly", (), None, "", f"{a:%H:%M}"))
         del dev
+    stops = [(a, b, who, why) for a, b, who, why in s.line_stops if s.start <= a < s.end]
+    if stops:
+        secs = [(min(b, s.end) - a).total_seconds() for a, b, _w, _y in stops]
+        kf.append(KeyFact("stop_total", (), len(stops), "count"))
+        kf.append(KeyFact("stopped_total", (), sum(secs), "s"))
+        planned = sum(x for x, st in zip(secs, stops, strict=True)
+                      if st[2].startswith("user:") and st[3].lower().startswith("planned"))
+        if planned:
+            kf.append(KeyFact("stopped_planned", (), planned, "s"))
     s.key_facts = kf
     s.entities = set(s.devices) | {f.code for f in s.faults} | set(sim.classes) | {s.line}
 
@@ -267,7 +278,8 @@ def ai4i(end: datetime, shared: Path) -> Scenario | None:
 
 def all_scenarios(end: datetime | None = None, shared: Path | None = None) -> list[Scenario]:
     end = end or datetime(2026, 11, 20, 14, 0, tzinfo=UTC)
-    out: list[Scenario] = [f(end) for f in (steady, fault_burst, energy_waste, energy_spike, counter_meter)]
+    out: list[Scenario] = [f(end) for f in (steady, fault_burst, energy_waste, energy_spike, counter_meter,
+                                            stops_day)]
     if shared is not None:
         a = ai4i(end, shared)
         if a is not None:
@@ -286,6 +298,36 @@ def counter_meter(end: datetime) -> Scenario:
     s.meter_reset = _t(end, 5)
     s.meter_silent = (_t(end, 3.5), _t(end, 1.5))
     return s
+
+
+def stops_day(end: datetime) -> Scenario:
+    """A day with two burst-rule stops and a supervisor's planned stop, each restarted by a supervisor."""
+    s = Scenario("stops_day", "L7", end - timedelta(hours=8), end, dict(DEVICES))
+    rule = "stop rule: 8 rejects in the last 10 parts (limit 8/10)"
+    s.line_stops = [(_t(end, 6), _t(end, 6) + timedelta(minutes=10), "runtime:L7", rule),
+                    (_t(end, 3), _t(end, 3) + timedelta(minutes=5), "runtime:L7", rule),
+                    (_t(end, 1.5), _t(end, 1.5) + timedelta(minutes=20), "user:supervisor", "planned: tool change")]
+    return s
+
+
+def _audit_stops(db_url: str, scenarios: list[Scenario]) -> None:
+    """The scenarios' stops written the way the line's controller writes them (line_agent.audit.AuditWriter)."""
+    from hardware.tags import AuditRecord
+    from line_agent.audit import AuditWriter
+
+    if not any(s.line_stops for s in scenarios):
+        return
+    audit = AuditWriter(db_url)
+    try:
+        for s in scenarios:
+            hook = audit.hook(s.line)
+            for a, b, actor, reason in s.line_stops:
+                hook(AuditRecord(action="stop", outcome="ok", line=s.line, tag="run_cmd", value=False, reason=reason,
+                                 actor=actor, ts=a.timestamp()))
+                hook(AuditRecord(action="start", outcome="ok", line=s.line, tag="run_cmd", value=True,
+                                 reason="restarted after the check", actor="user:supervisor", ts=b.timestamp()))
+    finally:
+        audit.close()
 
 
 def front_door_messages(s: Scenario, sim: _Sim, site: str = "eval") -> list[tuple[str, bytes]]:
@@ -379,6 +421,7 @@ def load_front_door(mqtt_url: str, db_url: str, data_dir: Path, scenarios: list[
         client.close()
         stop.set()
         th.join(30)
+    _audit_stops(db_url, scenarios)
     for s, sim in zip(scenarios, sims, strict=True):
         _ground_truth(s, sim)
     return sims

@@ -9,7 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from line_agent.agent.evaluate import aggregate, run_eval
-from line_agent.agent.scenarios import Scenario, counter_meter, energy_spike, steady
+from line_agent.agent.scenarios import Scenario, counter_meter, energy_spike, steady, stops_day
 from line_agent.agent.triggers import Scheduler, last_shift, on_alarm, run_due
 from line_agent.agent_cli import register
 from llm_ops.accounting import totals
@@ -47,8 +47,8 @@ def test_alarm_alert_on_spike_only(scenario_db: tuple[str, dict[str, Scenario]])
 def test_eval_template_meets_targets(pg_url: str, mqtt_url: str) -> None:
     end = datetime(2026, 11, 20, 14, 0, tzinfo=UTC)
     scores = run_eval(pg_url, ["template"], langs=("en", "zh"), mqtt_url=mqtt_url,
-                      scenarios=[steady(end), energy_spike(end), counter_meter(end)])
-    assert len(scores) == 6
+                      scenarios=[steady(end), energy_spike(end), counter_meter(end), stops_day(end)])
+    assert len(scores) == 8
     for row in aggregate(scores):
         assert row["number_accuracy"] == 1.0 and row["fact_coverage"] >= 0.9 and row["names_accuracy"] == 1.0
 

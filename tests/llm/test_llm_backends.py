@@ -111,16 +111,16 @@ def test_openai_compatible_against_real_server(llama_server: str) -> None:
 
 
 @pytest.mark.slow
-def test_summary_through_real_server_is_verified(llama_server: str, fresh_db: str) -> None:
+def test_summary_through_real_server_is_verified(llama_server: str, fresh_db: str, mqtt_url: str,
+                                                tmp_path: Path) -> None:
     """Whole agent through the server: whatever the small model writes, what is stored verifies."""
     from line_agent.agent import summarize
-    from line_agent.agent.scenarios import fault_burst, load
+    from line_agent.agent.scenarios import fault_burst, load_front_door
     from line_agent.store.migrate import migrate
 
     migrate(fresh_db)
     s = fault_burst(datetime(2026, 11, 20, 14, 0, tzinfo=UTC))
-    with psycopg.connect(fresh_db) as conn:
-        load(conn, s)
+    load_front_door(mqtt_url, fresh_db, tmp_path, [s])
     be = make_backend(f"openai:{llama_server}#gemma-3-270m", timeout_s=300)
     r = summarize(fresh_db, s.line, start=s.end - timedelta(hours=8), end=s.end, backend=be)
     assert r.verdict in ("verified", "regenerated", "fallback_template")

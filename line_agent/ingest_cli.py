@@ -59,6 +59,23 @@ def ingest(
         run_workers(workers, stop, log_dir=cfg.data_dir / "logs", share_group=share_group)
 
 
+def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        typer.echo(f"error: {option} must be {' or '.join(allowed)}, not {value!r}", err=True)
+        raise typer.Exit(2)
+
+
+def _replay_broker() -> str:
+    """The broker a replay publishes to (LINEGUARD_MQTT_URL), or exit 2 saying so."""
+    from line_agent.settings import Settings
+
+    url = Settings().mqtt_url
+    if not url:
+        typer.echo("error: set LINEGUARD_MQTT_URL (mqtt://host:port) to the broker to publish to", err=True)
+        raise typer.Exit(2)
+    return url
+
+
 @replay_app.command("ai4i")
 def replay_ai4i_cmd(
     path: Annotated[Path, typer.Argument(help="ai4i2020.tsv (shared/datasets/ai4i2020/).", exists=True,
@@ -74,15 +91,9 @@ def replay_ai4i_cmd(
 ) -> None:
     """Publish the AI4I 2020 table: process values, power, energy per part, failures as fault events."""
     from line_agent.replay import Ai4iError, replay_ai4i
-    from line_agent.settings import Settings
 
-    if fmt not in ("json", "sparkplug"):
-        typer.echo(f"error: --format must be json or sparkplug, not {fmt!r}", err=True)
-        raise typer.Exit(2)
-    url = Settings().mqtt_url
-    if not url:
-        typer.echo("error: set LINEGUARD_MQTT_URL (mqtt://host:port) to the broker to publish to", err=True)
-        raise typer.Exit(2)
+    _choice("--format", fmt, ("json", "sparkplug"))
+    url = _replay_broker()
     try:
         res = replay_ai4i(path, url, rate=rate, fmt=fmt, line=line, site=site, cycle_s=cycle_s,  # type: ignore[arg-type]
                           start_ts=start, limit=limit)
@@ -114,15 +125,9 @@ def replay_csv_cmd(
     """Publish a plant's own history (meter export, historian dump) over MQTT per the contract (docs/MQTT.md)."""
     from line_agent.mqtt import Publisher
     from line_agent.replay_csv import ColumnMap, CsvMapping, CsvReplayError, replay_csv
-    from line_agent.settings import Settings
 
-    if stamp not in ("start", "end"):
-        typer.echo(f"error: --stamp must be start or end, not {stamp!r}", err=True)
-        raise typer.Exit(2)
-    url = Settings().mqtt_url
-    if not url:
-        typer.echo("error: set LINEGUARD_MQTT_URL (mqtt://host:port) to the broker to publish to", err=True)
-        raise typer.Exit(2)
+    _choice("--stamp", stamp, ("start", "end"))
+    url = _replay_broker()
     try:
         mapping = CsvMapping(ts_column=ts_col, metrics=[ColumnMap.parse(x) for x in metric], ts_format=ts_format,
                              timezone=tz, stamp=stamp, interval_s=interval_s, device=device)  # type: ignore[arg-type]

@@ -58,8 +58,9 @@ def train_cmd(
     ),
     val: float | None = typer.Option(
         None, "--val",
-        help="stratified random validation share, every class in both parts (default 0.2; 0 with --weights, "
-        "where a few feedback images are all there is; 0 = none)",
+        help="stratified random validation share, every class in both parts or an error (default 0.2, or none "
+        "with a warning when the data is too small to split; 0 with --weights, where a few feedback images are "
+        "all there is; 0 = none)",
     ),
     out: Path = typer.Option(DEFAULT_REGISTRY, "--out", help="registry directory"),
     name: str = typer.Option("pcb", "--name", help="model name in the registry"),
@@ -89,7 +90,7 @@ def train_cmd(
     )
 
     if arch != "auto" and arch not in DEFAULT_EPOCHS:
-        _fail(f"--arch must be auto or one of {', '.join(DEFAULT_EPOCHS)}, got {arch!r}")
+        _fail(f"--arch must be one of {', '.join(DEFAULT_EPOCHS)} (or auto), got {arch!r}")
         return
     if val is not None and not 0.0 <= val < 1.0:
         _fail(f"--val must be in [0, 1), got {val}")
@@ -114,6 +115,7 @@ def train_cmd(
         model=model,
         holdout_last=holdout_last,
         val=val_share,
+        val_strict=val is not None,
         out=out,
         name=name,
         stacking=stacking,

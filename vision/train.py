@@ -64,6 +64,9 @@ class TrainConfig:
     holdout_last: int = 0
     #: Stratified random validation share (vision.datasets.split_stratified, ``seed``); ignored with holdout_last.
     val: float = 0.0
+    #: False when ``val`` is only the default (no --val given): data too small to split then trains without a
+    #: validation part, with a warning saying why, instead of failing.
+    val_strict: bool = True
     out: Path = Path("var/registry")
     name: str = "pcb"
     stacking: str = "diff"
@@ -193,7 +196,10 @@ def load_split(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
         try:
             fit, held = datasets.split_stratified(samples, cfg.val, cfg.seed)
         except ValueError as e:
-            raise TrainError(f"--val {cfg.val}: {e}") from e
+            if cfg.val_strict:
+                raise TrainError(f"--val {cfg.val}: {e}") from e
+            log.warning("no validation part: the default --val %s cannot be made (%s)", cfg.val, e)
+            fit, held = list(samples), []
     else:
         fit, held = list(samples), []
     if not fit:
@@ -290,6 +296,15 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainResult:
         raise TrainError(f"--arch must be one of {', '.join(ARCHS)}, got {cfg.arch!r}")
     if cfg.arch == "hybrid":
         from vision.train_hybrid import train_registry
+
+        # Before any split: a missing template is the data's first problem, whatever the validation part.
+        no_template = [s.sample_id or str(s.image_path) for s in load_samples(cfg.data, cfg.fmt, cfg.split)
+                       if s.template_path is None]
+        if no_template:
+            raise TrainError(
+                f"--arch hybrid needs a golden template for every sample; {len(no_template)} have none "
+                f"(first: {no_template[0]}). Use --arch centernet (or --arch yolo) for data without templates."
+            )
 
         cmd = command or " ".join(shlex.quote(a) for a in ["lineguard", *sys.argv[1:]])
         return train_registry(cfg, cmd)

@@ -425,6 +425,6 @@ def train_registry(cfg: TrainConfig, command: str) -> TrainResult:
         metrics["heldout_part"] = "holdout_last" if cfg.holdout_last else f"stratified val {cfg.val} seed {cfg.seed}"
     else:
         metrics["heldout"] = None
-        metrics["note"] = "no validation part (--val 0): no held-out evaluation"
+        metrics["note"] = "no validation part (--val 0, or data too small to split): no held-out evaluation"
     (entry.path / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return TrainResult(entry=entry, metrics=metrics, train_seconds=stats["train_seconds"])

@@ -188,3 +188,13 @@ def test_centernet_edge_path_imports_no_torch(tmp_path: Path) -> None:
     xyxy, scores, cls = decode(peaks, reg, 8, 0.3, 10)
     assert cls.tolist() == [1] and scores.tolist() == pytest.approx([0.9])
     assert xyxy[0].tolist() == pytest.approx([36 - 16, 28 - 8, 36 + 8, 28 + 4])
+
+
+def test_default_val_on_data_too_small_to_split_warns_explicit_val_fails(tmp_path: Path) -> None:
+    from vision.train import TrainConfig, TrainError, load_split
+
+    data = write_voc(tmp_path / "tiny", 1, size=32, seed=1)  # one image per class: no split possible
+    fit, held = load_split(TrainConfig(data=data, fmt="voc", val=0.2, val_strict=False))
+    assert len(fit) == 4 and held == []
+    with pytest.raises(TrainError, match=r"--val 0.2: class\(es\) .* appear on only one image"):
+        load_split(TrainConfig(data=data, fmt="voc", val=0.2))

@@ -326,6 +326,7 @@ class PlantApp:
             training_dir=self.data / "feedback", admin_token=token,
             summarize=make_summarizer(self.db_url, self.lines[0].site, publisher.publish),
             extra_checks=self.checks, line_status=self.line_status,
+            calendars={ln.line: (ln.shifts, ln.timezone) for ln in self.lines},
             max_body_bytes=self.settings.api_max_body_bytes, auth_fail_burst=self.settings.api_auth_fail_burst,
             auth_fail_window_s=self.settings.api_auth_fail_window_s,
         )

@@ -91,6 +91,9 @@ class ApiDeps:
     summarize: SummarizeFn | None = None
     #: More readiness checks from the process that runs the line (cameras, broker, models): name -> "ok" or why not.
     extra_checks: Callable[[], Mapping[str, str]] | None = None
+    #: Per line: its shift calendar and the plant's time zone (the line YAML's ``shifts`` and ``timezone``);
+    #: a line without one falls back to ``shifts`` in UTC.
+    calendars: Mapping[str, tuple[tuple[Any, ...], str]] = field(default_factory=dict)
     #: The runtime's view of a line (state, cause, cameras with frames/s), or None when no runtime runs it.
     line_status: Callable[[str], Mapping[str, Any] | None] | None = None
     frames_dir: Path | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date as date_
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -301,6 +302,9 @@ class SummaryIn(Strict):
     hours: float = Field(default=8.0, gt=0, le=168, description="Window length, ending now (or at `end`).")
     start: datetime | None = Field(default=None, description="Window start (with a zone); overrides `hours`.")
     end: datetime | None = Field(default=None, description="Window end (with a zone); default now.")
+    shift: Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")] | None = \
+        Field(default=None, description="A shift of the line's calendar (with `date`): that shift's window.")
+    date: date_ | None = Field(default=None, description="The day the shift starts (plant time).")
     lang: Literal["en", "zh"] = "en"
 
     @model_validator(mode="after")

@@ -365,6 +365,33 @@ def _shift_of(deps: ApiDeps, t: datetime) -> tuple[str, str, datetime]:
     return t.date().isoformat(), "-", t.replace(minute=0, second=0, microsecond=0)
 
 
+def _calendar_shifts(conn: psycopg.Connection[Any], deps: ApiDeps, line: str, since: datetime,
+                     until: datetime) -> list[ShiftRow]:
+    """One row per shift of the line's calendar overlapping the window (cut at it): energy by the one energy
+    computation over exactly that shift, parts and faults counted within it."""
+    from line_agent import energy as energy_mod
+    from line_agent.meters import shifts_between
+
+    shifts, tz = deps.calendars[line]
+    out: list[ShiftRow] = []
+    for day, name, s, e in shifts_between(tuple(shifts), since, until, tz):
+        kwh = energy_mod.compute(conn, line, s, e).total
+        cur = conn.cursor(row_factory=dict_row)
+        q = cur.execute(
+            "SELECT count(*) AS parts, count(*) FILTER (WHERE coalesce(override, decision) = 'pass') AS good,"
+            " count(*) FILTER (WHERE coalesce(override, decision) <> 'pass') AS rejects FROM inspections"
+            " WHERE line = %(l)s AND ts >= %(s)s AND ts < %(e)s", {"l": line, "s": s, "e": e}).fetchone() or {}
+        f = cur.execute(
+            "SELECT count(*) AS n, coalesce(sum(duration_s), 0) AS down FROM events WHERE line = %(l)s"
+            " AND kind = 'fault' AND ts >= %(s)s AND ts < %(e)s", {"l": line, "s": s, "e": e}).fetchone() or {}
+        parts, good, rejects = int(q.get("parts", 0)), int(q.get("good", 0)), int(q.get("rejects", 0))
+        out.append(ShiftRow(day=day.isoformat(), shift=name, start=s, parts=parts, rejects=rejects,
+                            reject_rate=rejects / parts if parts else None, kwh=kwh,
+                            kwh_per_good_part=kwh / good if good else None, faults=int(f.get("n", 0)),
+                            downtime_s=float(f.get("down", 0.0))))
+    return out
+
+
 @router.get("/api/telemetry/shifts", response_model=Series[ShiftRow], tags=["telemetry"],
             summary="Shift comparison: parts, reject rate, energy per good part, faults, downtime",
             **guarded(Role.viewer))
@@ -373,6 +400,9 @@ async def shifts(request: Request, line: Ident | None = None, hours: Annotated[f
     deps = deps_of(request)
     line_ = resolve_line(deps, line)
     since, end = window(hours, until)
+    if line_ in deps.calendars:  # the line's own calendar, in the plant's time zone
+        cal_items = await _sync(request, _calendar_shifts, deps, line_, since, end)
+        return Series[ShiftRow](line=line_, since=since, until=end, items=cal_items)
     rows = await _sync(request, _bucket_rows, deps, line_, since, end, 3600)
     acc: dict[tuple[str, str], dict[str, Any]] = defaultdict(
         lambda: {"parts": 0, "rejects": 0, "good": 0, "kwh": 0.0, "faults": 0, "downtime_s": 0.0})
@@ -449,6 +479,16 @@ async def request_summary(request: Request, body: SummaryIn, who: Principal = De
         raise HTTPException(409, "no summarizer configured on this server")
     end = body.end.astimezone(UTC) if body.end else datetime.now(UTC)
     start = body.start.astimezone(UTC) if body.start else end - timedelta(hours=body.hours)
+    if body.shift is not None:
+        from line_agent.meters import ShiftError, shift_window
+
+        if line not in deps.calendars or body.date is None:
+            raise HTTPException(422, "a shift needs its date and a line with a shift calendar (the line YAML)")
+        shifts, tz = deps.calendars[line]
+        try:
+            start, end = shift_window(tuple(shifts), body.shift, body.date, tz)
+        except ShiftError as exc:
+            raise HTTPException(422, str(exc)) from exc
     try:
         if pyinspect.iscoroutinefunction(deps.summarize):
             result = await asyncio.wait_for(deps.summarize(line=line, start=start, end=end, lang=body.lang), 300)

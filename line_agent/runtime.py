@@ -83,6 +83,8 @@ class CameraStatus:
     frames: int = 0
     last_frame_ts: float | None = None
     live: bool = False
+    #: The classes the camera's model reports (the label editor and the feedback set take these).
+    classes: list[str] = field(default_factory=list)
     _recent: deque[float] = field(default_factory=lambda: deque(maxlen=64), repr=False)
 
     def frame(self, ts: float) -> None:
@@ -292,6 +294,7 @@ class LineRuntime:
                     await asyncio.wait_for(self._stop.wait(), MODEL_RETRY_S)
                 continue
             st.model, st.detail = detector.name, ""
+            st.classes = [str(c) for c in getattr(detector, "classes", ())]
             return detector
         return None
 

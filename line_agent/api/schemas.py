@@ -67,6 +67,15 @@ class CauseOut(BaseModel):
     ts: float = Field(description="Epoch seconds.")
 
 
+class CameraClassesOut(BaseModel):
+    line: str
+    camera: str
+    model: str = Field(description="The detector the camera runs now ('' when no runtime serves it).")
+    classes: list[str] = Field(description="What the editor offers and the feedback set accepts.")
+    source: Literal["runtime", "default"] = Field(
+        description="runtime: the loaded model's own classes; default: the six PCB classes.")
+
+
 class CameraOut(BaseModel):
     state: str = Field(description="connected / reconnecting / stalled / ended / loading_model / model_error ...")
     detail: str = ""
@@ -74,6 +83,7 @@ class CameraOut(BaseModel):
     frames: int = 0
     fps: float = 0.0
     last_frame_ts: float | None = Field(default=None, description="Epoch seconds of the last frame read.")
+    classes: list[str] = Field(default_factory=list, description="The classes its model reports.")
 
 
 class LineStateOut(BaseModel):
@@ -208,7 +218,8 @@ class InspectionPage(BaseModel):
 
 
 class LabelBox(Strict):
-    cls: DefectClass
+    cls: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
+        description="A class of the camera's model (GET /api/cameras/{camera}/classes).")
     x1: float = Field(ge=0, le=100000)
     y1: float = Field(ge=0, le=100000)
     x2: float = Field(ge=0, le=100000)

@@ -25,6 +25,7 @@ from line_agent.api.control import Limit, Offset, resolve_line
 from line_agent.api.db import audit, deps_of, fetch_all, fetch_one, pool_of
 from line_agent.api.deps import ApiDeps
 from line_agent.api.schemas import (
+    CameraClassesOut,
     CameraModelOut,
     DecisionKind,
     DefectOut,
@@ -194,6 +195,28 @@ async def get_frame(request: Request, inspection_id: InspectionId) -> Response:
     raise HTTPException(404, f"no frame stored for inspection {inspection_id!r}")
 
 
+def camera_classes(deps: ApiDeps, line: str, camera: str) -> tuple[str, list[str] | None]:
+    """(model, classes) of the model a camera runs now, from the runtime; ("", None) when none serves it."""
+    status = deps.line_status(line) if deps.line_status is not None else None
+    cam = ((status or {}).get("cameras") or {}).get(camera) or {}
+    classes = [str(c) for c in cam.get("classes") or []]
+    return str(cam.get("model") or ""), (classes or None)
+
+
+@router.get("/api/cameras/{camera}/classes", response_model=CameraClassesOut, tags=["review"],
+            summary="The classes of the model a camera runs (what the label editor offers)",
+            **guarded(Role.viewer))
+async def get_camera_classes(request: Request, camera: Annotated[str, PathParam(
+        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")], line: Ident | None = None) -> CameraClassesOut:
+    from vision.types import DEFECT_CLASSES
+
+    deps = deps_of(request)
+    line_ = resolve_line(deps, line)
+    model, classes = camera_classes(deps, line_, camera)
+    return CameraClassesOut(line=line_, camera=camera, model=model, classes=classes or list(DEFECT_CLASSES),
+                            source="runtime" if classes else "default")
+
+
 def _save_training_sample(deps: ApiDeps, row: dict[str, Any], frame: Path | None, jpeg: bytes | None,
                           labels: Sequence[tuple[str, float, float, float, float]]) -> str:
     """Write the frame and its corrected labels into the training set (vision.feedback: DeepPCB layout)."""
@@ -222,8 +245,10 @@ def _save_training_sample(deps: ApiDeps, row: dict[str, Any], frame: Path | None
     f = Frame(camera=str(row["camera"]), seq=0, ts=row["ts"].timestamp(), image=image.astype(np.uint8, copy=False),
               template=None if template is None else template.astype(np.uint8, copy=False),
               part_id=str(row["part_id"]))
+    # The camera's model's classes (any product); the six PCB classes when no runtime says otherwise.
+    _model, classes = camera_classes(deps, str(row["line"]), str(row["camera"]))
     sample = save_feedback(deps.training_dir, f, [Label(Box(x1, y1, x2, y2), cls) for cls, x1, y1, x2, y2 in labels],
-                           note=f"inspection {row['inspection_id']}")
+                           note=f"inspection {row['inspection_id']}", classes=classes)
     return str(sample.image_path)
 
 

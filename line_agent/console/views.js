@@ -9,8 +9,8 @@ import { changed, onChange } from "./state.js";
 import { commandAllowed, confirmDialog, sendCommand } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
-// The label classes the API accepts (schemas.DefectClass); the editor offers the camera model's own classes
-// among them when the registry says which they are.
+// The six PCB classes: what the editor offers when no runtime says which classes a camera's model has
+// (GET /api/cameras/{camera}/classes answers with the model's own, for any product).
 const CLASSES = ["open", "short", "mousebite", "spur", "spurious_copper", "pin_hole"];
 const loaders = {};
 let S = null; // the session (me, line)
@@ -215,10 +215,18 @@ async function refreshDetail(status) {
 async function openEditor(id) {
   const d = await api(`/api/inspections/${encodeURIComponent(id)}`);
   ed.id = id; ed.detail = d; ed.sel = -1;
-  const mine = (modelClasses[d.camera] || []).filter((c) => CLASSES.includes(c));
-  const offer = mine.length ? mine : CLASSES;
+  // The classes of the model this camera runs now (any product's), as the server will accept them.
+  let offer = CLASSES;
+  try {
+    const c = await api(`/api/cameras/${encodeURIComponent(d.camera)}/classes?line=${encodeURIComponent(d.line || S.line)}`);
+    offer = c.classes;
+  } catch {
+    const mine = modelClasses[d.camera] || [];
+    if (mine.length) offer = mine;
+  }
+  ed.classes = offer;
   $("ed-class").replaceChildren(...offer.map((c) => new Option(c, c)));
-  ed.boxes = d.defects.filter((x) => CLASSES.includes(x.cls)).map((x) => ({ cls: x.cls, box: x.box.slice() }));
+  ed.boxes = d.defects.filter((x) => offer.includes(x.cls)).map((x) => ({ cls: x.cls, box: x.box.slice() }));
   if (d.corrections.length) {
     ed.boxes = d.corrections[d.corrections.length - 1].labels.map((x) => ({ cls: x.cls, box: x.box.slice() }));
   }

@@ -20,6 +20,15 @@ from line_agent.services import EmbeddedBroker, EmbeddedPostgres, mosquitto_bina
 
 REPO = Path(__file__).resolve().parents[1]
 
+try:  # CI runs the property tests on a fixed seed: a red build then always means the same falsifying case
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("ci", derandomize=True, print_blob=True)
+    if os.environ.get("CI"):
+        _hyp_settings.load_profile("ci")
+except ImportError:  # the runtime-only environment has no hypothesis
+    pass
+
 
 def shared_dir() -> Path:
     return Path(os.environ.get("LINEGUARD_SHARED", REPO.parent / "shared"))

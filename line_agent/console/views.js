@@ -47,7 +47,12 @@ export function initReview(session) {
   if (wired) return;
   const sel = f.elements.cls;
   for (const c of CLASSES) sel.append(new Option(c, c));
-  verdicts().then((vs) => { for (const v of vs) f.elements.decision.append(new Option(v, v)); }).catch(() => {});
+  verdicts().then((vs) => {
+    for (const v of vs) {
+      f.elements.decision.append(new Option(v, v));
+      f.elements.model_decision.append(new Option(v, v));  // a reject overridden to pass still matches reject
+    }
+  }).catch(() => {});
   $("ed-class").replaceChildren(...CLASSES.map((c) => new Option(c, c)));
   f.addEventListener("submit", (e) => { e.preventDefault(); gal.offset = 0; loadGallery(); });
   $("g-prev").addEventListener("click", () => { gal.offset = Math.max(0, gal.offset - gal.limit); loadGallery(); });
@@ -71,7 +76,7 @@ async function loadGallery() {
   if (!Object.keys(modelClasses).length) await loadCameras();
   const f = new FormData($("gallery-filter"));
   const q = new URLSearchParams({ limit: gal.limit, offset: gal.offset, line: f.get("line") || S.line });
-  for (const k of ["cls", "decision", "camera"]) if (f.get(k)) q.set(k, f.get(k));
+  for (const k of ["cls", "decision", "model_decision", "overridden", "camera"]) if (f.get(k)) q.set(k, f.get(k));
   for (const k of ["since", "until"]) if (f.get(k)) q.set(k, new Date(f.get(k)).toISOString());
   const page = await api(`/api/inspections?${q}`);
   gal.total = page.total;

@@ -91,7 +91,7 @@ class CenterNetDetector:
         threads: int = 2,
         max_det: int = 100,
     ) -> None:
-        import onnxruntime as ort
+        from vision.detectors.onnx import cpu_session
 
         model_dir = Path(model_dir)
         if model_dir.is_file() and model_dir.suffix == ".onnx":
@@ -101,16 +101,7 @@ class CenterNetDetector:
             raise FileNotFoundError(f"ONNX model not found: {model_path}")
         self.meta = CenterNetMeta.load(model_dir)
         self.spec = InputSpec.load(model_dir)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, int(threads))
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-        inp = self._session.get_inputs()[0]
-        self._input_name = inp.name
-        if list(inp.shape[2:]) != [self.spec.size, self.spec.size]:
-            raise ValueError(f"{model_path}: input shape {inp.shape} does not match spec size {self.spec.size}")
+        self._session, self._input_name = cpu_session(model_path, threads, self.spec.size)
         outs = {o.name: o.shape for o in self._session.get_outputs()}
         if set(outs) != {"peaks", "reg"}:
             raise ValueError(f"{model_path}: outputs {sorted(outs)}, expected 'peaks' and 'reg' (a centernet export)")

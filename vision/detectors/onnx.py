@@ -43,6 +43,26 @@ def _make_template_pass() -> Detector | None:
         return None
 
 
+
+def cpu_session(model_path: Path, threads: int, size: int) -> tuple[Any, str]:
+    """An onnxruntime CPU session for a square ``size`` input, and its input's name.
+
+    A fixed thread count: the edge box runs other workers too, and ORT defaults to all cores."""
+    import onnxruntime as ort
+
+    if not model_path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {model_path}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, int(threads))
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    if list(inp.shape[2:]) != [size, size]:
+        raise ValueError(f"{model_path}: input shape {inp.shape} does not match spec size {size}")
+    return session, str(inp.name)
+
 class OnnxDetector:
     """Detector over an exported YOLO ONNX model. Build with from_dir / from_registry / default."""
 
@@ -59,22 +79,8 @@ class OnnxDetector:
         unknown_pass: bool = True,
         unknown_iou: float = 0.1,
     ) -> None:
-        import onnxruntime as ort
-
         model_path = Path(model_path)
-        if not model_path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {model_path}")
-        opts = ort.SessionOptions()
-        # Fixed thread count: the edge box runs other workers too, and ORT defaults to all cores.
-        opts.intra_op_num_threads = max(1, int(threads))
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-        inp = self._session.get_inputs()[0]
-        self._input_name = inp.name
-        if list(inp.shape[2:]) != [spec.size, spec.size]:
-            raise ValueError(f"{model_path}: input shape {inp.shape} does not match spec size {spec.size}")
+        self._session, self._input_name = cpu_session(model_path, threads, spec.size)
         out_shape = self._session.get_outputs()[0].shape
         if len(out_shape) == 3 and isinstance(out_shape[1], int) and out_shape[1] != 4 + len(spec.class_names):
             raise ValueError(

@@ -106,8 +106,7 @@ def _broker(settings: Settings, timeout_s: float) -> CheckResult:
         ok = pub.wait_connected(timeout_s)
     finally:
         with contextlib.suppress(Exception):
-            pub.client.disconnect()
-            pub.client.loop_stop()
+            pub.close(flush_timeout_s=0)  # nothing was published
     url = redact(settings.mqtt_url)
     return CheckResult("broker", ok, f"{url}: connected" if ok else f"{url}: no connection within {timeout_s:g} s")
 

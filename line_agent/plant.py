@@ -276,7 +276,7 @@ class PlantApp:
         """Readiness beyond the database: the broker, and each line's PLC link, cameras and models."""
         out: dict[str, str] = {}
         pub = self.publisher
-        out["broker"] = "ok" if pub is not None and pub.connected.is_set() else \
+        out["broker"] = "ok" if pub is not None and pub.is_connected() else \
             f"broker unreachable ({redact(self.mqtt_url)})"
         for rt in self.runtimes.values():
             out.update(rt.health())
@@ -301,7 +301,7 @@ class PlantApp:
         from line_agent.outbox import Outbox
         from line_agent.runtime import LineRuntime
 
-        self.stop_event = stop = asyncio.Event()
+        stop = self.stop_event
         hub = LiveHub()
         audit = AuditWriter(self.db_url)
         # Everything the runtime publishes goes through the disk outbox: nothing is lost while the

@@ -145,6 +145,7 @@ class LineRuntime:
         self.reject_latency_ms: list[float] = []
         self.actor = f"runtime:{cfg.line}"
         self._passes: dict[str, int] = {}  # passed parts per camera, for the kept sample
+
     def topic_for(self, camera: str) -> str:
         return topic(self.cfg.site, self.cfg.line, self.cfg.mqtt.cell or camera, "inspection", self.cfg.mqtt.prefix)
 
@@ -343,7 +344,7 @@ class LineRuntime:
         latency_s = time.perf_counter() - t0
         FRAMES.labels(line=self.cfg.line, camera=cam.name).inc()
         INFERENCE_LATENCY.labels(camera=cam.name).observe(latency_s)
-        verdict = Verdict(cam.qa.decide(detections).action)
+        verdict = cam.qa.decide(detections).action
         ts = time.time()
         self.counters.add(verdict, ts)
         part_id = frame.part_id or f"{cam.name}-{frame.seq}"

@@ -17,10 +17,11 @@ Published as ``TelemetryPoint`` lists on ``<prefix>/<site>/<line>/<cell>/telemet
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -134,7 +135,7 @@ def read_points(path: Path, m: CsvMapping) -> Iterator[tuple[float, dict[str, fl
             raise CsvReplayError(f"{path}: column(s) {', '.join(map(repr, missing))} not in the header "
                                  f"({', '.join(cols)})")
         running: dict[str, float] = {}  # the register built from each column's energy per interval
-        shift = timedelta(seconds=m.interval_s).total_seconds()
+        shift = m.interval_s
         for n, row in enumerate(reader, start=2):
             ts = _parse_ts(row[m.ts_column] or "", m, f"row {n} {m.ts_column}")
             out: dict[str, tuple[float, float]] = {}  # metric -> (value, its time)
@@ -181,8 +182,6 @@ def replay_csv(path: Path, mapping: CsvMapping, publish: Callable[[str, bytes], 
 
     def flush() -> None:
         if batch:
-            import json
-
             publish(t, json.dumps(batch, separators=(",", ":")).encode())
             res.messages += 1
             batch.clear()

@@ -13,6 +13,8 @@ Kinds and payloads the runtime sends (extra keys are passed through):
 * ``frame``: ``{"line", "camera", "jpeg": bytes, "width", "height", "boxes": [{"cls", "confidence",
   "box": [x1, y1, x2, y2]}], "inspection_id", "decision", "ts"}``. The JPEG stays in the hub
   (``GET /api/live/frame/{camera}``); the event carries the rest plus ``seq``.
+* ``alarm`` (the API's alarm watcher, not kept for the snapshot): ``{"line", "change": "raised|acknowledged|
+  cleared|updated", "alarm": AlarmOut}``.
 * anything else (e.g. ``alert``, ``summary``): forwarded as is.
 """
 
@@ -54,8 +56,10 @@ class LiveHub:
     _seq: int = field(default=0, init=False, repr=False)
     published: int = field(default=0, init=False)
 
-    def publish(self, kind: str, data: dict[str, Any]) -> None:
-        """Publish one event. Safe from any thread and from inside or outside an event loop."""
+    def publish(self, kind: str, data: dict[str, Any], *, retain: bool = True) -> None:
+        """Publish one event. Safe from any thread and from inside or outside an event loop.
+
+        ``retain=False``: a change, not a state (e.g. ``alarm``): sent to the subscribers, not kept for the snapshot."""
         if not isinstance(kind, str) or not kind:
             raise ValueError("kind must be a non-empty string")
         if not isinstance(data, dict):
@@ -77,7 +81,8 @@ class LiveHub:
             else:
                 key = f"{kind}:{payload.get('line', '')}"
             payload = _jsonable(payload)
-            self._latest[key] = {"kind": kind, "data": payload}
+            if retain:
+                self._latest[key] = {"kind": kind, "data": payload}
             self.published += 1
             subs = list(self._subs)
         for sub in subs:

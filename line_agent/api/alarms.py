@@ -10,13 +10,17 @@ Nothing here invents an alarm: each one is derived from what lineguard already r
   ``line_targets`` (reject rate over a window, kWh in the last hour). One open alarm per condition
   (``key = cond:<name>``); the API clears it when the condition goes.
 
-The API brings the ``alarms`` table up to date whenever alarms are read (``GET /api/alarms``; the console polls
-it), under an advisory lock so two readers do not raise one alarm twice. Acknowledging (``alarm_acks``) and
+The API brings the ``alarms`` table up to date whenever alarms are read (``GET /api/alarms``) and, while a console
+listens on the live stream, in the background (``AlarmWatch``), which pushes each change (raised, acknowledged,
+cleared) to the consoles as an ``alarm`` event; all under an advisory lock so two readers do not raise one alarm
+twice. Acknowledging (``alarm_acks``) and
 clearing need a supervisor and are audited (``alarm.ack``, ``alarm.clear``) with the person's note.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,11 +29,12 @@ from typing import Annotated, Any, Literal
 import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from psycopg.rows import dict_row
+from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
 from line_agent.api.auth import ErrorOut, Principal, Role, guarded, principal, unprocessable
-from line_agent.api.control import read_state, resolve_line
-from line_agent.api.db import audit, deps_of, pool_of
+from line_agent.api.control import check_line, line_filter, read_state, resolve_line
+from line_agent.api.db import HasApp, audit, deps_of, pool_of
 from line_agent.api.deps import ApiDeps
 from line_agent.api.schemas import AlarmNoteIn, AlarmOut, AlarmPage, Ident, IsoTime, TargetsIn, TargetsOut
 
@@ -87,7 +92,7 @@ def _check_condition(name: str, value: str, lines: list[str]) -> Condition:
     return Condition(f"cond:{name}", line, k, sev, title, str(value), "readiness")
 
 
-async def current_conditions(request: Request, deps: ApiDeps) -> list[Condition]:
+async def current_conditions(request: HasApp, deps: ApiDeps) -> list[Condition]:
     out: dict[str, Condition] = {}
     if deps.extra_checks is not None:
         try:
@@ -130,7 +135,7 @@ async def current_conditions(request: Request, deps: ApiDeps) -> list[Condition]
     return list(out.values())
 
 
-async def _reject_rate(request: Request, line: str, window_min: float) -> tuple[int, int] | None:
+async def _reject_rate(request: HasApp, line: str, window_min: float) -> tuple[int, int] | None:
     async with pool_of(request).connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
@@ -141,7 +146,7 @@ async def _reject_rate(request: Request, line: str, window_min: float) -> tuple[
     return None if row is None else (int(row["parts"]), int(row["bad"]))
 
 
-async def _kwh_last_hour(request: Request, deps: ApiDeps, line: str) -> float | None:
+async def _kwh_last_hour(request: HasApp, deps: ApiDeps, line: str) -> float | None:
     from line_agent.store import queries
 
     end = datetime.now(UTC)
@@ -160,10 +165,11 @@ async def _kwh_last_hour(request: Request, deps: ApiDeps, line: str) -> float | 
 
 
 # ---- bringing the table up to date ---------------------------------------------------------------
-async def sync_alarms(request: Request) -> None:
-    """Raise event alarms from new audit rows; open / update / clear condition alarms."""
+async def sync_alarms(request: HasApp, conditions: bool = True) -> None:
+    """Raise event alarms from new audit rows; with ``conditions``, open / update / clear condition alarms too."""
     deps = deps_of(request)
-    conds = await current_conditions(request, deps)  # outside the lock: a PLC read may take seconds
+    # Outside the lock: a PLC read may take seconds.
+    conds = await current_conditions(request, deps) if conditions else []
     async with pool_of(request).connection() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
         cur = conn.cursor(row_factory=dict_row)
@@ -193,6 +199,8 @@ async def sync_alarms(request: Request) -> None:
             "UPDATE alarm_cursor SET last_audit_id = greatest(last_audit_id, coalesce((SELECT max(audit_id)"
             " FROM audit_log WHERE audit_id > %s AND ts < now() - interval '10 seconds'), 0)) WHERE id = 1",
             (last,))
+        if not conditions:
+            return
         for c in conds:
             await cur.execute(
                 "INSERT INTO alarms (key, line, kind, severity, title, reason, source, latched)"
@@ -210,48 +218,57 @@ _ALARM_SELECT = ("SELECT a.*, a.cleared_at IS NULL AS active, k.ts AS acked_at, 
                  " k.note AS ack_note FROM alarms a LEFT JOIN alarm_acks k USING (alarm_id)")
 
 
-@router.get("/api/alarms", response_model=AlarmPage, tags=["alarms"], summary="Alarms",
-            description="`state=active` (default): alarms not yet both cleared and acknowledged, most severe first. "
-                        "`state=all`: the history, newest first (`since` for chart markers). Reading brings the "
-                        "alarms up to date with the audit trail, the readiness checks and the line's thresholds.",
-            **guarded(Role.viewer))
-async def list_alarms(request: Request, line: Ident | None = None,
-                      state: Literal["active", "all"] = "active",
-                      since: Annotated[IsoTime | None, Query(description="Raised at or after (history).")] = None,
-                      limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                      offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> AlarmPage:
-    deps = deps_of(request)
-    if line is not None:
-        line = resolve_line(deps, line)
-    try:
-        t = None if since is None else datetime.fromisoformat(since.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise unprocessable(("query", "since"), f"not a time: {exc}") from None
-    t = t if t is None or t.tzinfo else t.replace(tzinfo=UTC)
-    await sync_alarms(request)
-    where = ["(%(line)s::text IS NULL OR a.line = %(line)s)"]
+async def alarm_page(src: HasApp, lines: list[str] | None, state: Literal["active", "all"] = "active",
+                     since: datetime | None = None, limit: int = 100, offset: int = 0) -> AlarmPage:
+    """A page of alarms of ``lines`` (None: every line) with the counts; brings the table up to date first."""
+    await sync_alarms(src)
+    where = ["(%(lines)s::text[] IS NULL OR a.line = ANY(%(lines)s))"]
     if state == "active":
         where.append("(a.cleared_at IS NULL OR k.alarm_id IS NULL)")
         order = f"a.cleared_at IS NOT NULL, {SEVERITY_ORDER}, a.raised_at DESC"
     else:
         where.append("(%(since)s::timestamptz IS NULL OR a.raised_at >= %(since)s)")
         order = "a.raised_at DESC, a.alarm_id DESC"
-    p = {"line": line, "since": t, "limit": limit, "offset": offset}
-    async with pool_of(request).connection() as conn:
+    p = {"lines": lines, "since": since, "limit": limit, "offset": offset}
+    mine = "(%(lines)s::text[] IS NULL OR a.line = ANY(%(lines)s))"
+    async with pool_of(src).connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(f"{_ALARM_SELECT} WHERE {' AND '.join(where)} ORDER BY {order}"
                           " LIMIT %(limit)s OFFSET %(offset)s", p)
         rows = await cur.fetchall()
         await cur.execute(
             "SELECT count(*) FILTER (WHERE " + " AND ".join(where) + ") AS total,"
-            " count(*) FILTER (WHERE a.cleared_at IS NULL AND (%(line)s::text IS NULL OR a.line = %(line)s))"
-            " AS active, count(*) FILTER (WHERE k.alarm_id IS NULL AND (%(line)s::text IS NULL OR a.line = %(line)s))"
-            " AS unacked"
+            f" count(*) FILTER (WHERE a.cleared_at IS NULL AND {mine}) AS active,"
+            f" count(*) FILTER (WHERE k.alarm_id IS NULL AND {mine}) AS unacked"
             " FROM alarms a LEFT JOIN alarm_acks k USING (alarm_id)", p)
         n = await cur.fetchone()
     assert n is not None
     return AlarmPage(items=[AlarmOut.model_validate(r) for r in rows], total=int(n["total"]),
                      active=int(n["active"]), unacked=int(n["unacked"]))
+
+
+@router.get("/api/alarms", response_model=AlarmPage, tags=["alarms"], summary="Alarms",
+            description="`state=active` (default): alarms not yet both cleared and acknowledged, most severe first. "
+                        "`state=all`: the history, newest first (`since` for chart markers). Reading brings the "
+                        "alarms up to date with the audit trail, the readiness checks and the line's thresholds. "
+                        "A token limited to lines sees only its lines' alarms. The console gets changes pushed on "
+                        "`GET /api/live/events` (`alarms`, then `alarm`) and reads this only while that is down.",
+            **guarded(Role.viewer))
+async def list_alarms(request: Request, line: Ident | None = None,
+                      state: Literal["active", "all"] = "active",
+                      since: Annotated[IsoTime | None, Query(description="Raised at or after (history).")] = None,
+                      limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                      offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+                      who: Principal = Depends(principal)) -> AlarmPage:
+    deps = deps_of(request)
+    if line is not None:
+        line = resolve_line(deps, line, who)
+    try:
+        t = None if since is None else datetime.fromisoformat(since.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise unprocessable(("query", "since"), f"not a time: {exc}") from None
+    t = t if t is None or t.tzinfo else t.replace(tzinfo=UTC)
+    return await alarm_page(request, line_filter(who, line), state, t, limit, offset)
 
 
 async def _one(cur: psycopg.AsyncCursor[dict[str, Any]], alarm_id: int) -> dict[str, Any]:
@@ -271,6 +288,7 @@ async def ack_alarm(request: Request, alarm_id: AlarmId, body: AlarmNoteIn,
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute("SELECT alarm_id FROM alarms WHERE alarm_id = %s FOR UPDATE", (alarm_id,))
         before = await _one(cur, alarm_id)
+        check_line(who, str(before["line"]), f"alarm {alarm_id}")
         if before["acked_at"] is not None:
             raise HTTPException(409, f"alarm {alarm_id} was already acknowledged by {before['acked_by']}")
         await cur.execute("INSERT INTO alarm_acks (alarm_id, actor, role, note) VALUES (%s, %s, %s, %s)",
@@ -279,6 +297,7 @@ async def ack_alarm(request: Request, alarm_id: AlarmId, body: AlarmNoteIn,
         await audit(conn, who, "alarm.ack", f"alarm:{alarm_id}", {"acked": False}, {"acked": True}, "ok",
                     {"line": before["line"], "alarm": before["title"], "severity": before["severity"],
                      "reason": body.note, "note": body.note})
+    watch_of(request).kick()
     return AlarmOut.model_validate(after)
 
 
@@ -292,6 +311,7 @@ async def clear_alarm(request: Request, alarm_id: AlarmId, body: AlarmNoteIn,
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute("SELECT alarm_id FROM alarms WHERE alarm_id = %s FOR UPDATE", (alarm_id,))
         before = await _one(cur, alarm_id)
+        check_line(who, str(before["line"]), f"alarm {alarm_id}")
         if before["cleared_at"] is not None:
             raise HTTPException(409, f"alarm {alarm_id} is already cleared")
         if not before["latched"]:
@@ -301,10 +321,11 @@ async def clear_alarm(request: Request, alarm_id: AlarmId, body: AlarmNoteIn,
         after = await _one(cur, alarm_id)
         await audit(conn, who, "alarm.clear", f"alarm:{alarm_id}", {"active": True}, {"active": False}, "ok",
                     {"line": before["line"], "alarm": before["title"], "reason": body.note, "note": body.note})
+    watch_of(request).kick()
     return AlarmOut.model_validate(after)
 
 
-async def _targets(request: Request, lines: list[str]) -> dict[str, dict[str, Any]]:
+async def _targets(request: HasApp, lines: list[str]) -> dict[str, dict[str, Any]]:
     async with pool_of(request).connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute("SELECT * FROM line_targets WHERE line = ANY(%s)", (lines,))
@@ -316,8 +337,9 @@ async def _targets(request: Request, lines: list[str]) -> dict[str, dict[str, An
 @router.get("/api/targets", response_model=TargetsOut, tags=["alarms"], summary="A line's targets and thresholds",
             description="Throughput target, amber / red thresholds (console colours) and the alarm thresholds.",
             **guarded(Role.viewer))
-async def get_targets(request: Request, line: Ident | None = None) -> TargetsOut:
-    line_ = resolve_line(deps_of(request), line)
+async def get_targets(request: Request, line: Ident | None = None,
+                      who: Principal = Depends(principal)) -> TargetsOut:
+    line_ = resolve_line(deps_of(request), line, who)
     return TargetsOut.model_validate((await _targets(request, [line_]))[line_])
 
 
@@ -325,7 +347,7 @@ async def get_targets(request: Request, line: Ident | None = None) -> TargetsOut
             description="Supervisor; audited as `targets.set` with the values before and after.",
             **guarded(Role.supervisor))
 async def put_targets(request: Request, body: TargetsIn, who: Principal = Depends(principal)) -> TargetsOut:
-    line = resolve_line(deps_of(request), body.line)
+    line = resolve_line(deps_of(request), body.line, who)
     before = (await _targets(request, [line]))[line]
     vals = [getattr(body, c) for c in TARGET_COLS]
     cols = ", ".join(TARGET_COLS)
@@ -342,3 +364,110 @@ async def put_targets(request: Request, body: TargetsIn, who: Principal = Depend
         await audit(conn, who, "targets.set", line, {c: before[c] for c in TARGET_COLS},
                     {c: row[c] for c in TARGET_COLS}, "ok", {"line": line})
     return TargetsOut.model_validate(row)
+
+
+# ---- pushing changes to the console ----------------------------------------------------------------
+PUSH_POLL_S = 0.5  # how often the watcher looks for new audit rows that raise an alarm (a primary-key range)
+CONDITIONS_S = 3.0  # how often it evaluates the conditions (readiness checks, PLC link, thresholds)
+_RAISES = ("(action LIKE 'line.%%' OR (action IN ('plc.stop', 'plc.slow') AND actor LIKE 'runtime:%%'"
+           " AND result = 'ok'))")
+
+
+class AlarmWatch:
+    """Keeps the alarms table current while a console listens and publishes every change on the live hub.
+
+    The event is ``alarm``: ``{"line", "change": "raised" | "acknowledged" | "cleared" | "updated", "alarm":
+    AlarmOut}``, not kept by the hub (a console that connects gets the whole list first, as one ``alarms`` event
+    on ``GET /api/live/events``). New audit rows that raise an alarm (a rule stop, a safe state ...) are looked
+    for every ``PUSH_POLL_S``; the conditions every ``CONDITIONS_S``; an acknowledgement or a clear through the
+    API wakes it at once (``kick``). Nobody listening (``streams`` 0): it does nothing."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.streams = 0
+        self._kick = asyncio.Event()
+        self._known: dict[int, tuple[Any, ...]] | None = None
+        self._last_audit: int | None = None
+        self._last_full = -1e9
+        self._failing = False
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), PUSH_POLL_S)
+            kicked = self._kick.is_set()
+            self._kick.clear()
+            if self.streams <= 0:
+                self._known, self._last_audit = None, None  # start over when a console listens again
+                continue
+            try:
+                full = loop.time() - self._last_full >= CONDITIONS_S
+                events = await self._new_events()
+                if full or events:
+                    await sync_alarms(self, conditions=full)
+                    if full:
+                        self._last_full = loop.time()
+                if full or events or kicked:
+                    await self._publish_changes()
+                if self._failing:
+                    log.info("alarm watcher: database back")
+                self._failing = False
+            except (psycopg.Error, PoolTimeout) as exc:
+                # The consoles see their stream stay up without alarms news only as long as this lasts; say so once.
+                if not self._failing:
+                    log.warning("alarm watcher: cannot read alarms (%s); retrying", type(exc).__name__)
+                self._failing = True
+                await asyncio.sleep(2.0)
+
+    async def _new_events(self) -> bool:
+        """Did audit rows that raise an alarm arrive since the last look?"""
+        async with pool_of(self).connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(f"SELECT max(audit_id) AS n, coalesce(bool_or({_RAISES}), false) AS hit"
+                              " FROM audit_log WHERE audit_id > %s", (self._last_audit or 0,))
+            row = await cur.fetchone()
+        first = self._last_audit is None
+        if row is not None and row["n"] is not None:
+            self._last_audit = int(row["n"])
+        elif first:
+            self._last_audit = 0
+        return first or bool(row and row["hit"])
+
+    async def _publish_changes(self) -> None:
+        known = self._known
+        async with pool_of(self).connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(f"{_ALARM_SELECT} WHERE a.cleared_at IS NULL OR k.alarm_id IS NULL"
+                              " OR a.alarm_id = ANY(%s) ORDER BY a.alarm_id LIMIT 2000", (list(known or ()),))
+            rows = await cur.fetchall()
+        hub = deps_of(self).hub
+        now: dict[int, tuple[Any, ...]] = {}
+        for r in rows:
+            a = AlarmOut.model_validate(r)
+            sig = (a.acked_at, a.cleared_at, a.severity, a.title, a.reason)
+            listed = a.cleared_at is None or a.acked_at is None
+            if listed:
+                now[a.alarm_id] = sig
+            old = None if known is None else known.get(a.alarm_id)
+            if old == sig or (old is None and not listed):
+                continue
+            if old is None:
+                change = "raised"
+            elif old[0] is None and a.acked_at is not None:
+                change = "acknowledged"
+            elif old[1] is None and a.cleared_at is not None:
+                change = "cleared"
+            else:
+                change = "updated"
+            hub.publish("alarm", {"line": a.line, "change": change, "alarm": a.model_dump(mode="json")},
+                        retain=False)
+        self._known = now
+
+
+def watch_of(request: HasApp) -> AlarmWatch:
+    watch: AlarmWatch = request.app.state.alarm_watch
+    return watch

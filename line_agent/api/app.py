@@ -81,9 +81,14 @@ def create_app(deps: ApiDeps, *, controller_factory: Callable[[], Awaitable[Any]
         if controller_factory is not None:
             made = await controller_factory()
             deps.controller = made
+        # Pushes alarm changes to the consoles' live streams (idle while none listens).
+        watcher = asyncio.create_task(app.state.alarm_watch.run(), name="alarm-watch")
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             if made is not None and hasattr(made, "close"):
                 res = made.close()
                 if inspect.isawaitable(res):
@@ -105,6 +110,7 @@ def create_app(deps: ApiDeps, *, controller_factory: Callable[[], Awaitable[Any]
     )
     app.state.deps = deps
     app.state.token_cache = TokenCache()
+    app.state.alarm_watch = alarms.AlarmWatch(app)
     app.state.auth_failures = AuthFailures(deps.auth_fail_burst, deps.auth_fail_window_s, deps.auth_fail_clients)
     for r in (system.router, control.router, views.router, alarms.router):
         app.include_router(r)

@@ -45,11 +45,38 @@ _RANK = {Role.viewer: 0, Role.operator: 1, Role.supervisor: 2, Role.admin: 3}
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the token's name (the audit's "who") and role."""
+    """Who is calling: the token's name (the audit's "who"), role, and the lines it may act on.
+
+    ``lines`` is None for a token valid on every line the server runs; otherwise the only lines it may read
+    or act on (``api_tokens.lines``)."""
 
     token_id: int
     name: str
     role: Role
+    lines: tuple[str, ...] | None = None
+
+    @property
+    def all_lines(self) -> bool:
+        return self.lines is None
+
+    def may(self, line: str) -> bool:
+        """May this token read or act on ``line``?"""
+        return self.lines is None or line in self.lines
+
+    def visible(self, served: list[str]) -> list[str]:
+        """The served lines this token may see, in the server's order."""
+        return [line for line in served if self.may(line)]
+
+    def scope_text(self) -> str:
+        if self.lines is None:
+            return "every line"
+        return ("line " if len(self.lines) == 1 else "lines ") + ", ".join(self.lines)
+
+
+def line_refused(p: Principal, line: str, what: str = "") -> HTTPException:
+    """403 for a token asking about a line outside its scope, saying which lines it has."""
+    about = f" ({what})" if what else ""
+    return HTTPException(403, f"token {p.name!r} is limited to {p.scope_text()}; line {line!r}{about} is outside it")
 
 
 class ErrorOut(BaseModel):
@@ -80,14 +107,17 @@ def new_token() -> str:
     return "lg_" + secrets.token_urlsafe(32)
 
 
-def create_token(database_url: str, role: Role | str, name: str, created_by: str = "cli") -> str:
-    """Create a token with ``role`` and return it; only its hash is stored (show it to the user once)."""
+def create_token(database_url: str, role: Role | str, name: str, created_by: str = "cli",
+                 lines: list[str] | None = None) -> str:
+    """Create a token with ``role`` and return it; only its hash is stored (show it to the user once).
+
+    ``lines``: the only lines it may read and act on; None or empty = every line."""
     role = Role(role)
     token = new_token()
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO api_tokens (name, token_hash, role, created_by) VALUES (%s, %s, %s, %s)",
-            (name, hash_token(token), role.value, created_by),
+            "INSERT INTO api_tokens (name, token_hash, role, created_by, lines) VALUES (%s, %s, %s, %s, %s)",
+            (name, hash_token(token), role.value, created_by, sorted(set(lines)) if lines else None),
         )
     return token
 
@@ -194,10 +224,11 @@ async def lookup(request: Request, token: str) -> Principal | None:
         async with request.app.state.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
-                "SELECT token_id, name, role FROM api_tokens WHERE token_hash = %s AND revoked_at IS NULL", (h,)
-            )
+                "SELECT token_id, name, role, lines FROM api_tokens WHERE token_hash = %s AND revoked_at IS NULL",
+                (h,))
             row = await cur.fetchone()
-        p = Principal(int(row["token_id"]), str(row["name"]), Role(row["role"])) if row else None
+        p = Principal(int(row["token_id"]), str(row["name"]), Role(row["role"]),
+                      None if row["lines"] is None else tuple(str(x) for x in row["lines"])) if row else None
         cache.put(h, p)
     if p is None and failures is not None and failures.failed(addr):
         log.warning("authentication: %s used up its failed attempts; locked out for %.0f s", addr,
@@ -236,7 +267,7 @@ def guarded(role: Role, extra: dict[int | str, dict[str, Any]] | None = None) ->
     responses: dict[int | str, dict[str, Any]] = {
         **_BAD_BODY,
         401: {"model": ErrorOut, "description": "Missing, unknown or revoked token."},
-        403: {"model": ErrorOut, "description": f"Role below {role.value}."},
+        403: {"model": ErrorOut, "description": f"Role below {role.value}, or a line outside the token's lines."},
         **_LOCKED,
     }
     responses.update(extra or {})

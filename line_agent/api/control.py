@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from line_agent.api.auth import ErrorOut, Principal, Role, guarded, principal, unprocessable
+from line_agent.api.auth import ErrorOut, Principal, Role, guarded, line_refused, principal, unprocessable
 from line_agent.api.db import audit, deps_of, fetch_all, fetch_one, jsonable, pool_of
 from line_agent.api.deps import ApiDeps, LineControl
 from line_agent.api.schemas import (
@@ -52,12 +52,41 @@ Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Rows to skip.")]
 
 
-def resolve_line(deps: ApiDeps, line: str | None) -> str:
+def resolve_line(deps: ApiDeps, line: str | None, who: Principal | None = None) -> str:
+    """The line a request is about: the one it names (422 when this API does not serve it), else the first line.
+
+    With ``who``, the caller's token must cover the line (403 naming its lines otherwise), and "the first line"
+    is the first one the token may see."""
     if line is None:
-        return deps.lines[0]
+        if who is None:
+            return deps.lines[0]
+        seen = who.visible(deps.lines)
+        if not seen:
+            raise HTTPException(403, f"token {who.name!r} is limited to {who.scope_text()}; this server runs none "
+                                     f"of them ({', '.join(deps.lines)})")
+        return seen[0]
     if line not in deps.lines:
         raise unprocessable(("query", "line"), f"unknown line {line!r}; this API serves {deps.lines}")
+    if who is not None and not who.may(line):
+        raise line_refused(who, line)
     return line
+
+
+def line_filter(who: Principal, line: str | None) -> list[str] | None:
+    """The lines a list endpoint returns rows of: the one asked for (403 when outside the token's lines), else
+    the token's lines; None = no filter (an all-lines token that named no line). Bind it as
+    ``(%(lines)s::text[] IS NULL OR line = ANY(%(lines)s))``."""
+    if line is not None:
+        if not who.may(line):
+            raise line_refused(who, line)
+        return [line]
+    return None if who.lines is None else list(who.lines)
+
+
+def check_line(who: Principal, line: str, what: str) -> None:
+    """403 when a row the request names by id (an inspection, a decision, an alarm) lies on another line."""
+    if not who.may(line):
+        raise line_refused(who, line, what)
 
 
 def _refusal_types() -> tuple[type[BaseException], ...]:
@@ -142,9 +171,10 @@ async def read_state(deps: ApiDeps, line: str) -> LineStateOut:
             description="running / stopped / unknown with e-stop, guard door, speed and reject count. "
                         "Unknown whenever the PLC link is down: never reported as good.",
             **guarded(Role.viewer))
-async def line_state(request: Request, line: Ident | None = None) -> LineStateOut:
+async def line_state(request: Request, line: Ident | None = None,
+                     who: Principal = Depends(principal)) -> LineStateOut:
     deps = deps_of(request)
-    return await read_state(deps, resolve_line(deps, line))
+    return await read_state(deps, resolve_line(deps, line, who))
 
 
 # ---- commands -------------------------------------------------------------------------------------
@@ -169,7 +199,7 @@ async def run_command(
 ) -> JSONResponse:
     """Run a command once per idempotency key; a replay gets the first result back unchanged."""
     deps = deps_of(request)
-    line = resolve_line(deps, body.line)
+    line = resolve_line(deps, body.line, who)
     params = body.model_dump(exclude={"confirm", "line", "reason"})
     req_hash = hashlib.sha256(
         json.dumps({"c": command, "line": line, "p": params, "r": body.reason}, sort_keys=True).encode()
@@ -284,20 +314,18 @@ async def cmd_reset(request: Request, body: CommandIn, key: IdemKey,
 @router.get("/api/commands", response_model=CommandPage, tags=["commands"], summary="List commands",
             **guarded(Role.viewer))
 async def list_commands(request: Request, limit: Limit = 50, offset: Offset = 0,
-                        line: Ident | None = None) -> CommandPage:
+                        line: Ident | None = None, who: Principal = Depends(principal)) -> CommandPage:
+    where = "(%(lines)s::text[] IS NULL OR line = ANY(%(lines)s))"
+    p = {"lines": line_filter(who, line), "limit": limit, "offset": offset}
     rows = await fetch_all(
-        request,
-        "SELECT *, count(*) OVER () AS total FROM commands WHERE (%(line)s::text IS NULL OR line = %(line)s)"
-        " ORDER BY command_id DESC LIMIT %(limit)s OFFSET %(offset)s",
-        {"line": line, "limit": limit, "offset": offset},
-    )
-    total = int(rows[0]["total"]) if rows else await _count(request, "commands")
+        request, f"SELECT *, count(*) OVER () AS total FROM commands WHERE {where}"
+        " ORDER BY command_id DESC LIMIT %(limit)s OFFSET %(offset)s", p)
+    if rows:
+        total = int(rows[0]["total"])
+    else:  # past the last page: still the filtered count
+        n = await fetch_one(request, f"SELECT count(*) AS n FROM commands WHERE {where}", p)
+        total = int(n["n"]) if n else 0
     return CommandPage(items=[CommandOut.model_validate(r) for r in rows], total=total)
-
-
-async def _count(request: Request, table: str) -> int:
-    row = await fetch_one(request, f"SELECT count(*) AS n FROM {table}")  # table names are ours
-    return int(row["n"]) if row else 0
 
 
 # ---- decisions ------------------------------------------------------------------------------------
@@ -309,7 +337,7 @@ async def _count(request: Request, table: str) -> int:
                                        502: {"model": DecisionOut, "description": "Stored; PLC error."}}))
 async def post_decision(request: Request, body: DecisionIn, who: Principal = Depends(principal)) -> JSONResponse:
     deps = deps_of(request)
-    line = resolve_line(deps, body.line)
+    line = resolve_line(deps, body.line, who)
     gate, reason, http = "none", "", 201
     if body.decision == "reject":
         ctl = deps.controller_for(line)
@@ -342,13 +370,13 @@ async def post_decision(request: Request, body: DecisionIn, who: Principal = Dep
 @router.get("/api/decisions", response_model=DecisionPage, tags=["decisions"], summary="List decisions",
             **guarded(Role.viewer))
 async def list_decisions(request: Request, limit: Limit = 50, offset: Offset = 0, line: Ident | None = None,
-                         decision: Verdict | None = None) -> DecisionPage:
+                         decision: Verdict | None = None, who: Principal = Depends(principal)) -> DecisionPage:
     rows = await fetch_all(
         request,
-        "SELECT *, count(*) OVER () AS total FROM decisions WHERE (%(line)s::text IS NULL OR line = %(line)s)"
+        "SELECT *, count(*) OVER () AS total FROM decisions WHERE (%(lines)s::text[] IS NULL OR line = ANY(%(lines)s))"
         " AND (%(d)s::text IS NULL OR coalesce(override, decision) = %(d)s)"
         " ORDER BY decision_id DESC LIMIT %(limit)s OFFSET %(offset)s",
-        {"line": line, "d": decision, "limit": limit, "offset": offset},
+        {"lines": line_filter(who, line), "d": decision, "limit": limit, "offset": offset},
     )
     total = int(rows[0]["total"]) if rows else 0
     return DecisionPage(items=[DecisionOut.model_validate(r) for r in rows], total=total)
@@ -368,6 +396,7 @@ async def override_decision(request: Request, body: OverrideIn,
         before = await cur.fetchone()
         if before is None:
             raise HTTPException(404, f"no decision {decision_id}")
+        check_line(who, str(before["line"]), f"decision {decision_id}")
         await cur.execute("UPDATE decisions SET override=%s WHERE decision_id=%s RETURNING *",
                           (body.decision, decision_id))
         after = await cur.fetchone()
@@ -377,7 +406,8 @@ async def override_decision(request: Request, body: OverrideIn,
                               (body.decision, before["inspection_id"]))
         await audit(conn, who, "decision.override", f"decision:{decision_id}",
                     {"decision": before["decision"], "override": before["override"]},
-                    {"decision": after["decision"], "override": after["override"]}, "ok", {"reason": body.reason})
+                    {"decision": after["decision"], "override": after["override"]}, "ok",
+                    {"reason": body.reason, "line": before["line"]})
     return DecisionOut.model_validate(after)
 
 
@@ -389,15 +419,17 @@ async def override_inspection(request: Request, body: OverrideIn, inspection_id:
         min_length=1, max_length=200, pattern=r"^[^\x00]*$")], who: Principal = Depends(principal)) -> dict[str, Any]:
     async with pool_of(request).connection() as conn, conn.transaction():
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute("SELECT decision, override FROM inspections WHERE inspection_id=%s FOR UPDATE",
+        await cur.execute("SELECT decision, override, line FROM inspections WHERE inspection_id=%s FOR UPDATE",
                           (inspection_id,))
-        before = await cur.fetchone()
-        if before is None:
+        found = await cur.fetchone()
+        if found is None:
             raise HTTPException(404, f"no inspection {inspection_id!r}")
+        check_line(who, str(found["line"]), f"inspection {inspection_id}")
+        before = {"decision": found["decision"], "override": found["override"]}
         await cur.execute("UPDATE inspections SET override=%s WHERE inspection_id=%s", (body.decision, inspection_id))
         after = {"decision": before["decision"], "override": body.decision}
-        await audit(conn, who, "inspection.override", f"inspection:{inspection_id}", dict(before), after, "ok",
-                    {"reason": body.reason})
+        await audit(conn, who, "inspection.override", f"inspection:{inspection_id}", before, after, "ok",
+                    {"reason": body.reason, "line": found["line"]})
     return {"inspection_id": inspection_id, **after}
 
 
@@ -413,7 +445,7 @@ async def list_audit(request: Request, limit: Limit = 50, offset: Offset = 0,
                      action: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$")] = None,
                      who: Literal["people", "system"] | None = None, line: Ident | None = None,
                      since: IsoTime | None = None, until: IsoTime | None = None,
-                     group: bool = False) -> AuditRowPage:
+                     group: bool = False, who_: Principal = Depends(principal)) -> AuditRowPage:
     def iso(name: str, v: str | None) -> datetime | None:
         try:
             t = None if v is None else datetime.fromisoformat(v.replace("Z", "+00:00"))
@@ -424,8 +456,8 @@ async def list_audit(request: Request, limit: Limit = 50, offset: Offset = 0,
     people = "(role IN ('viewer', 'operator', 'supervisor', 'admin') OR actor LIKE 'user:%%')"
     where = ("(%(a)s::text IS NULL OR action LIKE %(a)s || '%%')"
              f" AND (%(who)s::text IS NULL OR (%(who)s = 'people') = {people})"
-             " AND (%(line)s::text IS NULL OR detail->>'line' = %(line)s"
-             "      OR (action LIKE 'command.%%' AND target = %(line)s))"
+             " AND (%(lines)s::text[] IS NULL OR detail->>'line' = ANY(%(lines)s)"
+             "      OR (action LIKE 'command.%%' AND target = ANY(%(lines)s)))"
              " AND (%(since)s::timestamptz IS NULL OR ts >= %(since)s)"
              " AND (%(until)s::timestamptz IS NULL OR ts < %(until)s)")
     rows = await fetch_all(
@@ -439,8 +471,8 @@ async def list_audit(request: Request, limit: Limit = 50, offset: Offset = 0,
         "  FROM f WHERE %(g)s AND action = 'plc.reject_part'"
         "  GROUP BY actor, action, result, detail->>'line', date_trunc('hour', ts))"
         " SELECT *, count(*) OVER () AS total FROM e ORDER BY audit_id DESC LIMIT %(limit)s OFFSET %(offset)s",
-        {"a": action, "who": who, "line": line, "since": iso("since", since), "until": iso("until", until), "g": group,
-         "limit": limit, "offset": offset},
+        {"a": action, "who": who, "lines": line_filter(who_, line), "since": iso("since", since),
+         "until": iso("until", until), "g": group, "limit": limit, "offset": offset},
     )
     total = int(rows[0]["total"]) if rows else 0
     return AuditRowPage(items=[AuditRow.model_validate(r) for r in rows], total=total)

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from datetime import date, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request
 from psycopg import AsyncConnection
@@ -18,12 +18,19 @@ from line_agent.api.auth import Principal
 from line_agent.api.deps import ApiDeps
 
 
-def pool_of(request: Request) -> AsyncConnectionPool[AsyncConnection[Any]]:
+class HasApp(Protocol):
+    """A request, or anything else that knows the app (the alarm watcher works without a request)."""
+
+    @property
+    def app(self) -> Any: ...
+
+
+def pool_of(request: HasApp) -> AsyncConnectionPool[AsyncConnection[Any]]:
     pool: AsyncConnectionPool[AsyncConnection[Any]] = request.app.state.pool
     return pool
 
 
-def deps_of(request: Request) -> ApiDeps:
+def deps_of(request: HasApp) -> ApiDeps:
     deps: ApiDeps = request.app.state.deps
     return deps
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from line_agent.api.auth import Role, guarded
+from line_agent.api.auth import Principal, Role, guarded, principal
 from line_agent.api.schemas import Ident
 from line_agent.store.nodes import DEFAULT_STALE_AFTER_S, list_nodes
 
@@ -47,14 +47,17 @@ class NodesOut(BaseModel):
             description="Every Sparkplug B edge node (device \"\") and device ingest has seen: `alive` (born, not "
                         "dead, heard from within `stale_after_s`), `stale` (born and not dead, but silent longer), "
                         "`dead` (NDEATH / DDEATH, or its node died), `unknown` (data but no birth yet: ingest asked "
-                        "for a rebirth).", **guarded(Role.viewer))
+                        "for a rebirth). A token limited to lines sees only its lines' nodes.",
+            **guarded(Role.viewer))
 async def nodes(request: Request, group: Ident | None = None, status: NodeState | None = None,
-                stale_after_s: Annotated[float, Query(gt=0, le=30 * 86400)] = DEFAULT_STALE_AFTER_S) -> NodesOut:
+                stale_after_s: Annotated[float, Query(gt=0, le=30 * 86400)] = DEFAULT_STALE_AFTER_S,
+                who: Principal = Depends(principal)) -> NodesOut:
     pool: ConnectionPool[Any] = request.app.state.sync_pool
 
     def run() -> list[Any]:
         with pool.connection() as conn:
-            return list_nodes(conn, stale_after_s=stale_after_s, group=group, status=status)
+            found = list_nodes(conn, stale_after_s=stale_after_s, group=group, status=status)
+        return [r for r in found if who.may(str(r.line))]
 
     rows = await run_in_threadpool(run)
     counts = {s: 0 for s in ("alive", "stale", "dead", "unknown")}

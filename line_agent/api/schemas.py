@@ -35,13 +35,16 @@ class LoginIn(Strict):
 class MeOut(BaseModel):
     name: str
     role: str
-    lines: list[str]
+    lines: list[str] = Field(description="The lines this token may see and act on, of those this server runs.")
+    all_lines: bool = Field(default=True, description="False: the token is limited to `lines`.")
     can: dict[str, bool] = Field(description="Which console actions this role may take.")
 
 
 class TokenIn(Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00]*$")]
     role: Literal["viewer", "operator", "supervisor", "admin"]
+    lines: list[Ident] | None = Field(default=None, max_length=100, description=(
+        "The only lines the token may read and act on (names this server runs); none or empty = every line."))
 
 
 class TokenOut(BaseModel):
@@ -51,6 +54,7 @@ class TokenOut(BaseModel):
     created_at: datetime
     created_by: str
     revoked_at: datetime | None = None
+    lines: list[str] | None = Field(default=None, description="The lines it is limited to; null = every line.")
 
 
 class TokenCreated(TokenOut):

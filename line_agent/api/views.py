@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from line_agent.api.auth import ErrorOut, Principal, Role, guarded, principal, unprocessable
-from line_agent.api.control import Limit, Offset, resolve_line
+from line_agent.api.control import Limit, Offset, check_line, line_filter, resolve_line
 from line_agent.api.db import audit, deps_of, fetch_all, fetch_one, pool_of
 from line_agent.api.deps import ApiDeps
 from line_agent.api.schemas import (
@@ -127,13 +127,14 @@ async def list_inspections(
                                                                      "matches reject here.")] = None,
     overridden: Annotated[bool | None, Query(description="Only parts a person overrode (true) or not (false).")]
     = None,
-    since: Until = None, until: Until = None,
+    since: Until = None, until: Until = None, who: Principal = Depends(principal),
 ) -> InspectionPage:
     deps = deps_of(request)
     rows = await fetch_all(
         request,
         f"SELECT {_INSPECTION_COLS}, count(*) OVER () AS total FROM inspections i"
-        " WHERE (%(line)s::text IS NULL OR i.line = %(line)s) AND (%(cam)s::text IS NULL OR i.camera = %(cam)s)"
+        " WHERE (%(lines)s::text[] IS NULL OR i.line = ANY(%(lines)s))"
+        " AND (%(cam)s::text IS NULL OR i.camera = %(cam)s)"
         " AND (%(d)s::text IS NULL OR coalesce(i.override, i.decision) = %(d)s)"
         " AND (%(md)s::text IS NULL OR i.decision = %(md)s)"
         " AND (%(ov)s::boolean IS NULL OR (i.override IS NOT NULL) = %(ov)s)"
@@ -142,27 +143,30 @@ async def list_inspections(
         " AND (%(cls)s::text IS NULL OR EXISTS (SELECT 1 FROM defects d WHERE d.inspection_id = i.inspection_id"
         "      AND d.cls = %(cls)s))"
         " ORDER BY i.ts DESC, i.inspection_id LIMIT %(limit)s OFFSET %(offset)s",
-        {"line": line, "cam": camera, "d": decision, "md": model_decision, "ov": overridden, "since": _utc(since),
-         "until": _utc(until), "cls": cls, "limit": limit, "offset": offset},
+        {"lines": line_filter(who, line), "cam": camera, "d": decision, "md": model_decision, "ov": overridden,
+         "since": _utc(since), "until": _utc(until), "cls": cls, "limit": limit, "offset": offset},
     )
     total = int(rows[0]["total"]) if rows else 0
     items = await run_in_threadpool(lambda: [_inspection(r, deps) for r in rows])  # file checks off the loop
     return InspectionPage(items=[InspectionOut.model_validate(r) for r in items], total=total)
 
 
-async def _get_inspection(request: Request, inspection_id: str) -> dict[str, Any]:
+async def _get_inspection(request: Request, inspection_id: str, who: Principal) -> dict[str, Any]:
+    """The inspection row; 404 when there is none, 403 when it lies on a line outside the caller's token."""
     row = await fetch_one(request, f"SELECT {_INSPECTION_COLS} FROM inspections i WHERE i.inspection_id = %s",
                           (inspection_id,))
     if row is None:
         raise HTTPException(404, f"no inspection {inspection_id!r}")
+    check_line(who, str(row["line"]), f"inspection {inspection_id}")
     return row
 
 
 @router.get("/api/inspections/{inspection_id}", response_model=InspectionDetail, tags=["review"],
             summary="One inspection with its defects and label corrections", **guarded(Role.viewer, _NOT_FOUND))
-async def get_inspection(request: Request, inspection_id: InspectionId) -> InspectionDetail:
+async def get_inspection(request: Request, inspection_id: InspectionId,
+                         who: Principal = Depends(principal)) -> InspectionDetail:
     deps = deps_of(request)
-    found = await _get_inspection(request, inspection_id)
+    found = await _get_inspection(request, inspection_id, who)
     row = await run_in_threadpool(_inspection, found, deps)
     defects = await fetch_all(
         request, "SELECT idx, cls, confidence, x1, y1, x2, y2 FROM defects WHERE inspection_id=%s ORDER BY idx",
@@ -183,9 +187,10 @@ _IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"
             response_class=Response,
             **guarded(Role.viewer, {200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "Image."},
                                     404: {"model": ErrorOut, "description": "No such inspection or no frame."}}))
-async def get_frame(request: Request, inspection_id: InspectionId) -> Response:
+async def get_frame(request: Request, inspection_id: InspectionId,
+                    who: Principal = Depends(principal)) -> Response:
     deps = deps_of(request)
-    row = await _get_inspection(request, inspection_id)
+    row = await _get_inspection(request, inspection_id, who)
     path = await run_in_threadpool(_frame_file, deps, row)
     if path is not None:
         return FileResponse(path, media_type=_IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream"))
@@ -207,11 +212,12 @@ def camera_classes(deps: ApiDeps, line: str, camera: str) -> tuple[str, list[str
             summary="The classes of the model a camera runs (what the label editor offers)",
             **guarded(Role.viewer))
 async def get_camera_classes(request: Request, camera: Annotated[str, PathParam(
-        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")], line: Ident | None = None) -> CameraClassesOut:
+        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")], line: Ident | None = None,
+        who: Principal = Depends(principal)) -> CameraClassesOut:
     from vision.types import DEFECT_CLASSES
 
     deps = deps_of(request)
-    line_ = resolve_line(deps, line)
+    line_ = resolve_line(deps, line, who)
     model, classes = camera_classes(deps, line_, camera)
     return CameraClassesOut(line=line_, camera=camera, model=model, classes=classes or list(DEFECT_CLASSES),
                             source="runtime" if classes else "default")
@@ -260,7 +266,7 @@ def _save_training_sample(deps: ApiDeps, row: dict[str, Any], frame: Path | None
 async def save_labels(request: Request, inspection_id: InspectionId, body: LabelsIn,
                       who: Principal = Depends(principal)) -> LabelsOut:
     deps = deps_of(request)
-    row = await _get_inspection(request, inspection_id)
+    row = await _get_inspection(request, inspection_id, who)
     frame = await run_in_threadpool(_frame_file, deps, row)
     jpeg = None if frame is not None else _hub_frame(deps, inspection_id, str(row["camera"]), str(row["line"]))
     if frame is None and jpeg is None:
@@ -282,7 +288,7 @@ async def save_labels(request: Request, inspection_id: InspectionId, body: Label
                           (inspection_id,))
         before = [{"cls": d["cls"], "box": [d["x1"], d["y1"], d["x2"], d["y2"]]} for d in await cur.fetchall()]
         await audit(conn, who, "labels.save", f"inspection:{inspection_id}", before, as_json, "ok",
-                    {"sample_path": path})
+                    {"sample_path": path, "line": row["line"]})
     return LabelsOut(correction_id=rec["correction_id"], inspection_id=inspection_id, sample_path=path,
                      labels=len(labels))
 
@@ -338,9 +344,10 @@ def _bucket_rows(conn: psycopg.Connection[Any], deps: ApiDeps, line: str, since:
 @router.get("/api/telemetry/energy", response_model=Series[EnergyPoint], tags=["telemetry"],
             summary="Energy per interval and per good part", **guarded(Role.viewer))
 async def energy(request: Request, line: Ident | None = None, hours: Hours = 24, until: Until = None,
-                 bucket: Literal["15m", "hour", "day"] = "hour") -> Series[EnergyPoint]:
+                 bucket: Literal["15m", "hour", "day"] = "hour",
+                 who: Principal = Depends(principal)) -> Series[EnergyPoint]:
     deps = deps_of(request)
-    line_ = resolve_line(deps, line)
+    line_ = resolve_line(deps, line, who)
     since, end = window(hours, until)
     rows = await _sync(request, _bucket_rows, deps, line_, since, end, _BUCKETS[bucket])
     items = [EnergyPoint(ts=r["t"], kwh=float(r["kwh"]), good_parts=int(r["good"]),
@@ -351,8 +358,8 @@ async def energy(request: Request, line: Ident | None = None, hours: Hours = 24,
 @router.get("/api/telemetry/faults", response_model=Series[FaultRow], tags=["telemetry"],
             summary="Faults and downtime per machine", **guarded(Role.viewer))
 async def faults(request: Request, line: Ident | None = None, hours: Hours = 24,
-                 until: Until = None) -> Series[FaultRow]:
-    line_ = resolve_line(deps_of(request), line)
+                 until: Until = None, who: Principal = Depends(principal)) -> Series[FaultRow]:
+    line_ = resolve_line(deps_of(request), line, who)
     since, end = window(hours, until)
     counts = await _sync(request, queries.fault_counts, line_, since, end)
     per: dict[str, FaultRow] = {}
@@ -369,8 +376,8 @@ async def faults(request: Request, line: Ident | None = None, hours: Hours = 24,
             summary="Defect rate by class", description="Share of inspected parts that showed each class.",
             **guarded(Role.viewer))
 async def defect_rate(request: Request, line: Ident | None = None, hours: Hours = 24,
-                      until: Until = None) -> Series[DefectRateRow]:
-    line_ = resolve_line(deps_of(request), line)
+                      until: Until = None, who: Principal = Depends(principal)) -> Series[DefectRateRow]:
+    line_ = resolve_line(deps_of(request), line, who)
     since, end = window(hours, until)
     rates = await _sync(request, queries.defect_rates, line_, since, end)
     items = sorted((DefectRateRow(cls=c.cls, defects=c.defects, parts_with=c.parts_with, parts=rates.parts,
@@ -421,9 +428,10 @@ def _calendar_shifts(conn: psycopg.Connection[Any], deps: ApiDeps, line: str, si
             summary="Shift comparison: parts, reject rate, energy per good part, faults, downtime",
             **guarded(Role.viewer))
 async def shifts(request: Request, line: Ident | None = None, hours: Annotated[float, Query(
-        gt=0, le=2160, description="Window length in hours.")] = 72, until: Until = None) -> Series[ShiftRow]:
+        gt=0, le=2160, description="Window length in hours.")] = 72, until: Until = None,
+        who: Principal = Depends(principal)) -> Series[ShiftRow]:
     deps = deps_of(request)
-    line_ = resolve_line(deps, line)
+    line_ = resolve_line(deps, line, who)
     since, end = window(hours, until)
     if line_ in deps.calendars:  # the line's own calendar, in the plant's time zone
         cal_items = await _sync(request, _calendar_shifts, deps, line_, since, end)
@@ -454,10 +462,10 @@ async def shifts(request: Request, line: Ident | None = None, hours: Annotated[f
                         "same facts the agent reports): planned (a person's stop whose reason starts with "
                         "'planned') and unplanned apart.", **guarded(Role.viewer))
 async def downtime(request: Request, line: Ident | None = None, hours: Hours = 24,
-                   until: Until = None) -> DowntimeOut:
+                   until: Until = None, who: Principal = Depends(principal)) -> DowntimeOut:
     from line_agent import downtime as dt
 
-    line_ = resolve_line(deps_of(request), line)
+    line_ = resolve_line(deps_of(request), line, who)
     since, end = window(hours, until)
     d = await _sync(request, dt.read, line_, since, end)
     return DowntimeOut(
@@ -482,14 +490,16 @@ async def _has_summaries(request: Request) -> bool:
 @router.get("/api/summaries", response_model=list[SummaryOut], tags=["agent"], summary="Latest agent summaries",
             description="With the verification verdict, tokens and cost.", **guarded(Role.viewer))
 async def list_summaries(request: Request, line: Ident | None = None, lang: Literal["en", "zh"] | None = None,
-                         limit: Annotated[int, Query(ge=1, le=100)] = 10) -> list[SummaryOut]:
+                         limit: Annotated[int, Query(ge=1, le=100)] = 10,
+                         who: Principal = Depends(principal)) -> list[SummaryOut]:
+    lines = line_filter(who, line)
     if not await _has_summaries(request):
         return []
     rows = await fetch_all(
         request,
-        f"SELECT {_SUMMARY_COLS} FROM summaries WHERE (%(l)s::text IS NULL OR line = %(l)s)"
+        f"SELECT {_SUMMARY_COLS} FROM summaries WHERE (%(l)s::text[] IS NULL OR line = ANY(%(l)s))"
         " AND (%(g)s::text IS NULL OR lang = %(g)s) ORDER BY created_at DESC, summary_id DESC LIMIT %(n)s",
-        {"l": line, "g": lang, "n": limit})
+        {"l": lines, "g": lang, "n": limit})
     return [SummaryOut.model_validate(r) for r in rows]
 
 
@@ -499,7 +509,7 @@ async def list_summaries(request: Request, line: Ident | None = None, lang: Lite
              **guarded(Role.supervisor, {409: {"model": ErrorOut, "description": "No summarizer, or it failed."}}))
 async def request_summary(request: Request, body: SummaryIn, who: Principal = Depends(principal)) -> SummaryOut:
     deps = deps_of(request)
-    line = resolve_line(deps, body.line)
+    line = resolve_line(deps, body.line, who)
     if deps.summarize is None:
         raise HTTPException(409, "no summarizer configured on this server")
     end = body.end.astimezone(UTC) if body.end else datetime.now(UTC)
@@ -533,7 +543,7 @@ async def request_summary(request: Request, body: SummaryIn, who: Principal = De
     async with pool_of(request).connection() as conn:
         await audit(conn, who, "summary.request", line, None, {"summary_id": row["summary_id"]}, "ok",
                     {"start": start.isoformat(), "end": end.isoformat(), "lang": body.lang,
-                     "cost_usd": row["cost_usd"]})
+                     "cost_usd": row["cost_usd"], "line": line})
     return SummaryOut.model_validate(row)
 
 
@@ -557,13 +567,17 @@ def _registry_versions(registry: Path | None) -> list[ModelVersionOut]:
 @router.get("/api/models", response_model=ModelsOut, tags=["models"], summary="Model registry and cameras",
             description="Every registered version with its held-out metrics, and the model each camera runs.",
             **guarded(Role.viewer))
-async def models(request: Request) -> ModelsOut:
+async def models(request: Request, who: Principal = Depends(principal)) -> ModelsOut:
     deps = deps_of(request)
     versions = await run_in_threadpool(_registry_versions, deps.model_registry)
-    cams = {c: CameraModelOut(camera=c, model=m, source="config") for c, m in deps.camera_models.items()}
     rows = await fetch_all(
         request, "SELECT DISTINCT ON (camera) camera, model, ts FROM inspections"
-        " WHERE ts > now() - interval '7 days' ORDER BY camera, ts DESC")
+        " WHERE ts > now() - interval '7 days' AND (%(lines)s::text[] IS NULL OR line = ANY(%(lines)s))"
+        " ORDER BY camera, ts DESC", {"lines": line_filter(who, None)})
+    # The configured cameras name no line: a token limited to lines sees those its lines' inspections show.
+    seen = {str(r["camera"]) for r in rows}
+    cams = {c: CameraModelOut(camera=c, model=m, source="config") for c, m in deps.camera_models.items()
+            if who.all_lines or c in seen}
     for r in rows:
         if r["camera"] not in cams:
             cams[r["camera"]] = CameraModelOut(camera=r["camera"], model=r["model"], source="inspections",

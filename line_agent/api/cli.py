@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Annotated
 
 import typer
+
+_LINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")  # the API's Ident
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -14,11 +18,32 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         role: Annotated[str, typer.Option(help="viewer | operator | supervisor | admin")] = "viewer",
         name: Annotated[str, typer.Option(help="Who holds it (shown in the audit trail).")] = "console",
         database_url: Annotated[str | None, typer.Option(help="Default: LINEGUARD_DATABASE_URL.")] = None,
+        lines: Annotated[str | None, typer.Option(
+            help="Comma-separated lines the token may read and act on, e.g. line-a,line-b (default: every line).")]
+        = None,
+        config: Annotated[list[Path] | None, typer.Option(
+            "--config", help="Line YAML(s) the server runs: --lines must name their lines (repeatable).",
+            exists=True, dir_okay=False)] = None,
     ) -> None:
         """Create an API token for the control API and console; printed once, stored hashed."""
         from line_agent.api.auth import Role, create_token
         from line_agent.settings import Settings
         from line_agent.store.migrate import migrate
+
+        scope = parse_lines(lines)
+        if config and scope:
+            from line_agent.config import ConfigError, load_line_config
+
+            try:
+                known = {load_line_config(c).line for c in config}
+            except ConfigError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from exc
+            unknown = [x for x in scope if x not in known]
+            if unknown:
+                typer.echo(f"error: unknown line(s) {', '.join(unknown)}; the configs run {', '.join(sorted(known))}",
+                           err=True)
+                raise typer.Exit(2)
 
         url = database_url or Settings().database_url
         if not url:
@@ -30,7 +55,17 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             typer.echo(f"error: --role must be one of {[x.value for x in Role]}, got {role!r}", err=True)
             raise typer.Exit(2) from None
         migrate(url)
-        typer.echo(create_token(url, r, name, created_by="cli"))
+        typer.echo(create_token(url, r, name, created_by="cli", lines=scope))
+
+    def parse_lines(text: str | None) -> list[str] | None:
+        if text is None or not text.strip():
+            return None
+        names = sorted({x.strip() for x in text.split(",") if x.strip()})
+        bad = [x for x in names if not _LINE.match(x)]
+        if bad:
+            typer.echo(f"error: --lines: not a line name: {', '.join(map(repr, bad))}", err=True)
+            raise typer.Exit(2)
+        return names or None
 
     @bench.command("api")
     def bench_api_cmd(

@@ -31,7 +31,7 @@ OTHER = "line2"
 
 
 def _seed_other_line(db: str, frames: Path) -> None:
-    """line2's rows: inspections (one rejected, with a frame), a decision, a summary, a command, an alarm's audit row."""
+    """line2's rows: inspections (one rejected, with frames), a decision, a summary, an alarm's audit row."""
     now = datetime.now(UTC)
     with psycopg.connect(db, autocommit=True) as conn:
         for i in range(3):
@@ -43,8 +43,9 @@ def _seed_other_line(db: str, frames: Path) -> None:
         for line in (LINE, OTHER):
             conn.execute("INSERT INTO decisions (line, part_id, decision, actor) VALUES (%s, %s, 'reject', 'qa')",
                          (line, f"D-{line}"))
-            conn.execute("INSERT INTO summaries (line, window_start, window_end, trigger, lang, backend, model, verdict,"
-                         " headline, prose) VALUES (%s, %s, %s, 'shift', 'en', 'template', '', 'verified', %s, '')",
+            conn.execute("INSERT INTO summaries (line, window_start, window_end, trigger, lang, backend, model,"
+                         " verdict, headline, prose)"
+                         " VALUES (%s, %s, %s, 'shift', 'en', 'template', '', 'verified', %s, '')",
                          (line, now - timedelta(hours=8), now, f"summary of {line}"))
             conn.execute("INSERT INTO audit_log (actor, role, action, target, result, detail) VALUES"
                          " (%s, 'system', 'line.guard_door', %s, 'ok', %s)",
@@ -156,7 +157,8 @@ def test_control_of_another_line_is_refused_and_not_done(two: Api) -> None:
         _refused(c.post(f"/api/alarms/{theirs['alarm_id']}/{what}", json={"note": "x"}, headers=h))
     assert c.post(f"/api/alarms/{mine['alarm_id']}/ack", json={"note": "seen"}, headers=h).status_code == 200
     after = {a["alarm_id"]: a for a in c.get("/api/alarms", headers=two.h("supervisor")).json()["items"]}
-    assert after[theirs["alarm_id"]]["acked_at"] is None and after[mine["alarm_id"]]["acked_by"] == f"{OTHER}-supervisor"
+    assert after[theirs["alarm_id"]]["acked_at"] is None
+    assert after[mine["alarm_id"]]["acked_by"] == f"{OTHER}-supervisor"
     # The override and the ack are in line2's audit trail, for line2's token to read.
     actions = {r["action"] for r in c.get("/api/audit", headers=h).json()["items"]}
     assert {"inspection.override", "alarm.ack"} <= actions

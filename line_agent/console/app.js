@@ -1,6 +1,6 @@
 // Console shell: login, role-based visibility, tabs, polling and staleness, the header, the live line view.
 import { api, apiBlob, atLeast, auth, esc, fmtClock, fmtNum, fmtTime, link, stream } from "./api.js";
-import { initAlarms, loadAlarms } from "./alarms.js";
+import { applyAlarmChange, applyAlarmPage, initAlarms, loadAlarms } from "./alarms.js";
 import { initAudit } from "./audit.js";
 import { drawDetections } from "./draw.js";
 import { initOverview } from "./overview.js";
@@ -15,6 +15,10 @@ export { session };
 function applyRole(me) {
   $("who-name").textContent = me.name;
   $("who-role").textContent = me.role;
+  const scope = $("who-lines");
+  scope.hidden = me.all_lines !== false;
+  scope.textContent = me.all_lines === false ? `only ${me.lines.join(", ") || "no line of this server"}` : "";
+  scope.title = me.all_lines === false ? "This token may see and act on these lines only" : "";
   $("who-role").className = `role role-${me.role}`;
   for (const el of document.querySelectorAll("[data-need]")) el.hidden = !me.can[el.dataset.need];
   for (const el of document.querySelectorAll("[data-role]")) el.hidden = !atLeast(me, el.dataset.role);
@@ -56,6 +60,7 @@ async function start(me) {
 function showLogin(msg = "") {
   if (session.stopStream) session.stopStream();
   session.stopStream = null;
+  session.streamUp = false;
   stopPolling();
   $("main").hidden = true;
   $("login").hidden = false;
@@ -133,11 +138,13 @@ function tick() {
   renderHeader();
 }
 
+// Alarms come over the live stream; this poll runs only while the stream is down (and once at sign-in).
+export const ALARM_FALLBACK_MS = 4000;
 function startPolling() {
   stopPolling();
   every(2000, pollStates);
   every(10000, pollRates);
-  every(4000, () => loadAlarms().catch(() => {}));
+  every(ALARM_FALLBACK_MS, () => { if (!session.streamUp) loadAlarms().catch(() => {}); });
   every(1000, tick);
 }
 
@@ -161,6 +168,10 @@ function renderHeader() {
   $("alarm-count").textContent = String(n);
   $("alarm-badge").className = `alarm-badge${n ? " on" : ""}${store.alarms.items.some((a) => a.severity === "critical" && !a.acked_at) ? " critical" : ""}`;
   $("alarm-badge").setAttribute("aria-label", `${n} unacknowledged alarm${n === 1 ? "" : "s"}`);
+  // push: kept current by the live stream; poll: the stream is down, read every few seconds.
+  $("alarm-badge").dataset.via = store.alarms.via || "";
+  $("alarm-badge").title = store.alarms.via === "poll" ? "Unacknowledged alarms (live stream down: read every few seconds)"
+    : "Unacknowledged alarms (live)";
   const stop = $("hdr-stop");
   const [ok, why] = commandAllowed(session.line, "stop");
   stop.textContent = `Stop ${session.line}`;
@@ -266,7 +277,13 @@ function startLive() {
       changed("state");
     } else if (kind === "inspection" && (!d.line || d.line === session.line)) onInspection(d);
     else if (kind === "frame") onFrame(d);
-  }, (ok) => document.body.classList.toggle("offline", !ok));
+    else if (kind === "alarms") applyAlarmPage(d);
+    else if (kind === "alarm") applyAlarmChange(d);
+  }, (ok) => {
+    session.streamUp = ok;
+    document.body.classList.toggle("offline", !ok);
+    if (!ok) loadAlarms().catch(() => {});  // at once, then every ALARM_FALLBACK_MS until the stream is back
+  });
 }
 
 export function pollState() { return pollStates(); }

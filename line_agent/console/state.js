@@ -1,5 +1,5 @@
 // Shared console state: the session, what each line last looked like and when, the alarms. Views subscribe.
-export const session = { me: null, line: "", stopStream: null };
+export const session = { me: null, line: "", stopStream: null, streamUp: false };
 export const STALE_MS = 5000;        // the server said nothing for this long: everything is stale
 export const STATE_STALE_MS = 7000;  // a line's state not refreshed for this long: that line is stale
 export const CAMERA_STALE_S = 10;    // a running line's camera without a frame for this long: camera stale

@@ -216,3 +216,23 @@ def test_token_scoped_to_one_line(two_lines: dict[str, Any]) -> None:
     erin.click("#login-form button[type=submit]")
     _wait(erin, "document.getElementById('login-error').textContent.includes('revoked')")
     assert c["external"] == [], c["external"]
+
+
+def test_alarms_fall_back_to_polling_while_the_stream_is_down(console: dict[str, Any]) -> None:
+    c = console
+    if c["sim"] is None:
+        pytest.skip("needs the PLC simulator (hardware/)")
+    page = _page(c)
+    page.route("**/api/live/events*", lambda route: route.abort())  # a proxy that drops the stream
+    reads = _alarm_reads(page)
+    _login(page, c["url"], c["tokens"]["viewer"], "alarms")
+    page.wait_for_selector("#alarm-badge[data-via=poll]", timeout=10000)
+    assert "live stream down" in (page.get_attribute("#alarm-badge", "title") or "")
+    reason = "stop rule: stream-down check"
+    _as_rule(c, lambda ctl: ctl.stop(reason=reason))
+    page.wait_for_selector("#alarm-table tr[data-kind=rule_stop]", timeout=12000)  # by the fallback poll
+    assert reason in (page.text_content("#alarm-table tr[data-kind=rule_stop]") or "")
+    assert len(reads) >= 2, reads
+    assert "live stream down" in (page.text_content("#al-summary") or "")
+    _shot(page, "22-alarms-polled-stream-down")
+    assert [u for u in c["external"] if "live/events" not in u] == [], c["external"]

@@ -17,7 +17,6 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
 from pysparkplug import (
@@ -36,6 +35,7 @@ from pysparkplug import (
 
 from hardware.driver import BaseDriver, Value
 from hardware.tags import Tag, TagMap
+from line_agent.mqtt import parse_mqtt_url
 
 SPARKPLUG_TYPES: dict[str, DataType] = {
     "bool": DataType.BOOLEAN,
@@ -54,22 +54,6 @@ def new_paho_client(client_id: str) -> mqtt.Client:
     if api is not None:  # paho-mqtt >= 2
         return mqtt.Client(api.VERSION1, client_id=client_id, clean_session=True)  # type: ignore[call-arg,unused-ignore]
     return mqtt.Client(client_id=client_id, clean_session=True)
-
-
-def parse_mqtt_url(url: str) -> tuple[str, int]:
-    u = urlparse(url)
-    if u.scheme not in ("mqtt", "tcp") or not u.hostname:
-        raise ValueError(f"expected mqtt://HOST:PORT, got {url!r}")
-    return u.hostname, u.port or 1883
-
-
-def mqtt_credentials(url: str) -> tuple[str | None, str | None]:
-    """User and password from ``mqtt://USER:PASS@HOST:PORT`` (percent-decoded), or None where absent."""
-    u = urlparse(url)
-    return (
-        unquote(u.username) if u.username is not None else None,
-        unquote(u.password) if u.password is not None else None,
-    )
 
 
 def to_metric_value(tag: Tag, raw: Value) -> Value:
@@ -134,8 +118,7 @@ class SparkplugDriver(BaseDriver):
         super().__init__(
             tags, io_timeout_s=io_timeout_s, backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s
         )
-        self.host, self.port = parse_mqtt_url(url)
-        self.username, self.password = mqtt_credentials(url)
+        self.host, self.port, self.username, self.password, self.tls = parse_mqtt_url(url)
         self.target = target
         self.client_id = client_id or f"lineguard-host-{tags.line}-{next(_client_ids)}-{time.time_ns() % 10**9}"
         self._client: mqtt.Client | None = None
@@ -220,6 +203,8 @@ class SparkplugDriver(BaseDriver):
         client = new_paho_client(self.client_id)
         if self.username is not None:
             client.username_pw_set(self.username, self.password)
+        if self.tls:  # mqtts://
+            client.tls_set()
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

@@ -39,14 +39,13 @@ from hardware.mqtt_cmd import (
     REBIRTH_METRIC,
     SparkplugTarget,
     make_metric,
-    mqtt_credentials,
     new_paho_client,
-    parse_mqtt_url,
     to_metric_value,
 )
 from hardware.plc_logic import PlcWriteError, RawValue
 from hardware.sim_base import SCAN_PERIOD_S, ThreadedSim
 from hardware.tags import Tag, TagMap
+from line_agent.mqtt import parse_mqtt_url
 
 REPORT_PERIOD_S = 0.05  # report-by-exception, at most this often for values the PLC changes itself
 SIM_ESTOP_METRIC = "Sim Control/E-Stop"
@@ -78,8 +77,7 @@ class SimSparkplugNode(ThreadedSim):
         tags: TagMap | None = None,
     ) -> None:
         super().__init__(watchdog_s=watchdog_s, gate_pulse_s=gate_pulse_s)
-        self.host, self.port = parse_mqtt_url(url)
-        self.username, self.password = mqtt_credentials(url)
+        self.host, self.port, self.username, self.password, self.tls = parse_mqtt_url(url)
         self.tags = tags or TagMap.load()
         self.target = target or SparkplugTarget("lineguard", f"{self.tags.line}-plc", "plc")
         self._mtags: dict[str, Tag] = {t.mqtt.metric: t for t in self.tags if t.mqtt is not None}
@@ -191,6 +189,8 @@ class SimSparkplugNode(ThreadedSim):
         client = new_paho_client(f"sim-{self.target.edge_node_id}-{time.time_ns() % 10**9}")
         if self.username is not None:
             client.username_pw_set(self.username, self.password)
+        if self.tls:  # mqtts://
+            client.tls_set()
         self._bd_seq = int(time.time()) % 256
         client.will_set(
             self.target.node_topic("DEATH"),

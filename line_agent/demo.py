@@ -1,9 +1,10 @@
 """``lineguard demo``: the plant assembly (line_agent.plant) plus simulators, and the report it prints.
 
 The demo is ``PlantApp`` with three additions that ``lineguard run`` never has: a Modbus PLC simulator
-process per line, a simulated energy meter and machine faults published over MQTT, and a simulated operator
-who restarts a line the stop rule stopped (audited as ``demo:simulated-operator``). Synthetic boards carry
-injected truth, so the report can score the detector.
+process per line, a simulated energy meter and machine faults published over MQTT with the line's device
+account (as line equipment would: the ACL lets it publish only its line's telemetry and events), and a
+simulated operator who restarts a line the stop rule stopped (audited as ``demo:simulated-operator``).
+Synthetic boards carry injected truth, so the report can score the detector.
 
 Process tree, every child started and stopped by PID, in reverse order on exit or Ctrl-C:
 
@@ -133,7 +134,9 @@ def run_demo(settings: Settings, opts: DemoOptions) -> DemoReport:
     console = f"http://{opts.host}:{opts.port}"
     report = DemoReport(started=started, ended=started, database="", broker="", console=console)
     try:
-        with infrastructure(settings) as (db_url, mqtt_url), contextlib.ExitStack() as children:
+        # The lines' configs make the embedded broker's ACL and a device account per line (``<line>-device``),
+        # which the simulated meter and machines publish with.
+        with infrastructure(settings, lines=lines) as (db_url, mqtt_url), contextlib.ExitStack() as children:
             # Children stop in reverse order of start, all before the database and broker go.
             report.database, report.broker = redact(db_url), redact(mqtt_url)
             for line in lines:
@@ -189,28 +192,60 @@ def _simulated_operator(after_s: float) -> Any:
     return operate
 
 
+def _device_publishers(app: PlantApp) -> tuple[dict[str, Any], list[Any]]:
+    """Per line, the publisher its simulated meter and machines use: a device account of the embedded broker
+    (the ACL lets it publish only telemetry and events of its line, as real equipment would), through a
+    memory outbox with the same post-acknowledgement retention as the runtime. A broker of your own gives
+    no device account: then the runtime's publisher (its account needs telemetry/event rights there)."""
+    from line_agent.mqtt import Publisher, parse_mqtt_url
+
+    device_for = getattr(app.mqtt_url, "device_for", None)
+    pubs: dict[str, Any] = {}
+    own: dict[str, Any] = {}
+    for name in app.runtimes:
+        url = device_for(name) if device_for is not None else None
+        if url is None:
+            log.warning("%s: no device account on this broker; the simulated meter publishes with the runtime's",
+                        name)
+            pubs[name] = app.publisher
+            continue
+        if url not in own:
+            user = parse_mqtt_url(url).user
+            own[url] = Publisher(url, user or f"demo-devices-{name}", ack_retention_s=app.settings.ack_retention_s)
+        pubs[name] = own[url]
+    return pubs, list(own.values())
+
+
 async def _meter(app: PlantApp, stop: asyncio.Event, period_s: float = 1.0) -> None:
-    """Demo only: the simulated energy meter and machine faults of each line, over MQTT (JSON convention)."""
+    """Demo only: the simulated energy meter and machine faults of each line, over MQTT (JSON convention),
+    each line's with that line's device account."""
     from hardware.sim_meter import LineMeterSim
     from line_agent.contracts import EnergyMetric, MachineEvent, TelemetryPoint, topic
 
     sims = {name: LineMeterSim(name, seed=hash(name) & 0xFFFF) for name in app.runtimes}
-    while not stop.is_set():
-        ts = time.time()
-        for name, rt in app.runtimes.items():
-            line = rt.cfg
-            reading = sims[name].read(ts, running=rt.line_mode == "running")
-            point = TelemetryPoint(ts=ts, device="meter1", metrics={EnergyMetric.POWER_W.value: reading.power_w,
-                                                                    EnergyMetric.ENERGY_KWH.value: reading.energy_kwh})
-            app.publisher.publish(topic(line.site, line.line, "energy", "telemetry", line.mqtt.prefix),
-                                  point.model_dump_json(exclude_none=True))
-            for f in sims[name].faults(ts, period_s):
-                event = MachineEvent(event_id=f.event_id, ts=f.ts, device=f.machine, kind="fault", code=f.code,
-                                     duration_s=f.duration_s)
-                app.publisher.publish(topic(line.site, line.line, f.machine, "event", line.mqtt.prefix),
-                                      event.model_dump_json(exclude_none=True))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), period_s)
+    pubs, own = _device_publishers(app)
+    try:
+        while not stop.is_set():
+            ts = time.time()
+            for name, rt in app.runtimes.items():
+                line = rt.cfg
+                reading = sims[name].read(ts, running=rt.line_mode == "running")
+                point = TelemetryPoint(ts=ts, device="meter1", metrics={
+                    EnergyMetric.POWER_W.value: reading.power_w, EnergyMetric.ENERGY_KWH.value: reading.energy_kwh})
+                msgs = [(topic(line.site, line.line, "energy", "telemetry", line.mqtt.prefix),
+                         point.model_dump_json(exclude_none=True))]
+                for f in sims[name].faults(ts, period_s):
+                    event = MachineEvent(event_id=f.event_id, ts=f.ts, device=f.machine, kind="fault", code=f.code,
+                                         duration_s=f.duration_s)
+                    msgs.append((topic(line.site, line.line, f.machine, "event", line.mqtt.prefix),
+                                 event.model_dump_json(exclude_none=True)))
+                for t, payload in msgs:  # off the event loop: the runtime's fallback publisher fsyncs
+                    await asyncio.to_thread(pubs[name].publish, t, payload)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period_s)
+    finally:
+        for p in own:
+            await asyncio.to_thread(p.close)
 
 
 def _wait_stored(db_url: str, lines: list[LineConfig], published: dict[str, int], since: float,

@@ -65,15 +65,24 @@ def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
         raise typer.Exit(2)
 
 
-def _replay_broker() -> str:
-    """The broker a replay publishes to (LINEGUARD_MQTT_URL), or exit 2 saying so."""
+def _replay_broker() -> tuple[str, float]:
+    """The broker a replay publishes to (LINEGUARD_MQTT_URL) and the post-acknowledgement retention of its
+    publisher (LINEGUARD_MQTT_ACK_RETENTION_S, line_agent/outbox.py), or exit 2 saying what is wrong."""
+    from line_agent.mqtt import parse_mqtt_url
     from line_agent.settings import Settings
 
-    url = Settings().mqtt_url
+    settings = Settings()
+    url = settings.mqtt_url
     if not url:
         typer.echo("error: set LINEGUARD_MQTT_URL (mqtt://host:port) to the broker to publish to", err=True)
         raise typer.Exit(2)
-    return url
+    try:
+        parse_mqtt_url(url)
+    except ValueError:  # the message would echo the URL, password and all
+        typer.echo("error: LINEGUARD_MQTT_URL is not an MQTT URL (expected mqtt://[user:pass@]host:port or "
+                   "mqtts://...)", err=True)
+        raise typer.Exit(2) from None
+    return url, settings.ack_retention_s
 
 
 @replay_app.command("ai4i")
@@ -93,10 +102,10 @@ def replay_ai4i_cmd(
     from line_agent.replay import Ai4iError, replay_ai4i
 
     _choice("--format", fmt, ("json", "sparkplug"))
-    url = _replay_broker()
+    url, retention_s = _replay_broker()
     try:
         res = replay_ai4i(path, url, rate=rate, fmt=fmt, line=line, site=site, cycle_s=cycle_s,  # type: ignore[arg-type]
-                          start_ts=start, limit=limit)
+                          start_ts=start, limit=limit, ack_retention_s=retention_s)
     except (Ai4iError, ConnectionError, TimeoutError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -127,17 +136,21 @@ def replay_csv_cmd(
     from line_agent.replay_csv import ColumnMap, CsvMapping, CsvReplayError, replay_csv
 
     _choice("--stamp", stamp, ("start", "end"))
-    url = _replay_broker()
+    url, retention_s = _replay_broker()
     try:
         mapping = CsvMapping(ts_column=ts_col, metrics=[ColumnMap.parse(x) for x in metric], ts_format=ts_format,
                              timezone=tz, stamp=stamp, interval_s=interval_s, device=device)  # type: ignore[arg-type]
     except CsvReplayError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    client = Publisher(url, f"lineguard-replay-csv-{os.getpid()}", max_queued=0, max_inflight=200)
+    # A memory outbox with post-acknowledgement retention: a broker crash during the replay loses nothing.
+    client = Publisher(url, f"lineguard-replay-csv-{os.getpid()}", max_queued=0, max_inflight=200,
+                       ack_retention_s=retention_s)
     try:
         if not client.wait_connected(15):
-            typer.echo(f"error: cannot reach the MQTT broker at {url}", err=True)
+            from line_agent.plant import redact
+
+            typer.echo(f"error: cannot reach the MQTT broker at {redact(url)}", err=True)
             raise typer.Exit(1)
         res = replay_csv(path, mapping, client.publish, site=site, line=line, cell=cell)
         if not client.flush(120):
@@ -168,7 +181,12 @@ def bench_chaos(
     seconds: Annotated[float, typer.Option(min=1.0, help="Publishing spread over this long per scenario.")] = 10.0,
     outage_s: Annotated[float, typer.Option(min=0.5, help="Broker down this long (restart / crash).")] = 5.0,
     db_outage_s: Annotated[float, typer.Option(min=1.0, help="PostgreSQL stopped this long.")] = 10.0,
-    only: Annotated[str, typer.Option(help="Comma-separated scenario names (default: all).")] = "",
+    only: Annotated[str, typer.Option(help="Comma-separated scenario names (default: all); broker_crash "
+                                           "selects every crash run.")] = "",
+    crash_runs: Annotated[int, typer.Option(min=1, max=50, help="Broker crash runs (broker_crash_1 ...).")] = 1,
+    ack_retention_s: Annotated[float | None, typer.Option(
+        min=0.0, help="The devices' post-acknowledgement retention, s (default: what the bench's broker needs; "
+                      "0: none, as a device that forgets a message at its PUBACK).")] = None,
     compare_shared: Annotated[bool, typer.Option(help="Also run the broker restart with the old shared "
                                                       "subscription ($share/...), for comparison.")] = True,
     markdown_out: Annotated[Path | None, typer.Option(help="Also write the markdown table here.")] = None,
@@ -177,10 +195,16 @@ def bench_chaos(
     from line_agent.ingest.chaos import default_matrix, markdown, run_chaos
 
     matrix = default_matrix(workers=workers, points=points, seconds=seconds, outage_s=outage_s,
-                            db_outage_s=db_outage_s, compare_shared=compare_shared)
+                            db_outage_s=db_outage_s, compare_shared=compare_shared, ack_retention_s=ack_retention_s,
+                            crash_runs=crash_runs)
     if only:
         names = {n.strip() for n in only.split(",") if n.strip()}
-        matrix = [s for s in matrix if s.name in names]
+        known = {s.name for s in matrix} | {s.fault for s in matrix}
+        if names - known:
+            typer.echo(f"error: --only: no scenario {', '.join(sorted(names - known))} (one of "
+                       f"{', '.join(sorted(known))})", err=True)
+            raise typer.Exit(2)
+        matrix = [s for s in matrix if s.name in names or (s.fault == "broker_crash" and "broker_crash" in names)]
     results = run_chaos(matrix, on_log=lambda m: typer.echo(m, err=True))
     typer.echo(json.dumps(results, indent=2))
     table = markdown(results)

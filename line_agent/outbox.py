@@ -1,18 +1,25 @@
-"""Store and forward at the edge: everything the runtime publishes goes to a disk outbox first.
+"""Store and forward: every QoS 1 message lineguard publishes goes to an outbox first.
 
-The plant network drops, the broker restarts, lineguard itself restarts: an inspection made meanwhile must
-still arrive, once, in order. So ``Outbox.put`` appends the message to a SQLite file (WAL, ``synchronous=FULL``:
-on disk before ``put`` returns) and a sender thread publishes the oldest messages with QoS 1, deleting each
-only when the broker acknowledged it. After a restart the sender starts from what is left. A message that was
-sent but not yet acknowledged when the link dropped is sent again; ingest stores by natural key, so a
-repeat is stored once (the same idea as Sparkplug's ``is_historical`` replay, for our JSON).
+The plant network drops, the broker restarts or crashes, lineguard itself restarts: an inspection made
+meanwhile must still arrive, once, in order. So ``Outbox.put`` appends the message to a SQLite table (on disk
+for the runtime: WAL, ``synchronous=FULL``, on disk before ``put`` returns; in memory for tools such as the
+replays, ``path=None``) and a sender thread publishes the oldest messages with QoS 1. A message that was sent
+but not yet acknowledged when the link dropped is sent again; ingest stores by natural key, so a repeat is
+stored once (the same idea as Sparkplug's ``is_historical`` replay, for our JSON).
 
-Mosquitto acknowledges a message and saves it at the end of the same loop pass: a crash in between loses
-an acknowledged message. So what was acknowledged in the last ``replay_s`` seconds before a disconnect is
-sent again when the link returns (duplicates are stored once).
+**Post-acknowledgement retention.** A PUBACK does not mean the broker has the message on disk: Mosquitto
+acknowledges a message in one event-loop pass and writes its persistence file later (``autosave_interval``
+/ ``autosave_on_changes``), so a crash (SIGKILL, OOM, power) in between loses a message it acknowledged.
+Therefore an acknowledged message is not deleted at once: it stays in the table, marked acknowledged, for
+``retention_s`` seconds (``Settings.ack_retention_s``: the broker's save period plus the time a save
+takes). When the link drops, every message acknowledged within the last ``retention_s`` is marked pending
+again and sent first when the link returns, in its original order. After a restart of the process (the box
+lost power with its broker, say), whatever acknowledged messages were still retained are sent again too. A
+repeat costs a duplicate that ingest stores once; what a shorter window costs is a lost message.
 
-The outbox is bounded (``max_bytes``): when it is full the oldest messages are dropped, counted in
-``lineguard_outbox_dropped_total`` and logged; the newest data is what a plant wants first when it returns.
+The outbox is bounded (``max_bytes``, and ``max_messages`` when non-zero): when it is full the oldest
+pending messages are dropped, counted in ``lineguard_outbox_dropped_total`` and logged; the newest data is
+what a plant wants first when it returns.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Protocol
 
@@ -45,42 +51,57 @@ class Transport(Protocol):
 
 
 class Outbox:
-    def __init__(self, path: Path, *, max_bytes: int = 1 << 30, batch: int = 500, name: str = "runtime",
-                 replay_s: float = 3.0) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path | None, *, max_bytes: int = 1 << 30, max_messages: int = 0, batch: int = 500,
+                 name: str = "runtime", retention_s: float = 3.0) -> None:
+        if retention_s < 0:
+            raise ValueError(f"retention_s must be >= 0, not {retention_s}")
+        self.path = Path(path) if path is not None else None
         self.max_bytes = max_bytes
+        self.max_messages = max_messages
         self.batch = batch
         self.name = name
+        #: How long an acknowledged message is kept to be sent again after a disconnect (see the module doc).
+        self.retention_s = retention_s
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path) if self.path is not None else ":memory:",
+                                   check_same_thread=False, isolation_level=None)
+        if self.path is not None:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                          "topic TEXT NOT NULL, payload BLOB NOT NULL, created REAL NOT NULL)")
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
+        if "acked" not in cols:  # an outbox file from before post-acknowledgement retention
+            self._db.execute("ALTER TABLE outbox ADD COLUMN acked REAL")
+        self._db.execute("CREATE INDEX IF NOT EXISTS outbox_acked ON outbox (acked) WHERE acked IS NOT NULL")
+        # Acknowledged messages still retained when the process stopped: the broker may have lost them with
+        # it (one box, one power cut). Send them again.
+        again = self._db.execute("UPDATE outbox SET acked = NULL WHERE acked IS NOT NULL").rowcount
         row = self._db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
         self._pending, self._bytes = int(row[0]), int(row[1])
+        self._retained = 0
         self.dropped = 0
         self.enqueued = 0
         self.acked = 0
-        #: Acknowledged in the last ``replay_s`` seconds: sent again after a disconnect (the broker may have
-        #: acknowledged them and crashed before saving them; a repeat is stored once by ingest).
-        self.replay_s = replay_s
-        self._recent: deque[tuple[float, str, bytes]] = deque()
-        self.replayed = 0
+        #: Acknowledged messages made pending again after a disconnect (or found retained at start).
+        self.replayed = again
+        self._last_ack = 0.0  # monotonic time of the newest acknowledgement
         self._wake = threading.Event()
         self._stop = threading.Event()
         #: Sent, not yet acknowledged: row id -> its delivery (asked, not called back: no mid bookkeeping).
         self._inflight: dict[int, Delivery] = {}
         self._thread: threading.Thread | None = None
+        self._closed = False
         self._update_metrics()
         if self._pending:
-            log.info("outbox %s: %d messages (%d bytes) left from before; sending them first",
-                     self.path, self._pending, self._bytes)
+            log.info("outbox %s: %d messages (%d bytes) left from before (%d acknowledged within the retention "
+                     "window); sending them first", self.path, self._pending, self._bytes, again)
 
     # ----- producer side
     def put(self, topic: str, payload: bytes | str) -> None:
-        """Append one message, durably (fsynced), then wake the sender. Blocking: call off the event loop."""
+        """Append one message (on disk: fsynced), then wake the sender. Blocking: call off the event loop."""
         data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
         with self._lock:
             self._db.execute("INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)",
@@ -88,89 +109,120 @@ class Outbox:
             self._pending += 1
             self._bytes += len(data)
             self.enqueued += 1
-            if self._bytes > self.max_bytes:
+            if self._bytes > self.max_bytes or (self.max_messages and self._pending > self.max_messages):
                 self._drop_oldest()
         self._update_metrics()
         self._wake.set()
 
     def _drop_oldest(self) -> None:
-        """Over the bound: drop the oldest messages not in flight until under it again (lock held)."""
-        rows = self._db.execute("SELECT id, length(payload) FROM outbox ORDER BY id").fetchall()
+        """Over a bound: drop retained, then the oldest pending messages not in flight (lock held)."""
+        self._purge(time.monotonic(), everything=True)
+        rows = self._db.execute("SELECT id, length(payload) FROM outbox WHERE acked IS NULL ORDER BY id").fetchall()
         drop: list[int] = []
+        pending = self._pending
         for rid, size in rows:
-            if self._bytes <= self.max_bytes * 0.9:
+            if self._bytes <= self.max_bytes * 0.9 and not (self.max_messages and pending > self.max_messages):
                 break
             if rid in self._inflight:
                 continue
             drop.append(rid)
             self._bytes -= int(size)
+            pending -= 1
         if drop:
             self._db.executemany("DELETE FROM outbox WHERE id = ?", [(r,) for r in drop])
             self._pending -= len(drop)
             self.dropped += len(drop)
             OUTBOX_DROPPED.labels(outbox=self.name).inc(len(drop))
-            log.error("outbox %s full (%d bytes max): dropped the %d oldest messages", self.path, self.max_bytes,
-                      len(drop))
+            log.error("outbox %s full (%d bytes, %d messages max): dropped the %d oldest messages",
+                      self.path or "(memory)", self.max_bytes, self.max_messages, len(drop))
 
     # ----- sender side
     def start(self, transport: Transport) -> None:
         self._thread = threading.Thread(target=self._run, args=(transport,), name=f"outbox-{self.name}", daemon=True)
         self._thread.start()
 
+    def _purge(self, now: float, everything: bool = False) -> None:
+        """Delete acknowledged messages older than the retention window (all of them: ``everything``)."""
+        if not self._retained:
+            return
+        where, args = ("acked IS NOT NULL", ()) if everything else \
+            ("acked IS NOT NULL AND acked < ?", (now - self.retention_s,))
+        sizes = self._db.execute(f"SELECT length(payload) FROM outbox WHERE {where}", args).fetchall()
+        if sizes:
+            self._db.execute(f"DELETE FROM outbox WHERE {where}", args)
+        self._retained -= len(sizes)
+        self._bytes -= sum(int(s[0]) for s in sizes)
+
     def _settle(self) -> None:
-        """Delete what the broker acknowledged (one transaction for the lot)."""
+        """Mark what the broker acknowledged (one transaction for the lot) and purge what aged out."""
         with self._lock:
-            done = [rid for rid, d in self._inflight.items() if d.is_published()]
-            if not done:
+            if self._closed:
                 return
-            rows = self._db.execute(
-                f"SELECT id, topic, payload FROM outbox WHERE id IN ({','.join('?' * len(done))}) ORDER BY id",
-                done).fetchall()
-            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(r,) for r in done])
-            self._bytes -= sum(len(r[2]) for r in rows)
-            self._pending -= len(rows)
-            self.acked += len(done)
+            done = [rid for rid, d in self._inflight.items() if d.is_published()]
             now = time.monotonic()
-            self._recent.extend((now, str(t), bytes(p)) for _rid, t, p in rows)
-            while self._recent and now - self._recent[0][0] > self.replay_s:
-                self._recent.popleft()
-            for rid in done:
-                del self._inflight[rid]
+            if done:
+                self._db.execute("BEGIN")
+                if self.retention_s > 0:
+                    self._db.executemany("UPDATE outbox SET acked = ? WHERE id = ?", [(now, r) for r in done])
+                    self._retained += len(done)
+                    self._pending -= len(done)
+                else:
+                    sizes = self._db.execute(
+                        f"SELECT length(payload) FROM outbox WHERE id IN ({','.join('?' * len(done))})",
+                        done).fetchall()
+                    self._db.executemany("DELETE FROM outbox WHERE id = ?", [(r,) for r in done])
+                    self._bytes -= sum(int(s[0]) for s in sizes)
+                    self._pending -= len(done)
+                self._purge(now)
+                self._db.execute("COMMIT")
+                self.acked += len(done)
+                self._last_ack = now
+                for rid in done:
+                    del self._inflight[rid]
+            elif self._retained:
+                self._purge(now)
         self._update_metrics()
+
+    def _requeue_recent(self) -> int:
+        """The link dropped: what was acknowledged within the window may be gone with the broker. Mark it
+        pending again (lock held); it keeps its place in the order, before everything sent after it."""
+        if not self._retained:
+            return 0
+        n = self._db.execute("UPDATE outbox SET acked = NULL WHERE acked IS NOT NULL AND acked >= ?",
+                             (time.monotonic() - self.retention_s,)).rowcount
+        self._retained -= n
+        self._pending += n
+        self.replayed += n
+        return n
 
     def _run(self, transport: Transport) -> None:
         was_connected = False
-        replay: list[tuple[str, bytes]] = []
         while not self._stop.is_set():
             # Acknowledgements are polled: often while some are awaited, rarely when idle.
-            self._wake.wait(0.02 if self._inflight else 0.5)
+            self._wake.wait(0.02 if self._inflight else 0.2)
             self._wake.clear()
             self._settle()
             connected = transport.is_connected()
             if not connected:
                 if was_connected:
-                    # What was in flight may never be acknowledged: send it again once the link is back.
-                    # What the broker acknowledged just before it went may not be on its disk yet (Mosquitto
-                    # acknowledges, then saves): keep those to send again too.
+                    # What was in flight may never be acknowledged: send it again once the link is back. What
+                    # the broker acknowledged just before it went may not be on its disk yet: that too.
                     with self._lock:
                         self._inflight.clear()
-                        cut = time.monotonic() - self.replay_s
-                        replay = [(t, p) for at, t, p in self._recent if at >= cut]
-                        self._recent.clear()
+                        n = self._requeue_recent()
+                    if n:
+                        log.info("outbox %s: link lost; %d messages acknowledged in the last %.1f s will be sent "
+                                 "again", self.path or self.name, n, self.retention_s)
+                    self._update_metrics()
                 was_connected = False
                 continue
-            if not was_connected and replay:
-                for t, p in replay:  # older than anything pending: first, as sent before
-                    transport.send(t, p)
-                self.replayed += len(replay)
-                replay = []
             was_connected = True
             with self._lock:
                 room = self.batch - len(self._inflight)
                 if room <= 0:
                     continue
-                rows = self._db.execute(
-                    "SELECT id, topic, payload FROM outbox ORDER BY id LIMIT ?", (self.batch,)).fetchall()
+                rows = self._db.execute("SELECT id, topic, payload FROM outbox WHERE acked IS NULL ORDER BY id "
+                                        "LIMIT ?", (self.batch,)).fetchall()
                 todo = [r for r in rows if r[0] not in self._inflight][:room]
             sent = 0
             for rid, topic, payload in todo:
@@ -185,7 +237,7 @@ class Outbox:
                 self._wake.set()  # more may be waiting
 
     def drain(self, timeout_s: float) -> bool:
-        """Wait until every message was acknowledged (at shutdown); False when some remain (kept on disk)."""
+        """Wait until every message was acknowledged; False when some remain (kept, on disk or in memory)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._settle()
@@ -195,17 +247,41 @@ class Outbox:
             time.sleep(0.05)
         return self._pending == 0
 
+    def linger(self, timeout_s: float, transport: Transport) -> bool:
+        """At shutdown: stay until the newest acknowledgement is ``retention_s`` old, so that a broker crash
+        right after the last PUBACK is still covered (the messages go again and are waited for). False when
+        the link is gone or ``timeout_s`` passed with messages pending or still inside the window."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._settle()
+            inside = self._retained and time.monotonic() - self._last_ack < self.retention_s
+            if self._pending == 0 and not inside:
+                return True
+            if not transport.is_connected() and self._pending:
+                return False
+            self._wake.set()
+            time.sleep(0.05)
+        return False
+
     @property
     def pending(self) -> int:
         return self._pending
 
+    @property
+    def retained(self) -> int:
+        """Acknowledged messages kept for the retention window."""
+        return self._retained
+
     def close(self) -> None:
+        if self._closed:
+            return
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(5.0)
         self._settle()
         with self._lock:
+            self._closed = True
             self._db.close()
 
     def _update_metrics(self) -> None:

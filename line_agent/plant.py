@@ -86,17 +86,16 @@ class ChildProcess:
 
 @contextlib.contextmanager
 def infrastructure(settings: Settings, *, broker_listen: tuple[str, int] | None = None,
-                   lines: Sequence[LineConfig] = (), runtime_device_data: bool | None = None,
-                   ) -> Iterator[tuple[str, str]]:
+                   lines: Sequence[LineConfig] = ()) -> Iterator[tuple[str, str]]:
     """The database and broker URLs: the configured ones, else embedded servers in data_dir.
 
     ``broker_listen``: where an embedded broker listens for line equipment (``run``: LINEGUARD_MQTT_LISTEN);
     None picks a free loopback port (the demo, the tests). ``lines``: the line configs the broker's ACL
-    grants topics for (none: any line). ``runtime_device_data``: the runtime's account may also publish
-    telemetry/events (the demo's simulated meter and machines); None: only when ``broker_listen`` is None.
+    grants topics for (none: any line), and the lines that get a device account (``<line>-device``).
 
     The MQTT URL yielded is the runtime's (a ``BrokerUrl``: ``.ingest`` is the ingest workers' URL,
-    LINEGUARD_INGEST_MQTT_URL or the same one for a broker of your own). Both URLs carry passwords:
+    LINEGUARD_INGEST_MQTT_URL or the same one for a broker of your own; ``.device_for(line)`` a device
+    account of the embedded broker, for the demo's simulated devices). Both URLs carry passwords:
     hand them to children through the environment and print them only through ``redact``."""
     data = settings.data_dir.resolve()
     pg = broker = None
@@ -113,13 +112,13 @@ def infrastructure(settings: Settings, *, broker_listen: tuple[str, int] | None 
             if broker_listen is not None and mosquitto_binary() is None:
                 raise ServiceError("`lineguard run` needs Mosquitto for its embedded broker (apt-get install "
                                    "mosquitto), or LINEGUARD_MQTT_URL: the amqtt fallback has no accounts (demo only)")
-            device_data = broker_listen is None if runtime_device_data is None else runtime_device_data
             broker = EmbeddedBroker(data / "broker", port=port, host=host, lines=[LineScope.of(ln) for ln in lines],
-                                    runtime_device_data=device_data,
                                     autosave_changes=settings.mqtt_autosave_changes)
             broker.start()
+            devices = ({"*": broker.device_url()} if broker.kind == "amqtt"
+                       else {d.line: broker.device_url(d.user) for d in reversed(broker.devices)})
             mqtt_url = BrokerUrl(broker.url_for("runtime"), ingest=broker.url_for("ingest"),
-                                 equipment=(host, broker.port))
+                                 equipment=(host, broker.port), devices=devices)
             if broker_listen is not None:
                 print(f"lineguard: MQTT broker for line equipment on mqtt://{host}:{broker.port} "
                       f"(device accounts: {broker.devices_file})", flush=True)
@@ -305,8 +304,10 @@ class PlantApp:
         hub = LiveHub()
         audit = AuditWriter(self.db_url)
         # Everything the runtime publishes goes through the disk outbox: nothing is lost while the
-        # broker or the plant network is away, or when lineguard restarts meanwhile.
-        outbox = Outbox(self.data / "outbox" / "runtime.sqlite", max_bytes=self.settings.outbox_max_bytes)
+        # broker or the plant network is away, or when lineguard restarts meanwhile; what the broker
+        # acknowledged is kept for the broker's save period (ack_retention_s) in case it crashes before saving.
+        outbox = Outbox(self.data / "outbox" / "runtime.sqlite", max_bytes=self.settings.outbox_max_bytes,
+                        retention_s=self.settings.ack_retention_s)
         self.publisher = publisher = Publisher(self.mqtt_url, client_id=f"lineguard-runtime-{os.getpid()}",
                                                outbox=outbox)
         for line in self.lines:
@@ -381,7 +382,7 @@ def run_plant(settings: Settings, lines: Sequence[LineConfig], ingest_workers: i
         raise ServiceError(f"plc.url is required for `lineguard run` (line {', '.join(missing)})")
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
-    with infrastructure(settings, broker_listen=settings.listen, lines=lines, runtime_device_data=False) \
+    with infrastructure(settings, broker_listen=settings.listen, lines=lines) \
             as (db_url, mqtt_url), contextlib.ExitStack() as children:
         plc_url = getattr(mqtt_url, "plc_url", None)
         for ln in lines:  # a sparkplug PLC on the embedded broker: the driver logs in as the runtime

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from line_agent.mqtt import Publisher
+from line_agent.mqtt import DEFAULT_ACK_RETENTION_S, Publisher
 
 FAILURE_MODES = ("TWF", "HDF", "PWF", "OSF", "RNF")
 PROCESS_COLUMNS = {  # metric name -> AI4I column
@@ -92,9 +92,12 @@ def replay_ai4i(
     line: str = "L1", site: str = "site1", cell: str = "mill", device: str = "mill1", cycle_s: float = 10.0,
     start_ts: float | None = None, rows_per_message: int | None = None, limit: int | None = None,
     progress: bool = True, on_row: Callable[[int], None] | None = None, flush_timeout_s: float = 120.0,
-    topic_prefix: str = "lineguard",
+    topic_prefix: str = "lineguard", ack_retention_s: float = DEFAULT_ACK_RETENTION_S,
 ) -> ReplayResult:
-    """Publish the table at ``rate`` rows (parts) per second; return counts once the broker has them all."""
+    """Publish the table at ``rate`` rows (parts) per second; return counts once the broker has them all.
+
+    Through a memory outbox that keeps acknowledged messages ``ack_retention_s`` (line_agent/outbox.py):
+    a broker crash during the replay, or right after it, loses nothing."""
     from tqdm import tqdm
 
     rows = load_ai4i(path)[:limit]
@@ -106,17 +109,19 @@ def replay_ai4i(
     t0 = time.monotonic()
     client_id = f"{topic_prefix}-replay-{line}-{fmt}"
     if fmt == "json":
-        client = Publisher(mqtt_url, client_id, max_queued=0, max_inflight=200)
+        client = Publisher(mqtt_url, client_id, max_queued=0, max_inflight=200, ack_retention_s=ack_retention_s)
         base = f"{topic_prefix}/{site}/{line}/{cell}"
         sender: _Sender = _JsonSender(client, base, device)
     elif fmt == "sparkplug":
-        sender = _SparkplugSender(mqtt_url, client_id, line, cell, device, start)
+        sender = _SparkplugSender(mqtt_url, client_id, line, cell, device, start, ack_retention_s)
         client = sender.client
     else:
         raise ValueError(f"format must be json or sparkplug, not {fmt!r}")
     if not client.connected.wait(15):
         client.close()
-        raise ConnectionError(f"cannot reach the MQTT broker at {mqtt_url}")
+        from line_agent.plant import redact
+
+        raise ConnectionError(f"cannot reach the MQTT broker at {redact(mqtt_url)}")
     bar = tqdm(total=len(rows), unit="part", disable=not progress)
     try:
         for i0 in range(0, len(rows), per_msg):
@@ -184,7 +189,8 @@ class _JsonSender(_Sender):
 class _SparkplugSender(_Sender):
     """An edge node ``cell`` with one device, as Sparkplug B 3.0 describes: births, then DDATA by alias."""
 
-    def __init__(self, url: str, client_id: str, group: str, node: str, device: str, start_ts: float) -> None:
+    def __init__(self, url: str, client_id: str, group: str, node: str, device: str, start_ts: float,
+                 ack_retention_s: float = DEFAULT_ACK_RETENTION_S) -> None:
         import pysparkplug as spb
 
         self.spb = spb
@@ -194,7 +200,7 @@ class _SparkplugSender(_Sender):
         ms = int(start_ts * 1000)
         death = spb.NDeath(timestamp=ms, bd_seq_metric=spb.Metric(timestamp=ms, name="bdSeq",
                                                                     datatype=spb.DataType.INT64, value=self.bd_seq))
-        self.client = Publisher(url, client_id, max_queued=0, max_inflight=200,
+        self.client = Publisher(url, client_id, max_queued=0, max_inflight=200, ack_retention_s=ack_retention_s,
                                 will=(self._topic("NDEATH"), death.encode()))
         self.death = death
         self.aliases = {name: i + 1 for i, name in enumerate((*METRICS, *(f"Faults/{m}" for m in FAILURE_MODES)))}

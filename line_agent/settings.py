@@ -13,6 +13,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: The embedded Mosquitto's save period when it does not save on every change (``mqtt_autosave_changes`` 0).
+TIMED_AUTOSAVE_S = 5
+#: How long after a change a Mosquitto save can still be unwritten beyond its period: the broker rewrites its
+#: whole in-memory database (and fsyncs it) per save, some milliseconds to a fraction of a second with a large
+#: queue for offline sessions (docs/DEPLOY.md), more on a loaded box. 3 s leaves ample room.
+BROKER_SAVE_MARGIN_S = 3.0
+
+
+def ack_retention_for(autosave_changes: int, autosave_interval_s: float = TIMED_AUTOSAVE_S) -> float:
+    """How long a publisher must keep a message after its PUBACK to cover a crash of a Mosquitto with this
+    persistence: a broker that saves on changes (``autosave_on_changes``, ``autosave_changes`` >= 1) saves
+    at its next loop pass, so only the save's own duration; one that saves every ``autosave_interval_s``
+    seconds (``autosave_changes`` 0) may hold an acknowledged message that long before writing it.
+    (With ``autosave_changes`` > 1 the save waits for that many changes, which no time bounds: on a quiet
+    broker the window covers less; docs/DEPLOY.md.)"""
+    return BROKER_SAVE_MARGIN_S + (autosave_interval_s if autosave_changes <= 0 else 0.0)
+
 
 class Settings(BaseSettings):
     """Typed settings. Every field can be set as ``LINEGUARD_<FIELD>`` in the environment."""
@@ -41,6 +58,13 @@ class Settings(BaseSettings):
         default=1, ge=0, description="Embedded Mosquitto saves its sessions after this many changes (1: every "
                                      "acknowledged QoS 1 message survives a broker crash); 0: every 5 s instead.",
     )
+    mqtt_ack_retention_s: float | None = Field(
+        default=None, ge=0,
+        description="How long lineguard's publishers keep a message after the broker acknowledged it, to send it "
+                    "again if the broker crashed before saving it (Mosquitto acknowledges first, saves at its next "
+                    "autosave). Unset: from mqtt_autosave_changes (ack_retention_for); a broker of your own: its "
+                    "autosave_interval + a few seconds. 0: off (a broker crash can lose acknowledged messages).",
+    )
     mqtt_listen: str = Field(
         default="127.0.0.1:1883",
         description="host:port the embedded broker listens on when no mqtt_url is set (line equipment connects here).",
@@ -64,6 +88,15 @@ class Settings(BaseSettings):
     def registry_dir(self) -> Path:
         """The one model registry: ``model_registry`` if set, else ``<data_dir>/models``."""
         return (self.model_registry or self.data_dir / "models").resolve()
+
+    @property
+    def ack_retention_s(self) -> float:
+        """The post-acknowledgement retention window of every publisher (line_agent/outbox.py). It is tied to
+        the broker's autosave: a message acknowledged but not yet saved is lost in a crash, so it must be
+        kept (and sent again after a reconnect) until the broker's next save surely happened."""
+        if self.mqtt_ack_retention_s is not None:
+            return self.mqtt_ack_retention_s
+        return ack_retention_for(self.mqtt_autosave_changes)
 
     @property
     def listen(self) -> tuple[str, int]:

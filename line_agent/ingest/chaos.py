@@ -32,19 +32,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
 import pysparkplug as spb
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from line_agent.ingest.decode_json import decode_json
 from line_agent.ingest.rows import Batch, dead_letter
 from line_agent.ingest.sparkplug import NAMESPACE, REBIRTH_METRIC, SparkplugDecoder
+from line_agent.mqtt import DEFAULT_ACK_RETENTION_S, Publisher
 from line_agent.services import die_with_parent, free_port, mosquitto_binary, wait_for_port
+from line_agent.settings import ack_retention_for
 
 T0 = 1_790_000_000.0
 
@@ -57,6 +56,10 @@ class DurableBroker:
     data_dir: Path
     port: int = 0
     extra_conf: tuple[str, ...] = ()  # more mosquitto.conf lines (e.g. "log_type all" to debug)
+    #: ``autosave_interval``: with ``autosave_on_changes`` a count of changes (1: save at the next loop pass),
+    #: without it seconds (a test's "the next save is far away": 3600).
+    autosave_interval: int = 1
+    autosave_on_changes: bool = True
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -73,9 +76,11 @@ class DurableBroker:
         conf = self.data_dir / "mosquitto.conf"
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence true",
                  f"persistence_location {self.data_dir}/",
-                 # Save the in-memory database after every change (queued message, subscription): a crash
-                 # keeps what was acknowledged (man mosquitto.conf, autosave_on_changes).
-                 "autosave_interval 1", "autosave_on_changes true",
+                 # Save the in-memory database after every change (queued message, subscription), at the next
+                 # loop pass (man mosquitto.conf, autosave_on_changes). The PUBACK goes out before that save:
+                 # what a publisher must retain after it (ack_retention_s) covers the gap.
+                 f"autosave_interval {self.autosave_interval}",
+                 f"autosave_on_changes {'true' if self.autosave_on_changes else 'false'}",
                  "max_queued_messages 1000000", "max_inflight_messages 1000", "max_packet_size 268435455",
                  "log_dest stderr", "log_type error", "log_type warning"]
         if os.geteuid() == 0:
@@ -103,22 +108,19 @@ class DurableBroker:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    @property
+    def ack_retention_s(self) -> float:
+        """The post-acknowledgement retention a publisher needs against this broker's crash."""
+        return ack_retention_for(self.autosave_interval if self.autosave_on_changes else 0, self.autosave_interval)
 
-def _client(url: str, client_id: str, *, session_s: int = 300) -> tuple[mqtt.Client, str, int, Properties]:
-    from line_agent.mqtt import parse_mqtt_url
 
-    host, port, user, password, _ = parse_mqtt_url(url)
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    if user:
-        c.username_pw_set(user, password)
-    c.max_queued_messages_set(0)
-    c.max_inflight_messages_set(200)
-    # A device reconnects fast (0.2 s): faster than the ingest workers (1-2 s), the case that loses data
-    # with a shared subscription on Mosquitto.
-    c.reconnect_delay_set(cast(int, 0.2), 1)
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = session_s
-    return c, host, port, props
+def _publisher(url: str, client_id: str, retention_s: float, on_connect: Callable[[mqtt.Client], None] | None = None
+               ) -> Publisher:
+    """A device's publisher: lineguard's ``Publisher`` (a memory outbox with post-acknowledgement retention,
+    line_agent/outbox.py), reconnecting fast (0.2 s): faster than the ingest workers (1-2 s), the case that loses
+    data with a shared subscription on Mosquitto."""
+    return Publisher(url, client_id, max_queued=0, max_inflight=200, ack_retention_s=retention_s, keepalive=5,
+                     reconnect_delay_s=(0.2, 1.0), on_connect=on_connect)
 
 
 # -- what is published, and what it should become ---------------------------------------------------
@@ -182,27 +184,23 @@ def hostile_json(prefix: str, line: str) -> list[tuple[str, bytes]]:
 
 class EdgeNode:
     """A Sparkplug B edge node: NBIRTH (bdSeq, Will = NDEATH) and DBIRTH with aliases on every connect and on
-    a rebirth request, then DDATA by alias only. While it is not connected it holds its data (a node must not
-    publish data outside a session) and sends it after the births."""
+    a rebirth request, then DDATA by alias only. Data goes through the publisher's outbox, so what is produced
+    while the node is not connected is sent after the next births (a node must not publish data outside a
+    session), and what the broker acknowledged just before a crash is sent again."""
 
-    def __init__(self, url: str, group: str, node: str, device: str = "dev", metrics: int = 5) -> None:
+    def __init__(self, url: str, group: str, node: str, device: str = "dev", metrics: int = 5,
+                 retention_s: float = DEFAULT_ACK_RETENTION_S) -> None:
         self.group, self.node, self.device = group, node, device
         self.names = [f"m{j}" for j in range(metrics)]
         self.bd_seq = 0
         self.seq = 0
         self.lock = threading.Lock()
-        self.online = False
-        self.held: list[float] = []
-        self.sent: list[tuple[str, bytes]] = []  # everything handed to the client, in order
-        self.infos: list[mqtt.MQTTMessageInfo] = []
+        self.sent: list[tuple[str, bytes]] = []  # everything handed to the publisher, in order
         self.rebirths = 0
-        self.c, host, port, props = _client(url, f"edge-{group}-{node}-{uuid.uuid4().hex[:6]}")
-        self.c.on_connect = self._on_connect
-        self.c.on_disconnect = self._on_disconnect
+        self.pub = _publisher(url, f"edge-{group}-{node}-{uuid.uuid4().hex[:6]}", retention_s, self._on_connect)
+        self.c = self.pub.client
         self.c.on_message = self._on_message
         self._set_will()
-        self.c.connect_async(host, port, keepalive=5, clean_start=True, properties=props)
-        self.c.loop_start()
 
     def _topic(self, kind: str, device: bool = False) -> str:
         return f"{NAMESPACE}/{self.group}/{kind}/{self.node}" + (f"/{self.device}" if device else "")
@@ -212,44 +210,33 @@ class EdgeNode:
                                                                     datatype=spb.DataType.INT64, value=self.bd_seq))
         self.c.will_set(self._topic("NDEATH"), death.encode(), qos=1)
 
-    def _publish(self, topic: str, payload: bytes) -> None:
-        self.sent.append((topic, payload))
-        self.infos.append(self.c.publish(topic, payload, qos=1))
-
     def _next_seq(self) -> int:
         s = self.seq
         self.seq = (self.seq + 1) % 256
         return s
 
     def _births(self) -> None:
+        """Straight to paho, ahead of the outbox's queue (called before it sends on a new connection)."""
         now = int(time.time() * 1000)
         self.seq = 0
         nb = spb.NBirth(timestamp=now, seq=self._next_seq(), metrics=(
             spb.Metric(timestamp=now, name="bdSeq", datatype=spb.DataType.INT64, value=self.bd_seq),
             spb.Metric(timestamp=now, name=REBIRTH_METRIC, datatype=spb.DataType.BOOLEAN, value=False)))
-        self._publish(self._topic("NBIRTH"), nb.encode(include_dtypes=True))
         db = spb.DBirth(timestamp=now, seq=self._next_seq(), metrics=tuple(
             spb.Metric(timestamp=now, name=n, alias=j + 1, datatype=spb.DataType.DOUBLE, value=None, is_null=True)
             for j, n in enumerate(self.names)))
-        self._publish(self._topic("DBIRTH", True), db.encode(include_dtypes=True))
+        for topic, payload in ((self._topic("NBIRTH"), nb.encode(include_dtypes=True)),
+                               (self._topic("DBIRTH", True), db.encode(include_dtypes=True))):
+            self.sent.append((topic, payload))
+            self.pub.send(topic, payload)
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        if rc.is_failure:
-            return
+    def _on_connect(self, client: mqtt.Client) -> None:
         with self.lock:
             client.subscribe(self._topic("NCMD"), qos=1)
             self._births()
-            self.online = True
-            held, self.held = self.held, []
-            for ts in held:
-                self._data(ts)
             # The next session's Will carries the next bdSeq (paho sends the Will set now at the next CONNECT).
             self.bd_seq += 1
             self._set_will()
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        with self.lock:
-            self.online = False
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -258,63 +245,37 @@ class EdgeNode:
             return
         if any(m.name == REBIRTH_METRIC and m.value for m in cmd.metrics):
             with self.lock:
-                if self.online:
+                if self.pub.is_connected():
                     self.rebirths += 1
                     self.bd_seq -= 1  # a rebirth keeps the session's bdSeq
                     self._births()
                     self.bd_seq += 1
 
-    def _data(self, ts: float) -> None:
-        ms = int(ts * 1000)
-        dd = spb.DData(timestamp=ms, seq=self._next_seq(), metrics=tuple(
-            spb.Metric(timestamp=ms, name=None, alias=j + 1, datatype=spb.DataType.DOUBLE, value=float(ms % 997 + j))
-            for j in range(len(self.names))))
-        self._publish(self._topic("DDATA", True), dd.encode(include_dtypes=False))
-
     def data(self, ts: float) -> None:
+        ms = int(ts * 1000)
         with self.lock:
-            if self.online:
-                self._data(ts)
-            else:
-                self.held.append(ts)
+            dd = spb.DData(timestamp=ms, seq=self._next_seq(), metrics=tuple(
+                spb.Metric(timestamp=ms, name=None, alias=j + 1, datatype=spb.DataType.DOUBLE,
+                           value=float(ms % 997 + j)) for j in range(len(self.names))))
+            topic, payload = self._topic("DDATA", True), dd.encode(include_dtypes=False)
+            self.sent.append((topic, payload))
+            self.pub.publish(topic, payload)
 
     def close(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and (self.held or not self.online):
-            time.sleep(0.1)
-        _wait_acked(list(self.infos), max(0.1, deadline - time.monotonic()))
-        self.c.disconnect()
-        self.c.loop_stop()
+        self.pub.close(timeout_s)
 
 
 class JsonPublisher:
-    """A device (or the line runtime) publishing JSON with QoS 1; reconnects fast and resends on reconnect."""
+    """A device (or the line runtime) publishing JSON with QoS 1 through lineguard's ``Publisher``."""
 
-    def __init__(self, url: str) -> None:
-        self.c, host, port, props = _client(url, f"dev-{uuid.uuid4().hex[:8]}")
-        self.infos: list[mqtt.MQTTMessageInfo] = []
-        self.c.connect_async(host, port, keepalive=5, clean_start=False, properties=props)
-        self.c.loop_start()
+    def __init__(self, url: str, retention_s: float = DEFAULT_ACK_RETENTION_S) -> None:
+        self.pub = _publisher(url, f"dev-{uuid.uuid4().hex[:8]}", retention_s)
 
     def send(self, topic: str, payload: bytes) -> None:
-        self.infos.append(self.c.publish(topic, payload, qos=1))
+        self.pub.publish(topic, payload)
 
     def close(self, timeout_s: float = 60.0) -> None:
-        _wait_acked(self.infos, timeout_s)
-        self.c.disconnect()
-        self.c.loop_stop()
-
-
-def _wait_acked(infos: list[mqtt.MQTTMessageInfo], timeout_s: float) -> bool:
-    """Until the broker acknowledged every message. ``wait_for_publish`` / ``is_published`` raise at once for
-    a message published while disconnected, which paho still sends after the reconnect: read the flag."""
-    deadline = time.monotonic() + timeout_s
-    pending = list(infos)
-    while pending and time.monotonic() < deadline:
-        pending = [i for i in pending if not getattr(i, "_published", False)]
-        if pending:
-            time.sleep(0.05)
-    return not pending
+        self.pub.close(timeout_s)
 
 
 # -- counting -----------------------------------------------------------------------------------------
@@ -555,6 +516,9 @@ class Scenario:
     edge_nodes: int = 4
     seconds: float = 10.0  # publishing spread over this long
     outage_s: float = 5.0
+    #: The devices' post-acknowledgement retention (line_agent/outbox.py); None: what the bench's broker
+    #: needs (``DurableBroker.ack_retention_s``); 0: none, as a device that forgets a message at its PUBACK.
+    ack_retention_s: float | None = None
 
 
 def run_scenario(sc: Scenario, pg_admin_url: str, base: Path, pg: Any = None,
@@ -589,10 +553,12 @@ def run_scenario(sc: Scenario, pg_admin_url: str, base: Path, pg: Any = None,
         if sc.fault == "hostile":
             rng = random.Random(20261201)
             extra = hostile_json(prefix, line) + sparkplug_corpus(fz_group, 4, 60, rng)
-        pub = JsonPublisher(broker.url)
-        nodes = [EdgeNode(broker.url, group, f"n{i}") for i in range(sc.edge_nodes)]
-        for n in nodes:
-            n.c.is_connected()  # births go out on connect
+        retention = broker.ack_retention_s if sc.ack_retention_s is None else sc.ack_retention_s
+        pub = JsonPublisher(broker.url, retention)
+        nodes = [EdgeNode(broker.url, group, f"n{i}", retention_s=retention) for i in range(sc.edge_nodes)]
+        for n in nodes:  # births go out on connect: before any data, in the oracle's order too
+            if not n.pub.wait_connected(30):
+                raise RuntimeError(f"edge node {n.node} did not connect to {broker.url}")
         steps = max(1, len(jmsgs))
         fault_at = steps // 3
         step_s = sc.seconds / steps
@@ -636,7 +602,7 @@ def run_scenario(sc: Scenario, pg_admin_url: str, base: Path, pg: Any = None,
         broker.stop()
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    return {"scenario": sc.name, "fault": sc.fault, "workers": sc.workers,
+    return {"scenario": sc.name, "fault": sc.fault, "workers": sc.workers, "ack_retention_s": retention,
             "subscription": f"$share/{sc.share_group}" if sc.share_group else "slices", **t.__dict__,
             "rebirths_answered": rebirths, "worker_kills": workers.kills, "fault_detail": fault_note,
             "publish_s": round(publish_s, 1), "total_s": round(time.monotonic() - t_start, 1)}
@@ -671,11 +637,17 @@ def _inject(sc: Scenario, broker: DurableBroker, workers: Workers, pg: Any, say:
 
 
 def default_matrix(workers: int = 2, points: int = 50_000, seconds: float = 10.0, outage_s: float = 5.0,
-                   db_outage_s: float = 10.0, compare_shared: bool = True) -> list[Scenario]:
-    common: dict[str, Any] = dict(workers=workers, points=points, seconds=seconds)
+                   db_outage_s: float = 10.0, compare_shared: bool = True, ack_retention_s: float | None = None,
+                   crash_runs: int = 1) -> list[Scenario]:
+    """The fault matrix; ``crash_runs`` > 1 repeats the broker crash (``broker_crash_1`` ...), whose loss, if
+    any, is a race with the broker's save and so differs from run to run."""
+    common: dict[str, Any] = dict(workers=workers, points=points, seconds=seconds, ack_retention_s=ack_retention_s)
+    crashes = ([Scenario("broker_crash", "broker_crash", outage_s=outage_s, **common)] if crash_runs <= 1 else
+               [Scenario(f"broker_crash_{i + 1}", "broker_crash", outage_s=outage_s, **common)
+                for i in range(crash_runs)])
     m = [Scenario("baseline", "none", **common),
          Scenario("broker_restart", "broker_restart", outage_s=outage_s, **common),
-         Scenario("broker_crash", "broker_crash", outage_s=outage_s, **common),
+         *crashes,
          Scenario("db_outage", "db_outage", outage_s=db_outage_s, **common),
          Scenario("worker_kill", "worker_kill", **common),
          Scenario("hostile", "hostile", **common)]
@@ -686,8 +658,8 @@ def default_matrix(workers: int = 2, points: int = 50_000, seconds: float = 10.0
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
-    cols = ["scenario", "subscription", "workers", "published", "stored", "dead_lettered", "ignored", "lost",
-            "duplicated", "points_published", "points_stored", "points_lost", "fault_detail"]
+    cols = ["scenario", "subscription", "workers", "ack_retention_s", "published", "stored", "dead_lettered",
+            "ignored", "lost", "duplicated", "points_published", "points_stored", "points_lost", "fault_detail"]
     head = "| " + " | ".join(cols) + " |\n| " + " | ".join("---" for _ in cols) + " |\n"
     return head + "".join("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |\n" for r in results)
 

@@ -131,6 +131,7 @@ class IngestConfig:
 class IngestStats:
     messages: int = 0
     skipped: int = 0  # other workers' slices: acknowledged unread
+    stale_acks: int = 0  # stored, not acknowledged: received on a connection that has since dropped
     rows: int = 0
     dead: int = 0
     batches: int = 0
@@ -142,10 +143,10 @@ class IngestStats:
 
 
 class _Msg:
-    __slots__ = ("mid", "payload", "qos", "topic")
+    __slots__ = ("conn", "mid", "payload", "qos", "topic")
 
-    def __init__(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
-        self.topic, self.payload, self.mid, self.qos = topic, payload, mid, qos
+    def __init__(self, topic: str, payload: bytes, mid: int, qos: int, conn: int = 0) -> None:
+        self.topic, self.payload, self.mid, self.qos, self.conn = topic, payload, mid, qos, conn
 
 
 class IngestWorker:
@@ -166,6 +167,13 @@ class IngestWorker:
         self._db_down_until = 0.0
         self._dirty: tuple[float, float] | None = None
         self._last_rollup = time.monotonic()
+        # Which connection a message came on. A packet id means something only on its connection: after a
+        # reconnect the broker resends what it still holds unacknowledged (same content, maybe another id) and
+        # gives new messages ids of its own, so acknowledging an old message's id then could acknowledge a
+        # different message that is not stored yet (and a crash would lose it). Old messages are stored but
+        # not acknowledged; the broker's resend of each is stored once more (idempotent) and acknowledged.
+        self._conn = 0
+        self._ack_lock = threading.Lock()
         self.client = self._make_client()
 
     # -- MQTT --------------------------------------------------------------------------------
@@ -224,13 +232,25 @@ class IngestWorker:
             log.error("ingest %s: subscription refused: %s", self.cfg.client_id, reason_codes)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        with self._ack_lock:  # before paho reconnects (and drops the acks still queued for the old socket)
+            self._conn += 1
         self.connected.clear()
         self.subscribed.clear()
         log.info("ingest %s disconnected: %s", self.cfg.client_id, rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # Blocks only if the broker overshoots Receive Maximum: the queue holds twice the window.
-        self._q.put(_Msg(msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+        self._q.put(_Msg(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._conn))
+
+    def _ack(self, m: _Msg) -> None:
+        """PUBACK ``m`` if it came on the current connection (see ``_conn``); QoS 0 needs none."""
+        if m.qos == 0:
+            return
+        with self._ack_lock:
+            if m.conn == self._conn:
+                self.client.ack(m.mid, m.qos)
+                return
+        self.stats.stale_acks += 1
 
     def _request_rebirth(self, group: str, node: str) -> None:
         self.client.publish(f"{NAMESPACE}/{group}/NCMD/{node}", rebirth_command(), qos=0)
@@ -290,8 +310,8 @@ class IngestWorker:
             if len(mine) < len(msgs):
                 # Another worker's slice: it has its own session with its own copy. Acknowledge unread.
                 for m in msgs:
-                    if m.qos > 0 and not self.cfg.owns(m.topic):
-                        self.client.ack(m.mid, m.qos)
+                    if not self.cfg.owns(m.topic):
+                        self._ack(m)
                 self.stats.skipped += len(msgs) - len(mine)
                 msgs = mine
                 if not msgs:  # only others' messages: still replay our spool (our slice may be quiet now)
@@ -310,8 +330,7 @@ class IngestWorker:
             self._store(batch, msgs, parts)
             self._save_host_state()  # before the acks: what they acknowledge, the state reflects
             for m in msgs:
-                if m.qos > 0:
-                    self.client.ack(m.mid, m.qos)
+                self._ack(m)
             self.stats.messages += len(msgs)
             self.stats.rows += len(batch) - len(batch.dead)
             self.stats.dead += len(batch.dead)

@@ -10,10 +10,11 @@ import pytest
 from pysparkplug import DCmd, Topic
 
 from hardware.driver import LinkState, PlcUnavailable, WriteNotConfirmed
-from hardware.mqtt_cmd import SparkplugDriver, SparkplugTarget, new_paho_client, parse_mqtt_url
+from hardware.mqtt_cmd import SparkplugDriver, SparkplugTarget, new_paho_client
 from hardware.safety import CommandRefused, LineController
 from hardware.sim_mqtt import SimSparkplugNode
 from hardware.tags import AuditRecord, TagMap, WriteRefused
+from line_agent.mqtt import parse_mqtt_url
 
 
 def test_sparkplug_write_is_dcmd_and_read_back(mosquitto: str, tags: TagMap) -> None:
@@ -22,7 +23,7 @@ def test_sparkplug_write_is_dcmd_and_read_back(mosquitto: str, tags: TagMap) -> 
     seen: list[tuple[str, bytes]] = []
     spy = new_paho_client("spy")
     spy.on_message = lambda c, u, m: seen.append((m.topic, bytes(m.payload)))
-    host, port = parse_mqtt_url(mosquitto)
+    host, port, *_ = parse_mqtt_url(mosquitto)
     spy.connect(host, port)
     spy.subscribe("spBv1.0/lg-test/DCMD/#")
     spy.loop_start()

@@ -45,6 +45,58 @@ def test_demo_runs_for_a_duration_and_reports_from_postgres(tmp_path: Path) -> N
     # The template detector on synthetic boards finds injected defects: a real, non-trivial score.
     assert line["recall"] > 0.8 and line["precision"] > 0.8
     assert rep["errors"] == []
+    _meter_publishes_as_a_device(tmp_path / "data", line["line"])
+
+
+def _meter_publishes_as_a_device(data: Path, line: str) -> None:
+    """The demo's simulated meter used the line's device account: the runtime's account may not publish
+    telemetry (so the rows above came through the device's), and the device's may not publish an inspection."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from line_agent.config import demo_line_config
+    from line_agent.mqtt import parse_mqtt_url
+    from line_agent.services import EmbeddedBroker, LineScope
+
+    acl = (data / "broker" / "acl").read_text()
+    runtime_rules = acl.split("\nuser runtime\n", 1)[1].split("\nuser ", 1)[0]
+    assert "/inspection" in runtime_rules and "telemetry" not in runtime_rules and "event" not in runtime_rules
+    device_rules = acl.split(f"\nuser {line}-device\n", 1)[1].split("\nuser ", 1)[0]
+    assert f"topic write lineguard/demo/{line}/+/telemetry" in device_rules and "inspection" not in device_rules
+    # The demo's broker again, from its data dir (same accounts, same ACL): the meter's account tries both.
+    with EmbeddedBroker(data / "broker", lines=[LineScope.of(demo_line_config(1))]) as broker:
+        got: list[str] = []
+        subscribed = threading.Event()
+
+        def client(url: str, cid: str) -> mqtt.Client:
+            host, port, user, password, _tls = parse_mqtt_url(url)
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+            c.username_pw_set(user, password)
+            c.connect(host, port)
+            c.loop_start()
+            return c
+
+        spy = client(broker.url, "spy")
+        spy.on_message = lambda c, u, m: got.append(m.topic)
+        spy.on_subscribe = lambda *a: subscribed.set()
+        spy.subscribe("lineguard/#", qos=1)
+        assert subscribed.wait(10)
+        meter = client(broker.device_url(f"{line}-device"), f"{line}-device")
+        base = f"lineguard/demo/{line}"
+        fake = meter.publish(f"{base}/cam1/inspection", b'{"inspection_id": "x"}', qos=1)
+        real = meter.publish(f"{base}/energy/telemetry", b'{"ts": 1790000000, "metrics": {"power_w": 1}}', qos=1)
+        fake.wait_for_publish(10)
+        real.wait_for_publish(10)
+        deadline = time.monotonic() + 10
+        while f"{base}/energy/telemetry" not in got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        for c in (meter, spy):
+            c.disconnect()
+            c.loop_stop()
+    assert got == [f"{base}/energy/telemetry"]  # the inspection was refused by the ACL
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

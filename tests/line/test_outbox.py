@@ -177,7 +177,7 @@ def test_messages_the_broker_acknowledged_but_lost_in_a_crash_are_sent_again(tmp
     b.send_signal(signal.SIGTERM)
     b.wait(10)
     b = broker()
-    pub = Publisher(url, "edge-crash", outbox=Outbox(tmp_path / "o.sqlite", replay_s=replay_s))
+    pub = Publisher(url, "edge-crash", outbox=Outbox(tmp_path / "o.sqlite", retention_s=replay_s))
     try:
         assert pub.wait_connected(10)
         for n in range(50):

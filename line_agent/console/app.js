@@ -33,7 +33,10 @@ async function login(token) {
   const r = await fetch("/api/login", { method: "POST", headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ token }) });
   if (!r.ok) throw new Error(r.status === 401 ? "Unknown or revoked token." : `Login failed (HTTP ${r.status}).`);
-  return r.json();
+  const me = await r.json();
+  // A token limited to lines this server does not run can see nothing here: say so rather than show empty views.
+  if (!me.lines.length) throw new Error("This token is limited to lines this server does not run.");
+  return me;
 }
 
 async function start(me) {

@@ -385,22 +385,26 @@ class AlarmWatch:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.streams = 0
-        self._kick = asyncio.Event()
+        self._kick: asyncio.Event | None = None  # made in run(): an Event belongs to the loop that serves
         self._known: dict[int, tuple[Any, ...]] | None = None
         self._last_audit: int | None = None
         self._last_full = -1e9
         self._failing = False
 
     def kick(self) -> None:
-        self._kick.set()
+        """Look now (an acknowledgement or a clear just happened, or a console connected)."""
+        if self._kick is not None:
+            self._kick.set()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        kick = self._kick = asyncio.Event()
+        self._known, self._last_audit, self._last_full = None, None, -1e9
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), PUSH_POLL_S)
-            kicked = self._kick.is_set()
-            self._kick.clear()
+                await asyncio.wait_for(kick.wait(), PUSH_POLL_S)
+            kicked = kick.is_set()
+            kick.clear()
             if self.streams <= 0:
                 self._known, self._last_audit = None, None  # start over when a console listens again
                 continue

@@ -13,7 +13,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from line_agent.api.auth import Principal, Role, guarded, principal
+from line_agent.api.auth import Principal, Role, guarded, line_refused, principal
 from line_agent.api.schemas import Ident
 from line_agent.store.nodes import DEFAULT_STALE_AFTER_S, list_nodes
 
@@ -53,6 +53,8 @@ async def nodes(request: Request, group: Ident | None = None, status: NodeState 
                 stale_after_s: Annotated[float, Query(gt=0, le=30 * 86400)] = DEFAULT_STALE_AFTER_S,
                 who: Principal = Depends(principal)) -> NodesOut:
     pool: ConnectionPool[Any] = request.app.state.sync_pool
+    if group is not None and not who.may(group):  # a Sparkplug group is a line
+        raise line_refused(who, group)
 
     def run() -> list[Any]:
         with pool.connection() as conn:

@@ -114,6 +114,21 @@ def test_reads_of_another_line_are_refused_and_lists_hold_only_its_lines(two: Ap
     audit = c.get("/api/audit", params={"who": "system"}, headers=h).json()
     assert audit["total"] >= 1
     assert all(r["detail"].get("line") == OTHER or r["target"] == OTHER for r in audit["items"]), audit
+    # Sparkplug nodes: a group is a line.
+    with psycopg.connect(two.db, autocommit=True) as conn:
+        for line in (LINE, OTHER):
+            conn.execute("INSERT INTO sparkplug_nodes (group_id, edge_node, state, last_seen) VALUES"
+                         " (%s, 'press', 'alive', now())", (line,))
+    nodes = c.get("/api/nodes", headers=h).json()
+    assert [n["line"] for n in nodes["items"]] == [OTHER] and nodes["counts"]["alive"] == 1
+    assert len(c.get("/api/nodes", headers=two.h("operator")).json()["items"]) == 2
+    _refused(c.get("/api/nodes", params={"group": LINE}, headers=h))
+    # The live snapshot: only its line's events.
+    for line in (LINE, OTHER):
+        two.deps.hub.publish("counters", {"line": line, "pass": 1, "reject": 0, "rework": 0, "total": 1})
+    snap = c.get("/api/live/snapshot", headers=h).json()
+    assert [e["data"]["line"] for e in snap] == [OTHER]
+    assert len(c.get("/api/live/snapshot", headers=two.h("operator")).json()) == 2
     # Plant-wide metrics are not for a token of some lines.
     assert c.get("/metrics", headers=two.h(f"{OTHER}-viewer")).status_code == 403
     assert c.get("/metrics", headers=two.h("viewer")).status_code == 200

@@ -244,7 +244,12 @@ async def live_events(request: Request, max_s: Annotated[float, Query(ge=0, le=8
     token = request.headers.get("authorization", "").partition(" ")[2].strip()
 
     async def still_valid() -> bool:
-        p = await lookup(request, token)
+        try:
+            p = await lookup(request, token)
+        except HTTPException:  # this address is locked out (429): the stream ends like any other request would
+            return False
+        except (psycopg.Error, PoolTimeout):  # cannot check now: the database is down; check again next time
+            return True
         return p is not None and p.role == who.role and p.lines == who.lines
 
     async def stream() -> AsyncIterator[bytes]:

@@ -426,6 +426,9 @@ class AlarmWatch:
                     log.warning("alarm watcher: cannot read alarms (%s); retrying", type(exc).__name__)
                 self._failing = True
                 await asyncio.sleep(2.0)
+            except Exception:  # anything else is a bug: log it and keep watching, never die silently
+                log.exception("alarm watcher failed; retrying")
+                await asyncio.sleep(2.0)
 
     async def _new_events(self) -> bool:
         """Did audit rows that raise an alarm arrive since the last look?"""

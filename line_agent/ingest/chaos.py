@@ -114,13 +114,13 @@ class DurableBroker:
         return ack_retention_for(self.autosave_interval if self.autosave_on_changes else 0, self.autosave_interval)
 
 
-def _publisher(url: str, client_id: str, retention_s: float, on_connect: Callable[[mqtt.Client], None] | None = None
-               ) -> Publisher:
+def _publisher(url: str, client_id: str, retention_s: float, on_connect: Callable[[mqtt.Client], None] | None = None,
+               will: tuple[str, bytes] | None = None) -> Publisher:
     """A device's publisher: lineguard's ``Publisher`` (a memory outbox with post-acknowledgement retention,
     line_agent/outbox.py), reconnecting fast (0.2 s): faster than the ingest workers (1-2 s), the case that loses
     data with a shared subscription on Mosquitto."""
     return Publisher(url, client_id, max_queued=0, max_inflight=200, ack_retention_s=retention_s, keepalive=5,
-                     reconnect_delay_s=(0.2, 1.0), on_connect=on_connect)
+                     reconnect_delay_s=(0.2, 1.0), on_connect=on_connect, will=will)
 
 
 # -- what is published, and what it should become ---------------------------------------------------
@@ -197,25 +197,24 @@ class EdgeNode:
         self.lock = threading.Lock()
         self.sent: list[tuple[str, bytes]] = []  # everything handed to the publisher, in order
         self.rebirths = 0
-        self.pub = _publisher(url, f"edge-{group}-{node}-{uuid.uuid4().hex[:6]}", retention_s, self._on_connect)
+        # The hook runs on paho's thread, possibly before the constructor returns: it uses its client argument.
+        self.pub = _publisher(url, f"edge-{group}-{node}-{uuid.uuid4().hex[:6]}", retention_s, self._on_connect,
+                              will=(self._topic("NDEATH"), self._death()))
         self.c = self.pub.client
-        self.c.on_message = self._on_message
-        self._set_will()
 
     def _topic(self, kind: str, device: bool = False) -> str:
         return f"{NAMESPACE}/{self.group}/{kind}/{self.node}" + (f"/{self.device}" if device else "")
 
-    def _set_will(self) -> None:
-        death = spb.NDeath(timestamp=None, bd_seq_metric=spb.Metric(timestamp=None, name="bdSeq",
-                                                                    datatype=spb.DataType.INT64, value=self.bd_seq))
-        self.c.will_set(self._topic("NDEATH"), death.encode(), qos=1)
+    def _death(self) -> bytes:
+        return spb.NDeath(timestamp=None, bd_seq_metric=spb.Metric(
+            timestamp=None, name="bdSeq", datatype=spb.DataType.INT64, value=self.bd_seq)).encode()
 
     def _next_seq(self) -> int:
         s = self.seq
         self.seq = (self.seq + 1) % 256
         return s
 
-    def _births(self) -> None:
+    def _births(self, client: mqtt.Client) -> None:
         """Straight to paho, ahead of the outbox's queue (called before it sends on a new connection)."""
         now = int(time.time() * 1000)
         self.seq = 0
@@ -228,15 +227,16 @@ class EdgeNode:
         for topic, payload in ((self._topic("NBIRTH"), nb.encode(include_dtypes=True)),
                                (self._topic("DBIRTH", True), db.encode(include_dtypes=True))):
             self.sent.append((topic, payload))
-            self.pub.send(topic, payload)
+            client.publish(topic, payload, qos=1)
 
     def _on_connect(self, client: mqtt.Client) -> None:
         with self.lock:
+            client.on_message = self._on_message
             client.subscribe(self._topic("NCMD"), qos=1)
-            self._births()
+            self._births(client)
             # The next session's Will carries the next bdSeq (paho sends the Will set now at the next CONNECT).
             self.bd_seq += 1
-            self._set_will()
+            client.will_set(self._topic("NDEATH"), self._death(), qos=1)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -248,7 +248,7 @@ class EdgeNode:
                 if self.pub.is_connected():
                     self.rebirths += 1
                     self.bd_seq -= 1  # a rebirth keeps the session's bdSeq
-                    self._births()
+                    self._births(client)
                     self.bd_seq += 1
 
     def data(self, ts: float) -> None:

@@ -6,6 +6,7 @@ Against a real Mosquitto that is stopped and started; the outbox file outlives t
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -205,3 +206,37 @@ def test_messages_the_broker_acknowledged_but_lost_in_a_crash_are_sent_again(tmp
         assert sorted(set(got)) == list(range(50)) and pub.outbox is not None
     else:  # the control: without the replay the crash lost them (what this test guards against)
         assert got == []
+
+
+def test_acknowledged_messages_stay_for_the_retention_window_and_a_restart_sends_them_again(
+        tmp_path: Path, mqtt_url: str) -> None:
+    """Post-acknowledgement retention on disk: a process that dies within the window (with its broker, one
+    power cut) leaves the acknowledged messages in the file, and the next start sends them again. A clean
+    close stays until the window has passed, then nothing is left to repeat."""
+    path = tmp_path / "o.sqlite"
+    sub = Subscriber(mqtt_url, "lineguard/s/retain/#")
+    pub = Publisher(mqtt_url, f"edge-ret-{time.monotonic_ns()}", outbox=Outbox(path, retention_s=30.0))
+    try:
+        for n in range(20):
+            pub.publish("lineguard/s/retain/inspection/inspection", json.dumps({"n": n}))
+        assert pub.flush(10)
+        assert pub.outbox.pending == 0 and pub.outbox.retained == 20  # acknowledged, kept
+        # The process dies now: its file as it leaves it (a consistent copy; the live one stays in use).
+        left = tmp_path / "left-behind.sqlite"
+        with sqlite3.connect(path) as src, sqlite3.connect(left) as dst:
+            src.backup(dst)
+        again = Outbox(left, retention_s=30.0)  # the next start on that file
+        assert again.pending == 20 and again.replayed == 20  # the acknowledged ones go again
+        again.close()
+    finally:
+        pub.outbox.retention_s = 0.5  # the clean close below waits out the window, not 30 s
+        t0 = time.monotonic()
+        pub.close(flush_timeout_s=10)
+        lingered = time.monotonic() - t0
+    wait_until(lambda: len(sub.got) >= 20, 10, "the messages at the subscriber")
+    sub.close()
+    assert sorted(set(sub.got)) == list(range(20))
+    assert 0.3 < lingered < 8.0  # stayed for the (shortened) window after the last acknowledgement
+    box = Outbox(path, retention_s=0.5)
+    assert box.pending == 0 and box.retained == 0  # a clean close leaves nothing to repeat
+    box.close()

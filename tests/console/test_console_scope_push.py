@@ -61,8 +61,9 @@ def test_rule_stop_alarm_is_pushed_not_polled(console: dict[str, Any]) -> None:
     row = "#alarm-table tr[data-kind=rule_stop]"
     sup.wait_for_selector(row, timeout=4000)
     took = time.monotonic() - t0
-    # Well inside the fallback poll's 4 s, and no poll ran at all: it came over the stream.
-    assert took < 3.0, took
+    # Within 2 s (about 1 s here, under load), half the fallback poll's 4 s, and no poll ran at all: it came over
+    # the stream.
+    assert took < 2.0, took
     assert reads == [], reads
     assert reason in (sup.text_content(row) or "")
     _wait(sup, f"Number(document.getElementById('alarm-count').textContent) === {before + 1}", 2000)

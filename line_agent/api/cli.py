@@ -5,11 +5,32 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 _LINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")  # the API's Ident
+
+
+def _running_port(pidfile: Path) -> int | None:
+    """The port of the PostgreSQL whose ``postmaster.pid`` this is, while its process lives; else None.
+
+    The file's lines are the PID, the data directory, the start time and the port (PostgreSQL's layout)."""
+    import os
+
+    try:
+        rows = pidfile.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return None
+    if len(rows) < 4 or not rows[0].strip().isdigit() or not rows[3].strip().isdigit():
+        return None
+    try:
+        os.kill(int(rows[0]), 0)
+    except ProcessLookupError:
+        return None  # a stale file from a killed server
+    except PermissionError:
+        pass  # alive, under another account
+    return int(rows[3])
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -17,7 +38,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     def api_token(
         role: Annotated[str, typer.Option(help="viewer | operator | supervisor | admin")] = "viewer",
         name: Annotated[str, typer.Option(help="Who holds it (shown in the audit trail).")] = "console",
-        database_url: Annotated[str | None, typer.Option(help="Default: LINEGUARD_DATABASE_URL.")] = None,
+        database_url: Annotated[str | None, typer.Option(
+            help="Default: LINEGUARD_DATABASE_URL, else the embedded database in LINEGUARD_DATA_DIR (the one "
+                 "`lineguard run` / `demo` keep there: used while they run, started for this command otherwise).")]
+        = None,
         lines: Annotated[str | None, typer.Option(
             help="Comma-separated lines the token may read and act on, e.g. line-a,line-b (default: every line).")]
         = None,
@@ -45,17 +69,45 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                            err=True)
                 raise typer.Exit(2)
 
-        url = database_url or Settings().database_url
-        if not url:
-            typer.echo("error: give --database-url or set LINEGUARD_DATABASE_URL", err=True)
-            raise typer.Exit(2)
         try:
             r = Role(role)
         except ValueError:
             typer.echo(f"error: --role must be one of {[x.value for x in Role]}, got {role!r}", err=True)
             raise typer.Exit(2) from None
-        migrate(url)
-        typer.echo(create_token(url, r, name, created_by="cli", lines=scope))
+        settings = Settings()
+        url = database_url or settings.database_url
+        started = None
+        if not url:
+            url, started = embedded_database(settings.data_dir)
+        try:
+            migrate(url)
+            typer.echo(create_token(url, r, name, created_by="cli", lines=scope))
+        finally:
+            if started is not None:
+                started.stop()
+
+    def embedded_database(data_dir: Path) -> tuple[str, Any]:
+        """The URL of the embedded PostgreSQL in ``<data_dir>/postgres``: the running server's (its port from
+        ``postmaster.pid``), else a server started for this command, returned to be stopped after it."""
+        from line_agent.services import EmbeddedPostgres, ServiceError
+
+        pg = EmbeddedPostgres(data_dir.resolve() / "postgres")
+        pgdata = pg.data_dir / "pgdata"
+        if not (pgdata / "PG_VERSION").exists():
+            typer.echo(f"error: no embedded database in {pg.data_dir} (run `lineguard run` or `lineguard demo` once, "
+                       "set LINEGUARD_DATA_DIR to its data directory, or give --database-url)", err=True)
+            raise typer.Exit(2)
+        try:
+            running = _running_port(pgdata / "postmaster.pid")
+            if running is not None:
+                pg.port = running
+                typer.echo(f"using the running embedded database in {pg.data_dir} (port {running})", err=True)
+                return pg.url, None
+            typer.echo(f"starting the embedded database in {pg.data_dir} for this command", err=True)
+            return pg.start(), pg
+        except (OSError, ServiceError) as exc:  # e.g. the files belong to the account the server runs as
+            typer.echo(f"error: cannot use the embedded database in {pg.data_dir}: {exc}", err=True)
+            raise typer.Exit(2) from exc
 
     def parse_lines(text: str | None) -> list[str] | None:
         if text is None or not text.strip():

@@ -291,7 +291,7 @@ def test_a_revoked_tokens_stream_ends(two: Api) -> None:
     assert c.get("/api/me", headers={"Authorization": f"Bearer {made['token']}"}).status_code == 401
 
 
-def test_cli_creates_a_token_for_some_lines(fresh_db: str) -> None:
+def _cli() -> tuple[Any, Any]:
     import typer
     from typer.testing import CliRunner
 
@@ -300,7 +300,11 @@ def test_cli_creates_a_token_for_some_lines(fresh_db: str) -> None:
     app = typer.Typer()
     app.callback()(lambda: None)  # a group, as in `lineguard`: the command is named
     register(app, typer.Typer())
-    runner = CliRunner()
+    return CliRunner(), app
+
+
+def test_cli_creates_a_token_for_some_lines(fresh_db: str) -> None:
+    runner, app = _cli()
     r = runner.invoke(app, ["api-token", "--role", "operator", "--name", "dana", "--lines", f"{OTHER}, {LINE}",
                             "--database-url", fresh_db])
     assert r.exit_code == 0, r.output
@@ -316,3 +320,40 @@ def test_cli_creates_a_token_for_some_lines(fresh_db: str) -> None:
     assert r.exit_code == 2 and f"unknown line(s) {OTHER}; the configs run smt-line-3" in r.output, r.output
     r = runner.invoke(app, ["api-token", "--lines", "smt-line-3", "--config", str(cfg), "--database-url", fresh_db])
     assert r.exit_code == 0 and r.output.strip().startswith("lg_"), r.output
+
+
+def test_cli_uses_the_embedded_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No database URL: `lineguard api-token` uses the embedded server of LINEGUARD_DATA_DIR, running or not."""
+    import shutil
+    import tempfile
+
+    from line_agent.api.cli import _running_port
+    from line_agent.services import EmbeddedPostgres
+
+    # Outside pytest's basetemp (tests/conftest.py says why).
+    d = Path(tempfile.mkdtemp(prefix="lineguard-test-cli-pg-"))
+    monkeypatch.delenv("LINEGUARD_DATABASE_URL", raising=False)
+    monkeypatch.setenv("LINEGUARD_DATA_DIR", str(d))
+    runner, app = _cli()
+    try:
+        r = runner.invoke(app, ["api-token", "--name", "nobody"])
+        assert r.exit_code == 2 and "no embedded database" in r.output, r.output
+        pg = EmbeddedPostgres(d / "postgres")
+        pg.start()  # as `lineguard run` keeps it while it runs
+        try:
+            r = runner.invoke(app, ["api-token", "--role", "admin", "--name", "while-running", "--lines", LINE])
+            assert r.exit_code == 0 and "using the running embedded database" in r.output, r.output
+            assert r.output.strip().splitlines()[-1].startswith("lg_")
+            with psycopg.connect(pg.url) as conn:
+                row = conn.execute("SELECT role, lines FROM api_tokens WHERE name = 'while-running'").fetchone()
+            assert row == ("admin", [LINE])
+        finally:
+            pg.stop()
+        r = runner.invoke(app, ["api-token", "--name", "while-stopped"])
+        assert r.exit_code == 0 and "starting the embedded database" in r.output, r.output
+        assert _running_port(d / "postgres" / "pgdata" / "postmaster.pid") is None  # stopped again after
+        with EmbeddedPostgres(d / "postgres") as again, psycopg.connect(again.url) as conn:
+            names = {n for (n,) in conn.execute("SELECT name FROM api_tokens").fetchall()}
+        assert names == {"while-running", "while-stopped"}
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -262,15 +262,20 @@ def test_live_stream_is_scoped_and_pushes_alarm_changes(two: Api) -> None:
         time.sleep(1.0)
         r = c.post(f"/api/alarms/{aid}/ack", json={"note": "seen"}, headers=two.h(f"{OTHER}-supervisor"))
         assert r.status_code == 200, r.text
+        time.sleep(1.0)
+        r = c.post(f"/api/alarms/{aid}/clear", json={"note": "restarted"}, headers=two.h(f"{OTHER}-supervisor"))
+        assert r.status_code == 200, r.text
 
     th = threading.Thread(target=ack)
     th.start()
-    events = _read_stream(c, two.h("viewer"), 3.0)
+    events = _read_stream(c, two.h("viewer"), 4.0)
     th.join()
     snap = next(d for k, d in events if k == "alarms")
     assert {a["line"] for a in snap["items"]} == {LINE, OTHER}
-    acked = [d for k, d in events if k == "alarm" and d["change"] == "acknowledged"]
-    assert [d["alarm"]["alarm_id"] for d in acked] == [aid] and acked[0]["alarm"]["acked_by"] == f"{OTHER}-supervisor"
+    mine = [(d["change"], d["alarm"]) for k, d in events if k == "alarm" and d["alarm"]["alarm_id"] == aid]
+    assert [ch for ch, _ in mine] == ["acknowledged", "cleared"], mine
+    assert mine[0][1]["acked_by"] == f"{OTHER}-supervisor" and mine[1][1]["cleared_by"] == f"{OTHER}-supervisor"
+    assert mine[1][1]["active"] is False
 
 
 def test_a_revoked_tokens_stream_ends(two: Api) -> None:

@@ -89,3 +89,70 @@ def test_a_broker_crash_right_after_its_acks_loses_nothing_the_publisher_retains
         assert pub.outbox.replayed >= len(burst)  # the acknowledged burst went again
     else:  # the control: without retention the crash lost exactly what was acknowledged and not yet saved
         assert t.lost == len(burst) and t.points_lost == len(burst) * PER_MESSAGE, t
+
+
+def test_ingest_never_acknowledges_a_packet_id_of_a_dropped_connection(db: str, tmp_path: Path) -> None:
+    """The ingest side of a broker crash. A worker holds messages it received but has not stored yet; the
+    broker crashes without having saved them and comes back with the session as last saved, so it hands out
+    the same packet ids again, to new messages. The worker stores the old messages (it still has them) but
+    must not acknowledge their ids on the new connection: that would acknowledge the new messages, still
+    unstored, and a worker crash right then would lose them (the broker would not send them again)."""
+    import uuid
+
+    from ingest_support import Pub
+
+    from line_agent.ingest.worker import IngestWorker
+
+    d = Path(tempfile.mkdtemp(prefix="lineguard-test-stale-"))
+    broker = DurableBroker(d / "mqtt", autosave_interval=3600, autosave_on_changes=False)
+    broker.start()
+    h = IngestHarness(broker.url, db, tmp_path / "data")
+    # Two messages per step (batch_rows=1 stops a batch at its second event), so steps can be taken one by one.
+    w = IngestWorker(h.config(0, batch_rows=1, batch_delay_s=0.0))
+    w.client.connect_async(w._host, w._port, keepalive=5, clean_start=False, properties=w._props)
+    w.client.loop_start()
+    ids = [f"old-{i}-{uuid.uuid4().hex[:6]}" for i in range(10)], [f"new-{i}-{uuid.uuid4().hex[:6]}" for i in range(10)]
+    pub: Pub | None = None
+    try:
+        assert w.subscribed.wait(15)
+        broker.stop()  # the session saved (a save long before the crash)
+        broker.start()
+        w.subscribed.clear()
+        assert wait_for(w.subscribed.is_set, 20)
+
+        def send(batch: list[str]) -> None:
+            for eid in batch:
+                pub.send(f"{h.prefix}/s/LK/c1/event", f'{{"event_id": "{eid}", "ts": 1790000000, "kind": "x"}}')
+            pub.flush(10)
+
+        pub = Pub(broker.url)
+        send(ids[0])
+        assert wait_for(lambda: w._q.qsize() == 10, 10), "the old messages did not reach the worker"
+        pub.close()
+        broker.kill()  # never saved: the broker forgets them and the packet ids it gave them
+        broker.start()
+        assert wait_for(lambda: w.connected.is_set() and w.subscribed.is_set(), 20)
+        pub = Pub(broker.url)
+        send(ids[1])
+        assert wait_for(lambda: w._q.qsize() == 20, 10), "the new messages did not reach the worker"
+        for _ in range(5):  # the 10 old messages: stored
+            w._step(0.0)
+        assert count(db, "SELECT count(*) FROM events WHERE event_id LIKE 'old-%%'") == 10
+        assert w._q.qsize() == 10  # the new ones: received, not stored yet
+        time.sleep(0.5)  # whatever acks were given are on the wire
+        # The worker crashes now: no DISCONNECT, nothing more stored or acknowledged.
+        w.client.loop_stop()
+        sock = w.client.socket()
+        if sock is not None:
+            sock.close()
+        # Its successor (same client id, same session) gets what the broker still holds unacknowledged.
+        h.start(0)
+        assert wait_for(lambda: count(db, "SELECT count(*) FROM events WHERE event_id LIKE 'new-%%'") == 10, 20), \
+            "new messages were lost: acknowledged with an old connection's packet ids"
+        assert w.stats.stale_acks == 10
+    finally:
+        if pub is not None:
+            pub.close()
+        h.stop_all()
+        broker.kill()
+        shutil.rmtree(d, ignore_errors=True)

@@ -181,9 +181,11 @@ def bench_chaos(
     seconds: Annotated[float, typer.Option(min=1.0, help="Publishing spread over this long per scenario.")] = 10.0,
     outage_s: Annotated[float, typer.Option(min=0.5, help="Broker down this long (restart / crash).")] = 5.0,
     db_outage_s: Annotated[float, typer.Option(min=1.0, help="PostgreSQL stopped this long.")] = 10.0,
-    only: Annotated[str, typer.Option(help="Comma-separated scenario names (default: all); broker_crash "
-                                           "selects every crash run.")] = "",
-    crash_runs: Annotated[int, typer.Option(min=1, max=50, help="Broker crash runs (broker_crash_1 ...).")] = 1,
+    only: Annotated[str, typer.Option(help="Comma-separated scenario names (default: all); broker_crash and "
+                                           "broker_crash_ingest_down select every run of theirs.")] = "",
+    crash_runs: Annotated[int, typer.Option(min=1, max=50, help="Runs of each broker crash (broker_crash_1 ...).")] = 1,
+    broker_autosave_s: Annotated[int, typer.Option(min=0, help="The broker saves every N s (0: on every change, "
+                                                              "the embedded broker's default).")] = 0,
     ack_retention_s: Annotated[float | None, typer.Option(
         min=0.0, help="The devices' post-acknowledgement retention, s (default: what the bench's broker needs; "
                       "0: none, as a device that forgets a message at its PUBACK).")] = None,
@@ -196,7 +198,7 @@ def bench_chaos(
 
     matrix = default_matrix(workers=workers, points=points, seconds=seconds, outage_s=outage_s,
                             db_outage_s=db_outage_s, compare_shared=compare_shared, ack_retention_s=ack_retention_s,
-                            crash_runs=crash_runs)
+                            crash_runs=crash_runs, broker_autosave_s=broker_autosave_s)
     if only:
         names = {n.strip() for n in only.split(",") if n.strip()}
         known = {s.name for s in matrix} | {s.fault for s in matrix}
@@ -204,7 +206,7 @@ def bench_chaos(
             typer.echo(f"error: --only: no scenario {', '.join(sorted(names - known))} (one of "
                        f"{', '.join(sorted(known))})", err=True)
             raise typer.Exit(2)
-        matrix = [s for s in matrix if s.name in names or (s.fault == "broker_crash" and "broker_crash" in names)]
+        matrix = [s for s in matrix if s.name in names or (s.fault.startswith("broker_crash") and s.fault in names)]
     results = run_chaos(matrix, on_log=lambda m: typer.echo(m, err=True))
     typer.echo(json.dumps(results, indent=2))
     table = markdown(results)

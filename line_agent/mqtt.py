@@ -187,7 +187,7 @@ class Publisher:
         """Send what is pending, stay connected until the newest acknowledgement is past the retention window
         (a broker crash right after it is still covered), then disconnect. What could not be sent stays in a
         disk outbox for the next start; a memory outbox loses it (logged)."""
-        if not self.outbox.linger(flush_timeout_s, self):
+        if not self.outbox.linger(flush_timeout_s):
             where = (f"the outbox {self.outbox.path}; they are sent at the next start" if self.outbox.path
                      else "memory and are lost")
             if self.outbox.pending:

@@ -247,18 +247,17 @@ class Outbox:
             time.sleep(0.05)
         return self._pending == 0
 
-    def linger(self, timeout_s: float, transport: Transport) -> bool:
+    def linger(self, timeout_s: float) -> bool:
         """At shutdown: stay until the newest acknowledgement is ``retention_s`` old, so that a broker crash
         right after the last PUBACK is still covered (the messages go again and are waited for). False when
-        the link is gone or ``timeout_s`` passed with messages pending or still inside the window."""
+        ``timeout_s`` passed with messages pending or still inside the window. A link that is down meanwhile is
+        waited for (the sender reconnects and sends again): a finished replay must not end in a broker crash."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._settle()
             inside = self._retained and time.monotonic() - self._last_ack < self.retention_s
             if self._pending == 0 and not inside:
                 return True
-            if not transport.is_connected() and self._pending:
-                return False
             self._wake.set()
             time.sleep(0.05)
         return False

@@ -501,7 +501,7 @@ def sparkplug_corpus(group: str, nodes: int, per_node: int, rng: random.Random) 
 
 
 # -- scenarios ----------------------------------------------------------------------------------------------
-FAULTS = ("none", "broker_restart", "broker_crash", "db_outage", "worker_kill", "hostile")
+FAULTS = ("none", "broker_restart", "broker_crash", "broker_crash_ingest_down", "db_outage", "worker_kill", "hostile")
 
 
 @dataclass
@@ -519,6 +519,9 @@ class Scenario:
     #: The devices' post-acknowledgement retention (line_agent/outbox.py); None: what the bench's broker
     #: needs (``DurableBroker.ack_retention_s``); 0: none, as a device that forgets a message at its PUBACK.
     ack_retention_s: float | None = None
+    #: The broker's persistence: 0 saves on every change (the embedded broker's default); N > 0 saves every
+    #: N seconds instead (``autosave_on_changes false``: LINEGUARD_MQTT_AUTOSAVE_CHANGES=0 is N = 5).
+    broker_autosave_s: int = 0
 
 
 def run_scenario(sc: Scenario, pg_admin_url: str, base: Path, pg: Any = None,
@@ -533,7 +536,8 @@ def run_scenario(sc: Scenario, pg_admin_url: str, base: Path, pg: Any = None,
     db_url = pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
     migrate(db_url)
     work = base / sc.name
-    broker = DurableBroker(work / "mqtt")
+    broker = (DurableBroker(work / "mqtt", autosave_interval=sc.broker_autosave_s, autosave_on_changes=False)
+              if sc.broker_autosave_s > 0 else DurableBroker(work / "mqtt"))
     broker.start()
     prefix = f"x{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "LINEGUARD_DATABASE_URL": db_url, "LINEGUARD_MQTT_URL": broker.url,
@@ -548,6 +552,8 @@ def run_scenario(sc: Scenario, pg_admin_url: str, base: Path, pg: Any = None,
     try:
         workers.start()
         wait_subscribed(work / "data", prefix, sc.workers)
+        if sc.broker_autosave_s > 0:  # the workers' sessions saved once, as on any broker up for a while
+            time.sleep(sc.broker_autosave_s + 1.0)
         jmsgs = json_messages(prefix, line, sc.points, sc.per_message, sc.cells)
         extra: list[tuple[str, bytes]] = []
         if sc.fault == "hostile":
@@ -597,6 +603,8 @@ def run_scenario(sc: Scenario, pg_admin_url: str, base: Path, pg: Any = None,
                 sent.append(expect.of(topic, payload))
         t = wait_settled(db_url, sent, [line, group, fz_group], timeout_s=120.0, later=later)
         rebirths = sum(n.rebirths for n in nodes)
+        # Acknowledged messages the devices sent again after a disconnect (post-acknowledgement retention).
+        resent = pub.pub.outbox.replayed + sum(n.pub.outbox.replayed for n in nodes)
     finally:
         workers.stop()
         broker.stop()
@@ -604,7 +612,8 @@ def run_scenario(sc: Scenario, pg_admin_url: str, base: Path, pg: Any = None,
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return {"scenario": sc.name, "fault": sc.fault, "workers": sc.workers, "ack_retention_s": retention,
             "subscription": f"$share/{sc.share_group}" if sc.share_group else "slices", **t.__dict__,
-            "rebirths_answered": rebirths, "worker_kills": workers.kills, "fault_detail": fault_note,
+            "rebirths_answered": rebirths, "resent_after_ack": resent, "worker_kills": workers.kills,
+            "fault_detail": fault_note,
             "publish_s": round(publish_s, 1), "total_s": round(time.monotonic() - t_start, 1)}
 
 
@@ -627,6 +636,18 @@ def _inject(sc: Scenario, broker: DurableBroker, workers: Workers, pg: Any, say:
         pg.stop()
         later.at(sc.outage_s, pg.start)
         return f"PostgreSQL stopped {sc.outage_s:.0f} s (publishing went on)"
+    if sc.fault == "broker_crash_ingest_down":
+        say(f"{sc.name}: ingest stopped; 3 s later broker SIGKILL, {sc.outage_s:.0f} s down, then ingest back")
+        workers.stop()
+
+        def crash() -> None:
+            broker.kill()
+            time.sleep(sc.outage_s)
+            broker.start()
+            workers.start()
+
+        later.at(3.0, crash)
+        return f"ingest stopped, SIGKILL 3 s later, restarted after {sc.outage_s:.0f} s"
     if sc.fault == "worker_kill":
         say(f"{sc.name}: SIGKILL every worker, restart after 1 s")
         for i in range(workers.n):
@@ -638,16 +659,19 @@ def _inject(sc: Scenario, broker: DurableBroker, workers: Workers, pg: Any, say:
 
 def default_matrix(workers: int = 2, points: int = 50_000, seconds: float = 10.0, outage_s: float = 5.0,
                    db_outage_s: float = 10.0, compare_shared: bool = True, ack_retention_s: float | None = None,
-                   crash_runs: int = 1) -> list[Scenario]:
-    """The fault matrix; ``crash_runs`` > 1 repeats the broker crash (``broker_crash_1`` ...), whose loss, if
+                   crash_runs: int = 1, broker_autosave_s: int = 0) -> list[Scenario]:
+    """The fault matrix; ``crash_runs`` > 1 repeats each broker crash (``broker_crash_1`` ...), whose loss, if
     any, is a race with the broker's save and so differs from run to run."""
-    common: dict[str, Any] = dict(workers=workers, points=points, seconds=seconds, ack_retention_s=ack_retention_s)
-    crashes = ([Scenario("broker_crash", "broker_crash", outage_s=outage_s, **common)] if crash_runs <= 1 else
-               [Scenario(f"broker_crash_{i + 1}", "broker_crash", outage_s=outage_s, **common)
-                for i in range(crash_runs)])
+    common: dict[str, Any] = dict(workers=workers, points=points, seconds=seconds, ack_retention_s=ack_retention_s,
+                                  broker_autosave_s=broker_autosave_s)
+    def runs(name: str) -> list[Scenario]:
+        names = [name] if crash_runs <= 1 else [f"{name}_{i + 1}" for i in range(crash_runs)]
+        return [Scenario(n, name, outage_s=outage_s, **common) for n in names]
+
     m = [Scenario("baseline", "none", **common),
          Scenario("broker_restart", "broker_restart", outage_s=outage_s, **common),
-         *crashes,
+         *runs("broker_crash"),
+         *runs("broker_crash_ingest_down"),
          Scenario("db_outage", "db_outage", outage_s=db_outage_s, **common),
          Scenario("worker_kill", "worker_kill", **common),
          Scenario("hostile", "hostile", **common)]
@@ -659,7 +683,8 @@ def default_matrix(workers: int = 2, points: int = 50_000, seconds: float = 10.0
 
 def markdown(results: list[dict[str, Any]]) -> str:
     cols = ["scenario", "subscription", "workers", "ack_retention_s", "published", "stored", "dead_lettered",
-            "ignored", "lost", "duplicated", "points_published", "points_stored", "points_lost", "fault_detail"]
+            "ignored", "lost", "duplicated", "resent_after_ack", "points_published", "points_stored", "points_lost",
+            "fault_detail"]
     head = "| " + " | ".join(cols) + " |\n| " + " | ".join("---" for _ in cols) + " |\n"
     return head + "".join("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |\n" for r in results)
 

@@ -32,3 +32,25 @@ def test_bad_urls_are_refused_with_the_expected_form(url: str) -> None:
 def test_the_plc_side_has_no_parser_of_its_own() -> None:
     assert not hasattr(mqtt_cmd, "mqtt_credentials")
     assert mqtt_cmd.parse_mqtt_url is parse_mqtt_url and sim_mqtt.parse_mqtt_url is parse_mqtt_url
+
+
+def test_ack_retention_follows_the_brokers_autosave(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The post-acknowledgement window covers the broker's save period: a save at the next loop pass needs
+    only the save's own time, a save every 5 s needs those 5 s on top; an explicit value wins; 0 turns it off."""
+    import pydantic
+
+    from line_agent.settings import BROKER_SAVE_MARGIN_S, TIMED_AUTOSAVE_S, Settings, ack_retention_for
+
+    for var in ("LINEGUARD_MQTT_ACK_RETENTION_S", "LINEGUARD_MQTT_AUTOSAVE_CHANGES"):
+        monkeypatch.delenv(var, raising=False)
+    assert Settings(_env_file=None).ack_retention_s == BROKER_SAVE_MARGIN_S  # type: ignore[call-arg]
+    timed = Settings(_env_file=None, mqtt_autosave_changes=0)  # type: ignore[call-arg]
+    assert timed.ack_retention_s == TIMED_AUTOSAVE_S + BROKER_SAVE_MARGIN_S
+    assert ack_retention_for(0, 30) == 30 + BROKER_SAVE_MARGIN_S
+    monkeypatch.setenv("LINEGUARD_MQTT_ACK_RETENTION_S", "12.5")
+    assert Settings(_env_file=None).ack_retention_s == 12.5  # type: ignore[call-arg]
+    monkeypatch.setenv("LINEGUARD_MQTT_ACK_RETENTION_S", "0")
+    assert Settings(_env_file=None).ack_retention_s == 0.0  # type: ignore[call-arg]
+    monkeypatch.setenv("LINEGUARD_MQTT_ACK_RETENTION_S", "-1")
+    with pytest.raises(pydantic.ValidationError, match="mqtt_ack_retention_s"):
+        Settings(_env_file=None)  # type: ignore[call-arg]

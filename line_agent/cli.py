@@ -216,8 +216,17 @@ def bench_footprint(
 
 
 def main() -> None:
-    _register_areas()
-    app(prog_name="lineguard")
+    from pydantic import ValidationError
+
+    try:
+        _register_areas()  # some areas read Settings() on import
+        app(prog_name="lineguard")
+    except ValidationError as exc:
+        # A bad LINEGUARD_* setting: name it and the rule, never echo the value (a URL carries a password).
+        for err in exc.errors(include_url=False, include_input=False):
+            field = ".".join(str(x) for x in err["loc"]) or exc.title
+            typer.echo(f"error: LINEGUARD_{field.upper()}: {err['msg']}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

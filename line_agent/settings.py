@@ -111,11 +111,18 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r}: expected host:port, e.g. 127.0.0.1:1883 or 0.0.0.0:1883")
         return v
 
-    @field_validator("mqtt_url")
+    @field_validator("mqtt_url", "ingest_mqtt_url")
     @classmethod
     def _mqtt_scheme(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("mqtt://", "mqtts://")):
             raise ValueError("must start with mqtt:// or mqtts://")
+        if v is not None:
+            from line_agent.mqtt import parse_mqtt_url
+
+            try:
+                parse_mqtt_url(v)
+            except ValueError:  # its message repeats the URL, password and all
+                raise ValueError("not an MQTT URL (expected mqtt://[user:pass@]host:port or mqtts://...)") from None
         return v
 
     @field_validator("database_url")

@@ -54,3 +54,20 @@ def test_ack_retention_follows_the_brokers_autosave(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("LINEGUARD_MQTT_ACK_RETENTION_S", "-1")
     with pytest.raises(pydantic.ValidationError, match="mqtt_ack_retention_s"):
         Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(("var", "value", "says"), [
+    ("LINEGUARD_MQTT_URL", "mqtt://dev:s3cret-pw@broker:notaport", "LINEGUARD_MQTT_URL: Value error, not an MQTT URL"),
+    ("LINEGUARD_INGEST_MQTT_URL", "mqtt://ingest:s3cret-pw@broker:99999", "LINEGUARD_INGEST_MQTT_URL: Value error"),
+    ("LINEGUARD_MQTT_ACK_RETENTION_S", "-1", "LINEGUARD_MQTT_ACK_RETENTION_S: Input should be greater than"),
+])
+def test_a_bad_setting_is_one_clear_line_without_its_secret(var: str, value: str, says: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEGUARD_")} | {var: value}
+    p = subprocess.run([sys.executable, "-m", "line_agent.cli", "replay", "csv", "/etc/hostname", "--line", "x",
+                        "-m", "a"], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert says in p.stderr and "Traceback" not in p.stderr and "s3cret-pw" not in p.stderr + p.stdout

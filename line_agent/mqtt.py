@@ -108,6 +108,8 @@ class Publisher:
         self.sent = 0
         self.acked = 0
         self.dropped = 0
+        #: Link drops so far; the outbox counts them to re-send what was in flight or just acknowledged.
+        self.disconnects = 0
         self.client.on_publish = self._on_publish
         self.client.connect_async(host, port, keepalive=keepalive)
         self.client.loop_start()
@@ -126,6 +128,8 @@ class Publisher:
             self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        with self._lock:
+            self.disconnects += 1
         self.connected.clear()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any = None, props: Any = None) -> None:

@@ -45,6 +45,11 @@ class Transport(Protocol):
 
     def is_connected(self) -> bool: ...
 
+    @property
+    def disconnects(self) -> int:
+        """How many times the link dropped so far (a drop and a reconnect between two looks still counts)."""
+        ...
+
     def send(self, topic: str, payload: bytes) -> Delivery | None:
         """Queue one QoS 1 message; the delivery says once the broker acknowledged it (None: not queued)."""
         ...
@@ -196,27 +201,27 @@ class Outbox:
         return n
 
     def _run(self, transport: Transport) -> None:
-        was_connected = False
+        seen_drops = transport.disconnects
         while not self._stop.is_set():
             # Acknowledgements are polled: often while some are awaited, rarely when idle.
             self._wake.wait(0.02 if self._inflight else 0.2)
             self._wake.clear()
             self._settle()
+            drops = transport.disconnects  # counted, not sampled: a quick reconnect between two looks is seen
             connected = transport.is_connected()
+            if drops != seen_drops:
+                seen_drops = drops
+                # What was in flight may never be acknowledged: send it again once the link is back. What the
+                # broker acknowledged just before it went may not be on its disk yet: that too.
+                with self._lock:
+                    self._inflight.clear()
+                    n = self._requeue_recent()
+                if n:
+                    log.info("outbox %s: link lost; %d messages acknowledged in the last %.1f s will be sent "
+                             "again", self.path or self.name, n, self.retention_s)
+                self._update_metrics()
             if not connected:
-                if was_connected:
-                    # What was in flight may never be acknowledged: send it again once the link is back. What
-                    # the broker acknowledged just before it went may not be on its disk yet: that too.
-                    with self._lock:
-                        self._inflight.clear()
-                        n = self._requeue_recent()
-                    if n:
-                        log.info("outbox %s: link lost; %d messages acknowledged in the last %.1f s will be sent "
-                                 "again", self.path or self.name, n, self.retention_s)
-                    self._update_metrics()
-                was_connected = False
                 continue
-            was_connected = True
             with self._lock:
                 room = self.batch - len(self._inflight)
                 if room <= 0:

@@ -331,7 +331,12 @@ def train_net(fit: Sequence[Sample], classes: Sequence[str], cfg: TrainConfig, p
     t0 = time.monotonic()
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="centernet", unit="batch", disable=not progress)
+    # With --time the wall clock ends training long before the epochs do: show the time budget as the bar
+    # (seconds), or a bar of "5 of 24,000 batches, 112 hours left" misleads whoever watches it.
+    timed = budget_s < float("inf")
+    bar = tqdm(total=budget_s if timed else total, desc="centernet", unit="s" if timed else "batch",
+               disable=not progress,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]" if timed else None)
     step, epochs_run = 0, 0
     last: dict[str, float] = {}
     stopped_by_time = False
@@ -354,9 +359,13 @@ def train_net(fit: Sequence[Sample], classes: Sequence[str], cfg: TrainConfig, p
             torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
             opt.step()
             step += 1
-            bar.update(1)
+            if timed:
+                bar.update(min(time.monotonic() - t0, budget_s) - bar.n)
+            else:
+                bar.update(1)
             if step % 5 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}", heat=f"{last['heat']:.3f}", giou=f"{last['giou']:.3f}")
+                bar.set_postfix(batch=step, epoch=epochs_run + 1, loss=f"{float(loss.detach()):.3f}",
+                                heat=f"{last['heat']:.3f}", giou=f"{last['giou']:.3f}")
         if stopped_by_time:
             break
         epochs_run += 1

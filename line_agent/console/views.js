@@ -81,7 +81,9 @@ async function loadGallery() {
   const page = await api(`/api/inspections?${q}`);
   gal.total = page.total;
   $("gallery-count").textContent = `${page.total} inspection${page.total === 1 ? "" : "s"}`;
-  $("gallery-count").dataset.n = String((gal.loads = (gal.loads || 0) + 1));  // which load is shown (tests wait on it)
+  // Which load is shown and with which filters (tests wait on these).
+  $("gallery-count").dataset.n = String((gal.loads = (gal.loads || 0) + 1));
+  $("gallery-count").dataset.q = q.toString();
   $("g-page").textContent = page.total ? `${gal.offset + 1}–${Math.min(gal.offset + gal.limit, page.total)} of ${page.total}` : "";
   const g = $("gallery");
   g.replaceChildren();

@@ -105,9 +105,15 @@ def test_gallery_finds_an_overridden_reject(console: dict[str, Any]) -> None:
     def show(**sel: str) -> list[str]:
         for name in ("decision", "model_decision", "overridden", "cls"):
             page.select_option(f"{f} [name={name}]", sel.get(name, ""))
+        shown = page.get_attribute("#gallery-count", "data-n") or ""  # before the click: the load may be quick
         page.click(f"{f} button[type=submit]")
-        page.wait_for_function("(n) => document.getElementById('gallery-count').dataset.n !== n",
-                               arg=page.get_attribute("#gallery-count", "data-n") or "", timeout=8000)
+        # A newer load, made with these filters (not one still in flight from before).
+        page.wait_for_function("""([n, want]) => {
+            const el = document.getElementById('gallery-count');
+            const q = new URLSearchParams(el.dataset.q || '');
+            return el.dataset.n !== n && ['decision', 'model_decision', 'overridden', 'cls']
+              .every((k) => (q.get(k) || '') === (want[k] || ''));
+          }""", arg=[shown, sel], timeout=8000)
         return [str(x) for x in page.eval_on_selector_all("#gallery .thumb", "els => els.map((e) => e.dataset.id)")]
 
     # Class "open": the seeded rejects insp-0000 and insp-0009 only (the feeder's rejects are shorts).

@@ -144,7 +144,8 @@ def eval_cmd(
     registry: Path = typer.Option(DEFAULT_REGISTRY, "--registry", help="registry for name references"),
     conf: float = typer.Option(0.001, "--conf", help="detector threshold (low: full PR curve for mAP)"),
     prf_conf: float | None = typer.Option(
-        None, "--prf-conf", help="operating threshold for P/R/F (default: the model's, 0.5 hybrid / 0.25 yolo)"
+        None, "--prf-conf",
+        help="operating threshold for P/R/F (default: the model's, 0.5 hybrid / 0.3 centernet / 0.25 yolo)",
     ),
     threads: int = typer.Option(2, "--threads", help="onnxruntime intra-op threads"),
     limit: int | None = typer.Option(None, "--limit", help="evaluate at most N samples"),

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from vision.detectors.centernet import META_FILE, CenterNetDetector, CenterNetMeta
+from vision.detectors.centernet import META_FILE, OPERATING_CONF, CenterNetDetector, CenterNetMeta
 from vision.stacking import PAD_VALUE, letterbox, read_gray
 from vision.types import Sample
 
@@ -46,8 +46,6 @@ LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
 )
 TAP_S8, TAP_S16 = 4, 10  # block indices whose outputs are the stride-8 and stride-16 features
 NECK = 96
-#: Operating confidence for P/R/F in metrics.json (a peak's heat); fixed, not tuned on validation data.
-OPERATING_CONF = 0.3
 
 
 def pretrained_path() -> Path:

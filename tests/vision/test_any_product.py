@@ -167,6 +167,11 @@ def test_steel_like_trains_as_published_and_scores_every_class(steel_like: Path,
     img, _ = make_surface(5, "patch", 64)
     assert isinstance(det.detect(Frame(camera="c", seq=0, ts=0.0, image=img)), list)
     assert model_detector_config(e.path, reg).type == "centernet"
+    # One operating point: the line's default, the training metrics' P/R/F and `lineguard eval`'s.
+    from vision.detectors.centernet import OPERATING_CONF
+    from vision.detectors.load import operating_conf
+
+    assert det.conf == held["prf_conf"] == operating_conf(e.path) == OPERATING_CONF
     with pytest.raises(ValueError, match="use type: centernet"):
         build_detector(parse_detector("onnx:steel"), reg)
     # bench/eval score the same validation part with --val: same images, same figures.

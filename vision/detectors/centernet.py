@@ -27,6 +27,9 @@ from vision.stacking import InputSpec, letterbox, to_gray, to_tensor
 from vision.types import Box, Detection, Frame
 
 META_FILE = "centernet.json"
+#: The centre-peak heat a centernet model runs at when nobody says otherwise: the line's default, the P/R/F point
+#: of the training metrics and of ``lineguard eval``. Fixed, not tuned on validation data.
+OPERATING_CONF = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +89,7 @@ class CenterNetDetector:
         model_dir: Path,
         *,
         name: str | None = None,
-        conf: float = 0.3,
+        conf: float = OPERATING_CONF,
         iou: float = 0.5,
         threads: int = 2,
         max_det: int = 100,

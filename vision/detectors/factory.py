@@ -143,7 +143,7 @@ class CenterNetDetectorConfig(_DetectorConfigBase):
     type: Literal["centernet"] = "centernet"
     #: Registry name ``name[@version]`` (``registry``, then vision/models) or a model directory.
     model: str = Field(min_length=1)
-    #: Minimum centre-peak heat reported (the detection's confidence).
+    #: Minimum centre-peak heat reported (the detection's confidence); centernet.OPERATING_CONF.
     conf: float = Field(default=0.3, ge=0, le=1)
     #: Class-wise NMS between neighbouring peaks of one object.
     iou: float = Field(default=0.5, gt=0, le=1)

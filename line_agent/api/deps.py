@@ -77,6 +77,10 @@ class ApiDeps:
         kWh counter ("counter", default "energy_kwh"), or a power metric integrated over time ("power",
         e.g. "power_w" with unit_w=1).
     shifts: shift boundaries for the shift comparison chart.
+    sparkplug_stale_after_s: a Sparkplug edge node or device born and not dead but silent longer than this is
+        ``stale`` (GET /api/nodes' default, the console's sources, the ``cond:sparkplug:`` alarms).
+    dead_letter_quota_bytes: the ingest workers' dead-letter quota (``LINEGUARD_DEAD_LETTER_QUOTA_BYTES``), for
+        the ``cond:dead_letter:`` alarm until a worker has reported the quota it enforces (``dead_letter_quota``).
     pool_min / pool_max: connection pool size.
     migrate: apply migrations on startup.
     """
@@ -107,6 +111,8 @@ class ApiDeps:
     energy_source: Literal["counter", "power"] = "counter"
     energy_unit_w: float = 1.0
     shifts: tuple[Shift, ...] = DEFAULT_SHIFTS
+    sparkplug_stale_after_s: float = 300.0
+    dead_letter_quota_bytes: int = 256 << 20
     pool_min: int = 1
     pool_max: int = 10
     migrate: bool = True
@@ -116,6 +122,8 @@ class ApiDeps:
             raise ValueError("ApiDeps.database_url must start with postgresql://")
         if not self.lines:
             raise ValueError("ApiDeps.lines must name at least one line")
+        if self.sparkplug_stale_after_s <= 0:
+            raise ValueError("ApiDeps.sparkplug_stale_after_s must be > 0")
         if self.max_body_bytes < 0:
             raise ValueError("ApiDeps.max_body_bytes must be >= 0 (0 = no limit)")
         if self.auth_fail_burst < 1 or self.auth_fail_window_s <= 0 or self.auth_fail_clients < 1:

@@ -425,11 +425,13 @@ class AlarmOut(BaseModel):
     key: str = Field(description="audit:<audit_id> (an event the runtime recorded) or cond:<check> (a condition).")
     line: str
     kind: str = Field(description="rule_stop, rule_slow, safe_state, estop, guard_door, stopped_at_plc, plc_link, "
-                                  "camera, model, broker, reject_rate, energy, ...")
+                                  "camera, model, broker, reject_rate, energy, sparkplug_stale, sparkplug_dead, "
+                                  "dead_letter_quota, ...")
     severity: AlarmSeverity
     title: str
     reason: str
-    source: str = Field(description="Who or what raised it: runtime:<line>, plc:<line>, readiness, threshold.")
+    source: str = Field(description="Who or what raised it: runtime:<line>, plc:<line>, readiness, threshold, "
+                                    "sparkplug:<group>/<node>, ingest.")
     audit_id: int | None = None
     latched: bool = Field(description="True: stays until a person clears it; false: clears with its condition.")
     raised_at: datetime

@@ -57,8 +57,18 @@ def _chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
 
 
 DEFAULT_DEAD_LETTER_QUOTA = 256 << 20  # bytes the dead_letter table may hold before new ones are dropped
-_DEAD_LETTER_ROW_OVERHEAD = 100  # bytes per row beyond its payload head, topic and reason (an estimate)
+DEAD_LETTER_ROW_OVERHEAD = 100  # bytes per row beyond its payload head, topic and reason (an estimate)
 _QUOTA_RECOUNT_S = 30.0  # how often the table's size is counted again (other workers, deletions)
+#: The estimate of the bytes dead_letter holds, against the quota: this writer's and the API's alarm's
+#: (line_agent/api/alarms.py) one query. Parameter: the per-row overhead.
+DEAD_LETTER_BYTES_SQL = ("SELECT coalesce(sum(coalesce(octet_length(payload), 0) + octet_length(topic)"
+                         " + octet_length(reason) + %s), 0) FROM dead_letter")
+_QUOTA_ROW = ("INSERT INTO dead_letter_quota (id, quota_bytes, dropped, last_dropped_at, updated_at)"
+              " VALUES (1, %(q)s, %(n)s, CASE WHEN %(n)s > 0 THEN now() END, now())"
+              " ON CONFLICT (id) DO UPDATE SET quota_bytes = EXCLUDED.quota_bytes,"
+              " dropped = dead_letter_quota.dropped + EXCLUDED.dropped,"
+              " last_dropped_at = coalesce(EXCLUDED.last_dropped_at, dead_letter_quota.last_dropped_at),"
+              " updated_at = now()")
 
 
 def digest(d: DeadLetter) -> bytes:
@@ -72,7 +82,7 @@ def _clean(text: str, limit: int) -> str:
 
 
 def _dead_letter_cost(d: DeadLetter) -> int:
-    return len(d.payload) + len(d.topic) + len(d.reason) + _DEAD_LETTER_ROW_OVERHEAD
+    return len(d.payload) + len(d.topic) + len(d.reason) + DEAD_LETTER_ROW_OVERHEAD
 
 
 class BatchWriter:
@@ -88,6 +98,7 @@ class BatchWriter:
         self._dl_counted_at = 0.0
         self._dl_pending: tuple[int, int, int] = (0, 0, 0)  # (bytes, truncated, dropped) of this transaction
         self.dead_letters_dropped = 0
+        self._quota_told = False  # dead_letter_quota holds our quota (told once, then on every drop)
         self.use_copy = use_copy  # None: COPY unless the server is PGlite (no COPY FROM STDIN there)
         # Optimistic: COPY straight into telemetry first (one write instead of two); only a batch that
         # hits an existing key (a re-delivery) goes the staging + ON CONFLICT way. Same result.
@@ -257,6 +268,10 @@ class BatchWriter:
             truncated += d.truncated
             keep.append(d)
         self._dl_pending = (added, truncated, dropped)
+        if dropped or not self._quota_told:
+            # For the API's alarm (another process): the quota we enforce and what it made us drop.
+            conn.execute(_QUOTA_ROW, {"q": self.dead_letter_quota, "n": dropped})
+            self._quota_told = True
         if dropped:
             log.warning("dead_letter holds ~%d bytes of its %d-byte quota: %d dead letter(s) not stored"
                         " (lineguard_dead_letters_dropped_total)", used + added, self.dead_letter_quota, dropped)
@@ -276,9 +291,7 @@ class BatchWriter:
         """Estimated bytes the dead_letter table holds (counted again every _QUOTA_RECOUNT_S)."""
         now = time.monotonic()
         if self._dl_used is None or now - self._dl_counted_at > _QUOTA_RECOUNT_S:
-            row = conn.execute(
-                "SELECT coalesce(sum(coalesce(octet_length(payload), 0) + octet_length(topic) + octet_length(reason)"
-                " + %s), 0) FROM dead_letter", (_DEAD_LETTER_ROW_OVERHEAD,)).fetchone()
+            row = conn.execute(DEAD_LETTER_BYTES_SQL, (DEAD_LETTER_ROW_OVERHEAD,)).fetchone()
             self._dl_used = int(row[0]) if row else 0
             self._dl_counted_at = now
         return self._dl_used

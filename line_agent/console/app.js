@@ -123,6 +123,22 @@ async function pollRates() {
   changed("rate");
 }
 
+// Sparkplug edge nodes and devices (GET /api/nodes, the token's lines only): shown per line on the overview.
+async function pollNodes() {
+  if (!session.me) return;
+  try {
+    const body = await api("/api/nodes");
+    const at = Date.now();
+    for (const line of session.me.lines) {
+      const ls = lineStore(line);
+      ls.nodes = body.items.filter((n) => n.line === line);
+      ls.nodesAt = at;
+      ls.nodesStaleAfter = body.stale_after_s;
+    }
+  } catch { /* shown stale */ }
+  changed("nodes");
+}
+
 function tick() {
   const age = Date.now() - link.lastContact;
   const stale = session.me && age > STALE_MS;
@@ -147,6 +163,7 @@ function startPolling() {
   stopPolling();
   every(2000, pollStates);
   every(10000, pollRates);
+  every(5000, pollNodes);
   every(ALARM_FALLBACK_MS, () => { if (!session.streamUp) loadAlarms().catch(() => {}); });
   every(1000, tick);
 }

@@ -1,8 +1,8 @@
 // Overview: every line at a glance. State with its cause, throughput and reject rate against the line's targets,
-// each camera and the PLC link, the line's alarms, and stop / start buttons enabled by state and role.
+// each camera, the PLC link and the line's Sparkplug edge nodes and devices, the line's alarms, and stop / start buttons enabled by state and role.
 // Everything greys out with "stale since ..." when the server or a source goes quiet.
 import { api, esc, fmtAge, fmtClock, fmtNum } from "./api.js";
-import { CAMERA_STALE_S, STATE_STALE_MS, changed, lineStore, onChange, store } from "./state.js";
+import { CAMERA_STALE_S, NODES_STALE_MS, STATE_STALE_MS, changed, lineStore, onChange, store } from "./state.js";
 import { causeText, commandAllowed, sendCommand, sevBadge, speedText } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -116,7 +116,40 @@ function sources(ls, st, now) {
       out.push([tone, `camera:${name}`, `Camera ${name}: ${fmtNum(fps, 1)} frames/s · last frame ${fmtAge(age)} ago`]);
     }
   }
+  out.push(...sparkplug(ls, now));
   return out;
+}
+
+// Sparkplug sources of the line (GET /api/nodes): one row per edge node, and per device only when it is not
+// doing what its node does (a dead node's devices are in its row). Ages run on from the server's silent_s.
+function sparkplug(ls, now) {
+  const nodes = ls.nodes || [];
+  if (!nodes.length) return [];
+  const old = !ls.nodesAt || now - ls.nodesAt > NODES_STALE_MS;
+  const since = (t) => (t ? fmtClock(Date.parse(t)) : "–");
+  const rows = [];
+  for (const n of nodes) {
+    const node = nodes.find((m) => m.edge_node === n.edge_node && m.device === "");
+    if (n.device && node && node.status === n.status && n.status !== "alive") continue;
+    const silent = n.silent_s === null ? null : n.silent_s + (now - ls.nodesAt) / 1000;
+    const devs = n.device ? [] : nodes.filter((m) => m.edge_node === n.edge_node && m.device && m.status === n.status);
+    const name = `Sparkplug ${n.device ? "device" : "node"} ${n.group_id}/${n.edge_node}${n.device ? "/" + n.device : ""}`;
+    const withDevs = devs.length ? ` (${devs.length} device${devs.length === 1 ? "" : "s"})` : "";
+    let tone = "ok";
+    let text;
+    if (n.status === "alive") text = `alive · last message ${fmtAge(silent)} ago`;
+    else if (n.status === "stale") {
+      tone = "amber";
+      text = `stale: silent for ${fmtAge(silent)} (since ${since(n.last_seen)}; stale after ${fmtAge(ls.nodesStaleAfter)})`;
+    } else if (n.status === "dead") {
+      tone = "bad";
+      text = `dead since ${since(n.death_at || node?.death_at)} · last message ${fmtAge(silent)} ago`;
+    } else { tone = "amber"; text = "unknown: data without a birth (rebirth requested)"; }
+    if (old) text += ` · list stale since ${fmtClock(ls.nodesAt)}`;
+    rows.push([old ? "stale" : tone, `sparkplug:${n.edge_node}${n.device ? "/" + n.device : ""}`,
+      `${name}${withDevs}: ${text}`, n.status]);
+  }
+  return rows;
 }
 
 function render() {
@@ -150,8 +183,8 @@ function render() {
       "lineguard counts parts it decided reject since the runtime started (a refused gate pulse or a counter reset " +
       "makes them differ)" : "PLC: gate pulses since the last counter reset · lineguard: reject decisions since start");
     const ul = el.querySelector('[data-f="sources"]');
-    ul.innerHTML = sources(ls, st, now).map(([tone, key, text]) =>
-      `<li class="src ${stale ? "stale" : tone}" data-src="${esc(key)}"><span class="dot-${esc(tone)}" aria-hidden="true"></span>${esc(text)}</li>`).join("");
+    ul.innerHTML = sources(ls, st, now).map(([tone, key, text, status]) =>
+      `<li class="src ${stale ? "stale" : tone}" data-src="${esc(key)}"${status ? ` data-status="${esc(status)}"` : ""}><span class="dot-${esc(tone)}" aria-hidden="true"></span>${esc(text)}</li>`).join("");
     const mine2 = store.alarms.items.filter((a) => a.line === line);
     const al = el.querySelector('[data-f="alarms"]');
     al.innerHTML = mine2.length

@@ -190,6 +190,29 @@ def narrate(facts: list[Fact], lang: str = "en", line: str = "", hours: float | 
             add((f"返工期间功率为平时的 {c.value:.1f}倍。" if zh
                  else f"Power during rework ran {c.value:.1f}x the usual level."), c)
 
+    # Data completeness (line_agent/agent/tools.py source_gaps, from the Sparkplug host state): first, since
+    # every figure above it lacks that source's data for that time.
+    gap_findings: list[dict[str, Any]] = []
+    for g in _by_kind(facts, "data_gap"):
+        src = str(g.extra.get("source", "/".join(g.names)))
+        kind = str(g.extra.get("kind", "edge node"))
+        ga, gb = str(g.extra.get("start", g.at or "")), str(g.extra.get("end", ""))
+        when_a = f"{ga[:10]} {ga[11:16]}"
+        when_b = gb[11:16] if gb[:10] == ga[:10] else f"{gb[:10]} {gb[11:16]}"
+        dead = g.extra.get("cause") == "dead"
+        still = bool(g.extra.get("still"))
+        if zh:
+            who = "设备" if kind == "device" else "边缘节点"
+            why = ("离线（死亡）" if dead else "无消息") + ("，至今仍未恢复" if still else "")
+            text = f"{who} {src} 的数据自 {when_a} 至 {when_b} UTC 缺失（{_v(g, lang)}；{why}）。"
+            checks.append(f"检查 {src} 的连接与电源。")
+        else:
+            why = (f"{kind} dead" if dead else f"{kind} silent") + (", still now" if still else "")
+            text = f"Data from {kind} {src} is missing from {when_a} to {when_b} UTC ({_v(g, lang)}; {why})."
+            checks.append(f"Check the link and power of {src}; the figures here lack its data.")
+        gap_findings.append({"text": text, "evidence": [g.id]})
+    findings[:0] = gap_findings
+
     if not findings:
         headline = "窗口内没有数据。" if zh else "No data in this window."
     else:

@@ -278,6 +278,8 @@ def fact_mentioned(text: str, fact: Fact) -> bool:
         return fact.at[11:16] in text
     if fact.kind == "cause":
         return True  # a cause is its names; the lift is detail
+    if fact.kind == "data_gap" and fact.at and fact.at[11:16] in text:
+        return True  # a gap is its source and when it began; its length is detail
     fam = "s" if fact.unit == "h" else fact.unit
     value = fact.value * 3600.0 if fact.unit == "h" else fact.value
     return any(number_supported(c, {fam: [value]}) for c in extract_numbers(text, fact.names))

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from line_agent.agent.tools import FIXED_PLAN, TOOLS, ToolConfig, run_tools, vocabulary
+from line_agent.agent.tools import ALWAYS, FIXED_PLAN, TOOLS, ToolConfig, run_tools, vocabulary
 from line_agent.store.migrate import migrate
 from llm_ops.accounting import LLM_COST, Ledger
 from llm_ops.backends import Backend, BackendError, Completion, TemplateBackend, make_backend
@@ -121,10 +121,16 @@ def known_lines(conn: psycopg.Connection, configured: set[str] | None = None) ->
 
 def tool_config_for(line: str, configs: dict[str, Any] | None = None) -> ToolConfig:
     """The line's meters, time zone and shift calendar from its YAML; defaults (the contract, UTC, A/B/C)."""
+    from line_agent.settings import Settings
+
+    try:
+        stale = float(Settings().sparkplug_stale_s)
+    except ValueError:  # a bad LINEGUARD_* elsewhere: the default, the summary still runs
+        stale = ToolConfig.sparkplug_stale_s
     cfg = (configs if configs is not None else configured_lines()).get(line)
     if cfg is None:
-        return ToolConfig()
-    return ToolConfig(meters=cfg.meters, timezone=cfg.timezone, shifts=tuple(cfg.shifts))
+        return ToolConfig(sparkplug_stale_s=stale)
+    return ToolConfig(meters=cfg.meters, timezone=cfg.timezone, shifts=tuple(cfg.shifts), sparkplug_stale_s=stale)
 
 
 def resolve_window(*, since: str | None = None, start: datetime | None = None, end: datetime | None = None,
@@ -195,7 +201,7 @@ def _prompt_facts(facts: list[Fact], lang: str, limit: int = 40) -> list[dict[st
              "label": f.label, "display": fmt_value(f.value, f.unit, lang), "key": f.key}
         if f.at:
             d["at"] = f.at
-        if f.kind in ("anomaly", "cause"):
+        if f.kind in ("anomaly", "cause", "data_gap"):
             d["extra"] = f.extra
         out.append(d)
     return out
@@ -396,6 +402,7 @@ def summarize(
             plan_source = "none"
         else:
             plan, plan_source = (tools, "explicit") if tools else plan_tools(be, w, ledger)
+            plan = [*plan, *(t for t in ALWAYS if t not in plan)]  # a summary states when its data is incomplete
             results = run_tools(conn, w, plan, cfg)
         facts = [f for r in results for f in r.facts]
         if not _has_data(results):

@@ -7,6 +7,8 @@ Data they read (see docs/AGENT.md):
   ``state`` per device (running when the value is in ``running_states``; without a state metric a device
   counts as stopped during its fault events);
 * ``audit_log``: the line's own stops, slowdowns, safe states and restarts (``line_agent.downtime``);
+* ``sparkplug_nodes``: the Sparkplug host state ingest keeps (one row per edge node and device of the line's
+  group: current state, birth, death, last message), for the windows whose data is incomplete (``source_gaps``);
 * ``inspections`` (one or more per part; a part is good when none of its decisions, or operator
   overrides, is reject/rework) and ``defects`` (class per detection).
 
@@ -44,6 +46,7 @@ class ToolConfig:
     z_threshold: float = 3.5
     cause_horizon: timedelta = timedelta(minutes=30)  # how long after a fault its effects are looked for
     min_cause_support: int = 3  # defective parts needed after a fault to call it a candidate cause
+    sparkplug_stale_s: float = 300.0  # a Sparkplug source silent this long is stale (LINEGUARD_SPARKPLUG_STALE_S)
 
 
 def _iso(t: datetime) -> str:
@@ -487,6 +490,57 @@ def candidate_causes(conn: psycopg.Connection, w: Window, cfg: ToolConfig = Tool
 
 
 # ---------------------------------------------------------------------------------------------
+# Data completeness: Sparkplug sources dead or silent
+# ---------------------------------------------------------------------------------------------
+def source_gaps(conn: psycopg.Connection, w: Window, cfg: ToolConfig = ToolConfig()) -> ToolResult:
+    """Sparkplug edge nodes and devices of the line (its group) whose data is missing from part of the window.
+
+    ``sparkplug_nodes`` holds each source's *current* state, not its history: its last birth, its last death and
+    its last message. So what can honestly be said is: a source dead now was dead from its death to the end of
+    the window (no birth since); a source born again after its last death was dead from that death to that birth;
+    a source stale now sent nothing from its last message on. An earlier death and rebirth that a later one
+    overwrote cannot be seen (the label says "last death"). A device of a dead or silent node is in the node's
+    fact, not one of its own."""
+    from line_agent.store.nodes import list_nodes
+
+    res = ToolResult("source_gaps", w)
+    rows = list_nodes(conn, stale_after_s=cfg.sparkplug_stale_s, group=w.line)
+    if not rows:
+        res.notes.append("no Sparkplug sources on this line")
+        return res
+    gaps: dict[tuple[str, str], tuple[datetime, datetime, str, bool]] = {}
+    for n in rows:
+        gap: tuple[datetime, datetime, str, bool] | None = None
+        if n.status == "dead" and n.death_at is not None and n.death_at < w.end:
+            gap = (max(n.death_at, w.start), w.end, "dead", True)
+        elif (n.death_at is not None and n.birth_at is not None and n.death_at < n.birth_at
+              and n.birth_at > w.start and n.death_at < w.end):
+            gap = (max(n.death_at, w.start), min(n.birth_at, w.end), "dead", False)
+        if gap is None and n.status == "stale" and n.last_seen is not None and n.last_seen < w.end \
+                and (w.end - n.last_seen).total_seconds() > cfg.sparkplug_stale_s:
+            gap = (max(n.last_seen, w.start), w.end, "silent", True)
+        if gap is None or gap[1] <= gap[0]:
+            continue
+        parent = gaps.get((n.edge_node, ""))  # rows come node first, then its devices
+        if n.device and parent is not None and parent[0] <= gap[0] and parent[1] >= gap[1]:
+            continue  # inside its node's gap: said there
+        gaps[(n.edge_node, n.device)] = gap
+    for (node, device), (a, b, cause, still) in gaps.items():
+        src = f"{w.line}/{node}" + (f"/{device}" if device else "")
+        what = f"device {src}" if device else f"edge node {src}"
+        names = (node, device) if device else (node,)
+        res.facts.append(Fact(
+            f"gaps.{node}" + (f".{device}" if device else ""), res.tool, "data_gap",
+            round((b - a).total_seconds()), "s", names,
+            f"data from Sparkplug {what} missing ({'dead: last death' if cause == 'dead' else 'silent'})", True,
+            at=_iso(a), extra={"start": _iso(a), "end": _iso(b), "cause": cause, "still": still,
+                               "source": src, "kind": "device" if device else "edge node"}))
+    if not res.facts:
+        res.notes.append("every Sparkplug source of the line reported through the window")
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
 # Registry, vocabulary
 # ---------------------------------------------------------------------------------------------
 ToolFn = Callable[[psycopg.Connection, Window, ToolConfig], ToolResult]
@@ -517,11 +571,15 @@ TOOLS: dict[str, ToolSpec] = {
         ToolSpec("energy_waste", energy_waste, "Energy drawn while stopped or idle; kWh per good part vs the "
                  "best recent shift."),
         ToolSpec("candidate_causes", candidate_causes, "Defect bursts after machine faults; power during rework."),
+        ToolSpec("source_gaps", source_gaps, "Sparkplug edge nodes and devices dead or silent during the window: "
+                 "when their data is missing (every summary gets it)."),
     )
 }
 
 FIXED_PLAN: tuple[str, ...] = tuple(TOOLS)
-ALERT_PLAN: tuple[str, ...] = ("anomalies", "fault_summary", "downtime_summary", "defect_summary")
+ALERT_PLAN: tuple[str, ...] = ("anomalies", "fault_summary", "downtime_summary", "defect_summary", "source_gaps")
+#: Run for every summary whatever the plan: the other facts are only as complete as their sources.
+ALWAYS: tuple[str, ...] = ("source_gaps",)
 
 
 def run_tools(conn: psycopg.Connection, w: Window, names: tuple[str, ...] | list[str] = FIXED_PLAN,
@@ -539,6 +597,8 @@ def vocabulary(conn: psycopg.Connection, line: str) -> set[str]:
         "SELECT DISTINCT device FROM telemetry WHERE line = %s",
         "SELECT DISTINCT cls FROM defects WHERE line = %s",
         "SELECT DISTINCT camera FROM inspections WHERE line = %s",
+        "SELECT DISTINCT edge_node FROM sparkplug_nodes WHERE group_id = %s",
+        "SELECT DISTINCT device FROM sparkplug_nodes WHERE group_id = %s",
     ):
         out.update(str(r[0]) for r in conn.execute(sql, (line,)).fetchall() if r[0])
     return out

@@ -37,6 +37,27 @@ def _run(cmd: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=900)
 
 
+def _run_steps(steps: list[str], fill: dict[str, str], cwd: Path) -> list[str]:
+    """Each README command with its placeholders filled, in order; their outputs. A failure names the command."""
+    outs = []
+    for cmd in steps:
+        for k, v in fill.items():
+            cmd = cmd.replace(k, v)
+        out = _run(cmd, cwd)
+        assert out.returncode == 0, f"{cmd}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+        outs.append(out.stdout)
+    return outs
+
+
+def _check_config_loads(cwd: Path, camera: str, detector: str) -> None:
+    """The line YAML names the model; check-config loads it from the same registry, by default."""
+    line = {"line": "l1", "cameras": [{"name": camera, "source": "synthetic://?seed=1", "detector": detector}]}
+    (cwd / "line.yaml").write_text(yaml.safe_dump(line))
+    out = _run("lineguard check-config --quiet line.yaml", cwd)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"ok   model {camera}: {detector}" in out.stdout
+
+
 def test_readme_teaching_steps_work_verbatim(tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="training needs the train extra")
     steps = _steps()
@@ -47,19 +68,9 @@ def test_readme_teaching_steps_work_verbatim(tmp_path: Path) -> None:
         frame = Frame(camera="aoi-top", seq=seed, ts=0.0, image=board.image, template=board.template)
         save_feedback(tmp_path / ".lineguard" / "feedback", frame, board.labels)
     boards = tmp_path / ".lineguard" / "feedback"
-    fill = {"<line-model>": "line-model", "<boards>": str(boards)}
-    for cmd in steps:
-        for k, v in fill.items():
-            cmd = cmd.replace(k, v)
-        out = _run(cmd, tmp_path)
-        assert out.returncode == 0, f"{cmd}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
-    # 4. The line YAML names it; check-config loads it from the same registry, by default.
-    line = {"line": "l1", "cameras": [{"name": "aoi-top", "source": "synthetic://?seed=1",
-                                       "detector": "hybrid:line-model"}]}
-    (tmp_path / "line.yaml").write_text(yaml.safe_dump(line))
-    out = _run("lineguard check-config --quiet line.yaml", tmp_path)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "ok   model aoi-top: hybrid:line-model" in out.stdout
+    _run_steps(steps, {"<line-model>": "line-model", "<boards>": str(boards)}, tmp_path)
+    # 4. The line YAML names it.
+    _check_config_loads(tmp_path, "aoi-top", "hybrid:line-model")
 
 
 def test_readme_template_free_steps_work_verbatim(tmp_path: Path) -> None:
@@ -75,21 +86,10 @@ def test_readme_template_free_steps_work_verbatim(tmp_path: Path) -> None:
     images = tmp_path / "steel"
     write_voc(images, per_class=4, size=64, no_ext_every=3)
     # Only size and time are cut for the test (appended to the name's slot): 2 epochs at 64 px, not 40 at 256.
-    fill = {"<your-images>": str(images), "<line-model>": "surface --epochs 2 --imgsz 64"}
-    outs = []
-    for cmd in steps:
-        for k, v in fill.items():
-            cmd = cmd.replace(k, v)
-        out = _run(cmd, tmp_path)
-        assert out.returncode == 0, f"{cmd}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
-        outs.append(out.stdout)
+    outs = _run_steps(steps, {"<your-images>": str(images), "<line-model>": "surface --epochs 2 --imgsz 64"},
+                      tmp_path)
     assert "every class in both" in outs[0] and "image found by stem" in outs[0]
     trained = outs[1][outs[1].index("{"):]
     for c in SURFACE_CLASSES:
         assert f'"{c}"' in trained, c
-    line = {"line": "l1", "cameras": [{"name": "top", "source": "synthetic://?seed=1",
-                                       "detector": "centernet:surface"}]}
-    (tmp_path / "line.yaml").write_text(yaml.safe_dump(line))
-    out = _run("lineguard check-config --quiet line.yaml", tmp_path)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "ok   model top: centernet:surface" in out.stdout
+    _check_config_loads(tmp_path, "top", "centernet:surface")

@@ -167,18 +167,11 @@ class Outbox:
             now = time.monotonic()
             if done:
                 self._db.execute("BEGIN")
-                if self.retention_s > 0:
-                    self._db.executemany("UPDATE outbox SET acked = ? WHERE id = ?", [(now, r) for r in done])
-                    self._retained += len(done)
-                    self._pending -= len(done)
-                else:
-                    sizes = self._db.execute(
-                        f"SELECT length(payload) FROM outbox WHERE id IN ({','.join('?' * len(done))})",
-                        done).fetchall()
-                    self._db.executemany("DELETE FROM outbox WHERE id = ?", [(r,) for r in done])
-                    self._bytes -= sum(int(s[0]) for s in sizes)
-                    self._pending -= len(done)
-                self._purge(now)
+                self._db.executemany("UPDATE outbox SET acked = ? WHERE id = ?", [(now, r) for r in done])
+                self._retained += len(done)
+                self._pending -= len(done)
+                # No window (retention 0): what was just acknowledged is the only thing retained; it goes now.
+                self._purge(now, everything=self.retention_s == 0)
                 self._db.execute("COMMIT")
                 self.acked += len(done)
                 self._last_ack = now

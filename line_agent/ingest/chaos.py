@@ -619,18 +619,13 @@ def run_scenario(sc: Scenario, pg_admin_url: str, base: Path, pg: Any = None,
 
 def _inject(sc: Scenario, broker: DurableBroker, workers: Workers, pg: Any, say: Callable[[str], None],
             later: Later) -> str:
-    if sc.fault == "broker_restart":
-        say(f"{sc.name}: broker SIGTERM, {sc.outage_s:.0f} s down")
-        broker.stop()
+    if sc.fault in ("broker_restart", "broker_crash"):
+        sig, down = ("SIGTERM", broker.stop) if sc.fault == "broker_restart" else ("SIGKILL", broker.kill)
+        say(f"{sc.name}: broker {sig}, {sc.outage_s:.0f} s down")
+        down()
         time.sleep(sc.outage_s)
         broker.start()
-        return f"SIGTERM, restarted after {sc.outage_s:.0f} s"
-    if sc.fault == "broker_crash":
-        say(f"{sc.name}: broker SIGKILL, {sc.outage_s:.0f} s down")
-        broker.kill()
-        time.sleep(sc.outage_s)
-        broker.start()
-        return f"SIGKILL, restarted after {sc.outage_s:.0f} s"
+        return f"{sig}, restarted after {sc.outage_s:.0f} s"
     if sc.fault == "db_outage" and pg is not None:
         say(f"{sc.name}: PostgreSQL stopped for {sc.outage_s:.0f} s")
         pg.stop()

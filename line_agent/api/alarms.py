@@ -54,6 +54,10 @@ EVENTS: dict[str, tuple[str, str, str]] = {
     "plc.stop": ("rule_stop", "high", "Automatic stop by a rule"),
     "plc.slow": ("rule_slow", "low", "Automatic slow-down by a rule"),
 }
+#: The audit rows that raise an event alarm (any line.*, and a rule's own successful stop or slow-down), as SQL
+#: over audit_log: used by sync_alarms to raise them and by AlarmWatch to know when to.
+RAISES_SQL = ("(action LIKE 'line.%%' OR (action IN ('plc.stop', 'plc.slow') AND actor LIKE 'runtime:%%'"
+              " AND result = 'ok'))")
 SEVERITY_ORDER = "CASE a.severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 ELSE 3 END"
 TARGET_COLS = ("throughput_ppm", "throughput_amber", "throughput_red", "reject_amber", "reject_red",
                "reject_window_min", "reject_min_parts", "energy_kwh_h_max")
@@ -292,8 +296,7 @@ async def sync_alarms(request: HasApp, conditions: bool = True) -> None:
         last = int(row["last_audit_id"]) if row else 0
         await cur.execute(
             "SELECT audit_id, ts, actor, action, target, result, detail FROM audit_log WHERE audit_id > %s"
-            " AND (action LIKE 'line.%%' OR (action IN ('plc.stop', 'plc.slow') AND actor LIKE 'runtime:%%'"
-            " AND result = 'ok')) ORDER BY audit_id LIMIT 2000", (last,))
+            f" AND {RAISES_SQL} ORDER BY audit_id LIMIT 2000", (last,))
         for a in await cur.fetchall():
             kind, sev, title = EVENTS.get(a["action"], ("line_event", "medium", f"Line event: {a['action']}"))
             detail = a["detail"] if isinstance(a["detail"], dict) else {}
@@ -479,8 +482,6 @@ async def put_targets(request: Request, body: TargetsIn, who: Principal = Depend
 # ---- pushing changes to the console ----------------------------------------------------------------
 PUSH_POLL_S = 0.5  # how often the watcher looks for new audit rows that raise an alarm (a primary-key range)
 CONDITIONS_S = 3.0  # how often it evaluates the conditions (readiness checks, PLC link, thresholds)
-_RAISES = ("(action LIKE 'line.%%' OR (action IN ('plc.stop', 'plc.slow') AND actor LIKE 'runtime:%%'"
-           " AND result = 'ok'))")
 
 
 class AlarmWatch:
@@ -544,7 +545,7 @@ class AlarmWatch:
         """Did audit rows that raise an alarm arrive since the last look?"""
         async with pool_of(self).connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(f"SELECT max(audit_id) AS n, coalesce(bool_or({_RAISES}), false) AS hit"
+            await cur.execute(f"SELECT max(audit_id) AS n, coalesce(bool_or({RAISES_SQL}), false) AS hit"
                               " FROM audit_log WHERE audit_id > %s", (self._last_audit or 0,))
             row = await cur.fetchone()
         first = self._last_audit is None

@@ -233,6 +233,18 @@ class EmbeddedPostgres:
     def password_file(self) -> Path:
         return self.data_dir.resolve() / "password"
 
+    def running_port(self) -> int | None:
+        """The port of the server running on this data directory (another process's, say ``lineguard run``),
+        from its ``postmaster.pid`` (PostgreSQL's layout: PID, data directory, start time, port); None when none
+        runs or the file is stale (its process gone)."""
+        try:
+            rows = (self.data_dir / "pgdata" / "postmaster.pid").read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return None
+        if len(rows) < 4 or not rows[0].strip().isdigit() or not rows[3].strip().isdigit():
+            return None
+        return int(rows[3]) if _pid_alive(int(rows[0])) else None
+
     @property
     def password(self) -> str:
         """The role's password (read from ``password_file``; made by ``start``)."""
@@ -325,10 +337,8 @@ class EmbeddedPostgres:
                 os.chown(log_path, *as_user)
         # A stale postmaster.pid from a killed run would stop the new server from starting.
         pidfile = pgdata / "postmaster.pid"
-        if pidfile.exists():
-            old = int(pidfile.read_text().splitlines()[0])
-            if not _pid_alive(old):
-                pidfile.unlink()
+        if pidfile.exists() and self.running_port() is None:
+            pidfile.unlink()
         self._secure_cluster(bins, pgdata, as_user, new_pw)
         logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child for its lifetime
         self._proc = subprocess.Popen(

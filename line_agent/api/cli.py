@@ -9,29 +9,6 @@ from typing import Annotated, Any
 
 import typer
 
-_LINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")  # the API's Ident
-
-
-def _running_port(pidfile: Path) -> int | None:
-    """The port of the PostgreSQL whose ``postmaster.pid`` this is, while its process lives; else None.
-
-    The file's lines are the PID, the data directory, the start time and the port (PostgreSQL's layout)."""
-    import os
-
-    try:
-        rows = pidfile.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return None
-    if len(rows) < 4 or not rows[0].strip().isdigit() or not rows[3].strip().isdigit():
-        return None
-    try:
-        os.kill(int(rows[0]), 0)
-    except ProcessLookupError:
-        return None  # a stale file from a killed server
-    except PermissionError:
-        pass  # alive, under another account
-    return int(rows[3])
-
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command("api-token")
@@ -98,7 +75,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                        "set LINEGUARD_DATA_DIR to its data directory, or give --database-url)", err=True)
             raise typer.Exit(2)
         try:
-            running = _running_port(pgdata / "postmaster.pid")
+            running = pg.running_port()
             if running is not None:
                 pg.port = running
                 typer.echo(f"using the running embedded database in {pg.data_dir} (port {running})", err=True)
@@ -113,7 +90,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if text is None or not text.strip():
             return None
         names = sorted({x.strip() for x in text.split(",") if x.strip()})
-        bad = [x for x in names if not _LINE.match(x)]
+        from line_agent.api.schemas import IDENT_MAX, IDENT_PATTERN
+
+        bad = [x for x in names if len(x) > IDENT_MAX or not re.match(IDENT_PATTERN, x)]
         if bad:
             typer.echo(f"error: --lines: not a line name: {', '.join(map(repr, bad))}", err=True)
             raise typer.Exit(2)

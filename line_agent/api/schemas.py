@@ -13,7 +13,9 @@ from vision.types import DEFECT_CLASSES
 
 # PostgreSQL text cannot hold NUL; saying so in the schema keeps clients (and Schemathesis) honest.
 Text = Annotated[str, StringConstraints(max_length=2000, pattern=r"^[^\x00]*$")]
-Ident = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
+#: A line, camera or part name: the API's ``Ident``, and what ``lineguard api-token --lines`` accepts.
+IDENT_PATTERN, IDENT_MAX = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$", 128
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=IDENT_MAX, pattern=IDENT_PATTERN)]
 # A part's verdict: the one enum of line_agent.contracts (QA, the runtime, ingest, the API, the console).
 DecisionKind = Verdict
 LineStateKind = Literal["running", "stopped", "unknown"]

@@ -332,7 +332,6 @@ def test_cli_uses_the_embedded_database(monkeypatch: pytest.MonkeyPatch) -> None
     import shutil
     import tempfile
 
-    from line_agent.api.cli import _running_port
     from line_agent.services import EmbeddedPostgres
 
     # Outside pytest's basetemp (tests/conftest.py says why).
@@ -356,7 +355,7 @@ def test_cli_uses_the_embedded_database(monkeypatch: pytest.MonkeyPatch) -> None
             pg.stop()
         r = runner.invoke(app, ["api-token", "--name", "while-stopped"])
         assert r.exit_code == 0 and "starting the embedded database" in r.output, r.output
-        assert _running_port(d / "postgres" / "pgdata" / "postmaster.pid") is None  # stopped again after
+        assert EmbeddedPostgres(d / "postgres").running_port() is None  # stopped again after
         with EmbeddedPostgres(d / "postgres") as again, psycopg.connect(again.url) as conn:
             names = {n for (n,) in conn.execute("SELECT name FROM api_tokens").fetchall()}
         assert names == {"while-running", "while-stopped"}

@@ -67,8 +67,8 @@ def resolve_line(deps: ApiDeps, line: str | None, who: Principal | None = None) 
         return seen[0]
     if line not in deps.lines:
         raise unprocessable(("query", "line"), f"unknown line {line!r}; this API serves {deps.lines}")
-    if who is not None and not who.may(line):
-        raise line_refused(who, line)
+    if who is not None:
+        check_line(who, line)
     return line
 
 
@@ -77,14 +77,14 @@ def line_filter(who: Principal, line: str | None) -> list[str] | None:
     the token's lines; None = no filter (an all-lines token that named no line). Bind it as
     ``(%(lines)s::text[] IS NULL OR line = ANY(%(lines)s))``."""
     if line is not None:
-        if not who.may(line):
-            raise line_refused(who, line)
+        check_line(who, line)
         return [line]
     return None if who.lines is None else list(who.lines)
 
 
-def check_line(who: Principal, line: str, what: str) -> None:
-    """403 when a row the request names by id (an inspection, a decision, an alarm) lies on another line."""
+def check_line(who: Principal, line: str, what: str = "") -> None:
+    """403 when ``line`` is outside the token's lines: a line the request names, or the line of a row it names
+    by id (``what``: an inspection, a decision, an alarm)."""
     if not who.may(line):
         raise line_refused(who, line, what)
 

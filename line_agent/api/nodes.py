@@ -13,7 +13,8 @@ from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from line_agent.api.auth import Principal, Role, guarded, line_refused, principal
+from line_agent.api.auth import Principal, Role, guarded, principal
+from line_agent.api.control import check_line
 from line_agent.api.db import deps_of
 from line_agent.api.schemas import Ident
 from line_agent.store.nodes import DEFAULT_STALE_AFTER_S, list_nodes
@@ -59,8 +60,8 @@ async def nodes(request: Request, group: Ident | None = None, status: NodeState 
                 who: Principal = Depends(principal)) -> NodesOut:
     pool: ConnectionPool[Any] = request.app.state.sync_pool
     stale_s = stale_after_s if stale_after_s is not None else float(deps_of(request).sparkplug_stale_after_s)
-    if group is not None and not who.may(group):  # a Sparkplug group is a line
-        raise line_refused(who, group)
+    if group is not None:
+        check_line(who, group)  # a Sparkplug group is a line
 
     def run() -> list[Any]:
         with pool.connection() as conn:
